@@ -1,0 +1,182 @@
+"""Pieces of benchmarks/token_gating.py: baselines, parity, robustness, latency, plot."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+FIRST_K = [4, 6, 8, 10, 12, 14, 16, 20, 24, 32]
+RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+THRESHOLDS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+
+
+def baseline_curves(base, test, T) -> dict:
+    """Accuracy/FLOPs curves of the ungated fine-tuned model with fixed (unlearned) token rules."""
+    seqs, y = test
+    out = {"first_k": [], "topk_attention": [], "threshold_attention": []}
+    for k in FIRST_K:
+        out["first_k"].append({"param": k, **T.evaluate(base, T.first_k_truncate(seqs, k), y, rules={})})
+    for r in RATIOS:
+        out["topk_attention"].append({"param": r, **T.evaluate(base, seqs, y, rules=T.uniform_rules(base, "ratio", r))})
+    for t in THRESHOLDS:
+        out["threshold_attention"].append({"param": t, **T.evaluate(base, seqs, y,
+                                                                   rules=T.uniform_rules(base, "threshold", t))})
+    return out
+
+
+def matched(curves: dict, flops: float) -> dict:
+    """Baseline accuracy interpolated at the given FLOPs (linear in FLOPs between measured points)."""
+    res = {}
+    for name, pts in curves.items():
+        pts = sorted(pts, key=lambda p: p["flops"])
+        f = np.array([p["flops"] for p in pts])
+        acc = np.array([p["accuracy"] for p in pts])
+        inside = bool(f[0] <= flops <= f[-1])
+        res[name] = {"accuracy": float(np.interp(flops, f, acc)), "inside_measured_range": inside}
+    return res
+
+
+def parity(bundle, model, test, backend: str, batch: int = 32) -> dict:
+    """Pipeline on `backend` vs PyTorch hard-gated model: kept tokens and logits, whole test set."""
+    import edgekit
+    from edgekit.compress.token_gating_train import pad_batch
+
+    p = edgekit.load(bundle.root, backend=backend)
+    seqs, _ = test
+    max_err, same_kept, agree, n = 0.0, 0, 0, 0
+    for i in range(0, len(seqs), batch):
+        ids, mask = pad_batch(seqs[i:i + batch])
+        ref = model.run_hard(ids, mask)
+        got = p.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        r, g = ref["logits"].numpy(), got["logits"]
+        max_err = max(max_err, float(np.abs(r - g).max()))
+        ok = np.ones(ids.shape[0], dtype=bool)
+        for a, b in zip(p.last_kept, ref["kept_positions"]):
+            if a.shape != b.shape:
+                ok[:] = False
+                break
+            ok &= (np.sort(a, 1) == np.sort(b, 1)).all(1)
+        same_kept += int(ok.sum())
+        agree += int((r.argmax(1) == g.argmax(1)).sum())
+        n += ids.shape[0]
+    return {"examples": n, "max_abs_logit_err": max_err, "same_kept_tokens": same_kept / n,
+            "top1_agreement": agree / n, "backend": p.backend_name}
+
+
+def robustness(bundle) -> dict:
+    import edgekit
+    from edgekit.errors import InputError
+
+    p = edgekit.load(bundle.root, backend="onnxruntime")
+    cases = {"empty": "", "over_long": "great fun " * 400, "unknown_chars": "😀🤖 \u200b \x00 ñ 日本語 ␀ ‽",
+             "whitespace": "   \n\t ", "normal": "a gripping, beautifully acted film"}
+    out = {}
+    for k, t in cases.items():
+        r = p.classify([t])[0]
+        out[k] = {"label": r["label"], "tokens_per_layer": r["tokens_per_layer"]}
+    batch = list(cases.values())
+    together = p.run_text(batch)["logits"]
+    alone = np.concatenate([p.run_text([t])["logits"] for t in batch])
+    out["mixed_batch_vs_alone_max_abs_err"] = float(np.abs(together - alone).max())
+    try:
+        p.run_text([3])
+        out["non_string"] = "no error (BAD)"
+    except InputError as e:
+        out["non_string"] = f"InputError: {e}"
+    return out
+
+
+def _time(fn, reps: int = 1) -> float:
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
+def latency(gb, ub, m, base, test, n: int, n_batches: int) -> dict:
+    """Interleaved timing of gated vs ungated (PyTorch eager and ORT), batch 1 and 32."""
+    import torch
+
+    import edgekit
+    from edgekit.compress.token_gating_export import UngatedGraph
+    from edgekit.compress.token_gating_train import pad_batch
+
+    gp = edgekit.load(gb.root, backend="onnxruntime", threads=1)
+    gp_open = edgekit.load(gb.root, backend="onnxruntime", threads=1, rule_override=[])
+    us = edgekit.load(ub.root, backend="onnxruntime", threads=1)
+    ung = UngatedGraph(base).eval()
+    seqs, _ = test
+
+    def configs(ids, mask):
+        fi = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        return {"ort_ungated": lambda: us.run_raw(fi), "ort_gated": lambda: gp.run(fi),
+                "ort_pipeline_all_open": lambda: gp_open.run(fi),
+                "torch_ungated": lambda: ung(ids, mask), "torch_gated": lambda: m.run_hard(ids, mask)}
+
+    out = {}
+    with torch.inference_mode():
+        for bs, count in ((1, n), (32, n_batches)):
+            times: dict[str, list[float]] = {}
+            rng = np.random.default_rng(0)
+            for j in range(count + 2):
+                idx = rng.choice(len(seqs), size=bs, replace=False)
+                ids, mask = pad_batch([seqs[i] for i in idx])
+                cs = configs(ids, mask)
+                names = list(cs)
+                if j % 2:
+                    names.reverse()
+                for k in names:
+                    t = _time(cs[k])
+                    if j >= 2:  # first two rounds = warm-up
+                        times.setdefault(k, []).append(t)
+            stats = {k: {"mean_ms": 1e3 * float(np.mean(v)), "median_ms": 1e3 * float(np.median(v))}
+                     for k, v in times.items()}
+            stats["speedup_ort_mean"] = stats["ort_ungated"]["mean_ms"] / stats["ort_gated"]["mean_ms"]
+            stats["speedup_ort_median"] = stats["ort_ungated"]["median_ms"] / stats["ort_gated"]["median_ms"]
+            stats["speedup_torch_mean"] = stats["torch_ungated"]["mean_ms"] / stats["torch_gated"]["mean_ms"]
+            stats["multigraph_overhead_ort_mean"] = (stats["ort_pipeline_all_open"]["mean_ms"]
+                                                     / stats["ort_ungated"]["mean_ms"])
+            stats["timed_calls"] = count
+            out[f"batch{bs}"] = stats
+    return out
+
+
+def plot(res: dict, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = {"first_k": "static first-k truncation", "topk_attention": "top-k by attention (no learned gates)",
+             "threshold_attention": "attention threshold (LTP-style, untrained)"}
+    for k, pts in res["baselines"].items():
+        pts = sorted(pts, key=lambda p: p["flops"])
+        ax.plot([p["flops"] / 1e6 for p in pts], [100 * p["accuracy"] for p in pts], "o--", ms=3, label=names[k])
+    g = sorted(res["gated"], key=lambda r: r["test"]["flops"])
+    ax.plot([r["test"]["flops"] / 1e6 for r in g], [100 * r["test"]["accuracy"] for r in g], "s-", c="k",
+            label="learned token gates (knob sweep)")
+    for r in g:
+        ax.annotate(f"{r['knob']:g}", (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    u = res["ungated"]["test"]
+    ax.plot([u["flops"] / 1e6], [100 * u["accuracy"]], "*", ms=12, c="r", label="ungated fine-tuned")
+    ax.axhline(100 * u["accuracy"] - 1, c="r", lw=0.6, ls=":")
+    ax.axvline(u["flops"] / 2e6, c="gray", lw=0.6, ls=":")
+    ax.set_xlabel("FLOPs per example (M, counted)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("MiniLM-L6, rotten tomatoes (test)")
+    ax.legend(fontsize=7)
+    ks = sorted(res["gated"], key=lambda r: r["knob"])
+    bx.plot([r["knob"] for r in ks], [100 * r["dev"]["accuracy"] for r in ks], "o-", c="k", label="dev accuracy")
+    bx.set_xlabel("knob")
+    bx.set_ylabel("dev accuracy (%)")
+    bx.set_xscale("symlog", linthresh=0.1)
+    b2 = bx.twinx()
+    b2.plot([r["knob"] for r in ks], [r["dev"]["flops"] / 1e6 for r in ks], "s--", c="tab:blue", label="dev FLOPs")
+    b2.set_ylabel("dev FLOPs per example (M)", color="tab:blue")
+    bx.set_title("knob trade-off (dev)")
+    fig.tight_layout()
+    tmp = str(path) + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    import os
+    os.replace(tmp, path)

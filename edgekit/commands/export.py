@@ -1,0 +1,78 @@
+"""`edgekit export`: any MODEL form -> a validated bundle, then one table of every artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgekit import cli
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+
+
+def export(
+    model: Optional[str] = typer.Argument(None, help="omitted = embedded default; builtin:NAME, FILE.pt2, FILE.onnx, pkg.mod:fn"),
+    target: str = typer.Option("all", "--target", "-t", help="onnx,openvino,coreml,tensorrt or all (= every target installed here)"),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (comma list allowed)"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data for int8: .npz or a directory of .npy"),
+    inputs: list[str] = typer.Option([], "--input", help="NAME:SHAPE[:DTYPE] example input (repeatable)"),
+    dynamic: list[str] = typer.Option([], "--dynamic", help="NAME:AXIS=DIM dynamic axis (repeatable), e.g. x:0=batch"),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="directory to write NAME.edgekit into"),
+    name: Optional[str] = typer.Option(None, "--name", help="bundle name (default: the model's)"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18)"),
+    bench: bool = typer.Option(True, "--bench/--no-bench", help="measure p50/p90 latency of each artifact"),
+    iters: int = typer.Option(100, "--iters", help="timed runs per artifact for the latency columns"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Export a model to every requested target, validate each artifact against PyTorch, print a table."""
+    from edgekit.api import export as do_export
+    from edgekit.bench import bench_bundle, example_feeds, torch_eager
+    from edgekit.resolve import resolve
+
+    with cli.status("resolving model", quiet=json_out) as st:
+        src = resolve(model, inputs, dynamic)
+        bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
+                           opset=opset, progress=st.update)
+        rows = []
+        eager = None
+        if bench:
+            rows = bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
+            if src.module is not None:
+                st.update("benchmarking PyTorch eager")
+                eager = torch_eager(src.module, example_feeds(bundle), warmup=max(5, iters // 10), iters=iters)
+    if not bench:
+        rows = [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
+                 "max_abs_err": a.validation.max_abs_err if a.validation else None,
+                 "top1_agreement": (a.validation.detail or {}).get("top1_agreement") if a.validation else None,
+                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts if a.graph == "main"]
+    for r in rows:
+        if eager and "session" in r:
+            r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if json_out:
+        cli.emit_json({"bundle": str(bundle.root), "model": src.name, "torch_eager": eager, "artifacts": rows})
+    else:
+        print_rows(f"{bundle.root}", rows, eager)
+        for r in rows:
+            if r.get("reason"):
+                cli.out.print(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def print_rows(title: str, rows: list[dict], eager: dict | None) -> None:
+    body = []
+    for r in rows:
+        s = r.get("session") or {}
+        body.append([r["target"], r["precision"], r["status"], cli.fmt(r.get("max_abs_err")),
+                     cli.fmt(r.get("top1_agreement"), ".3f"), cli.fmt(r.get("size_mb"), ".3f"),
+                     cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f"),
+                     cli.fmt(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch") else "")])
+    if eager:
+        body.append(["pytorch (eager)", "fp32", "reference", "0", "1.000", "-", cli.fmt(eager["p50_ms"], ".3f"),
+                     cli.fmt(eager["p90_ms"], ".3f"), "1.00x"])
+    cli.table(title, ["target", "precision", "status", "max abs err", "top-1 agree", "size MB", "p50 ms",
+                      "p90 ms", "vs torch"], body)

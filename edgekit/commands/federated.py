@@ -1,0 +1,176 @@
+"""CLI: ``edgekit federated simulate | server | client``.
+
+Import is light: torch / flwr are imported inside the command functions.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgekit.errors import UsageError
+
+fed = typer.Typer(name="federated", no_args_is_help=True,
+                  help="Asynchronous cloned/buffered-distillation edge learning on Flower.")
+
+
+def _curve_table(result: dict) -> None:
+    from edgekit.cli import fmt, table
+
+    curve = result["curve"]
+    step = max(1, len(curve) // 15)
+    rows = [[fmt(p["t"], ".1f"), p["version"], fmt(p["acc"], ".4f"), p["accepted"],
+             fmt(p["bytes"] / 1e6, ".2f")] for p in curve[::step]]
+    if curve and rows[-1][1] != curve[-1]["version"]:
+        p = curve[-1]
+        rows.append([fmt(p["t"], ".1f"), p["version"], fmt(p["acc"], ".4f"), p["accepted"],
+                     fmt(p["bytes"] / 1e6, ".2f")])
+    table(f"{result['method']} on {result['dataset']}: accuracy vs time", 
+          ["time", "version", "accuracy", "accepted", "MB sent"], rows)
+
+
+@fed.command("simulate")
+def simulate_cmd(
+    method: str = typer.Option("cloned", help="cloned | fedbuff | fedavg"),
+    clients: int = typer.Option(20, help="number of simulated nodes"),
+    malicious: float = typer.Option(0.0, help="fraction of malicious nodes (label-flip, random-weights, scaled)"),
+    seed: int = typer.Option(0),
+    dataset: str = typer.Option("digits", help="digits | fashion-mnist (falls back to digits if absent)"),
+    horizon: float = typer.Option(1500.0, help="virtual time budget (a median node needs 10 units per epoch)"),
+    alpha: float = typer.Option(0.5, help="Dirichlet non-IID concentration"),
+    buffer_size: int = typer.Option(5, help="K updates per core update"),
+    attend: float = typer.Option(0.8, help="distillation: attend to teachers (1) vs retain the core (0)"),
+    no_churn: bool = typer.Option(False, "--no-churn", help="all nodes stay online"),
+    out: Optional[Path] = typer.Option(None, help="also write the result JSON here"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Virtual-clock simulation (heterogeneous speeds, churn): accuracy-vs-time curve."""
+    if not 0.0 <= malicious < 1.0:
+        raise UsageError(f"--malicious must be in [0, 1), got {malicious}")
+    if clients < 1:
+        raise UsageError("--clients must be >= 1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import logging
+
+    logging.getLogger("edgekit.federated").setLevel(logging.ERROR)
+    from edgekit.federated.simulate import simulate
+
+    result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=dataset,
+                      horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
+                      attend=attend, out=str(out) if out else "")
+    if as_json:
+        from edgekit.cli import emit_json
+
+        emit_json(result)
+        return
+    _curve_table(result)
+    typer.echo(f"final accuracy {result['final_acc']:.4f} after {result['accepted']} accepted updates "
+               f"({result['version']} core versions); rejected {sum(result['rejected'].values())}, "
+               f"timeouts {result['timeouts']}, lost replies {result['lost_replies']}")
+
+
+@fed.command("server")
+def server_cmd(
+    method: str = typer.Option("cloned", help="cloned | fedbuff | fedavg"),
+    superlink: Optional[str] = typer.Option(None, help="use a running SuperLink HOST:PORT instead of starting one"),
+    host: str = typer.Option("127.0.0.1", help="address the started SuperLink listens on"),
+    port: int = typer.Option(9093, help="port of the started SuperLink (Fleet + Control API)"),
+    dataset: str = typer.Option("digits"),
+    max_versions: int = typer.Option(20, help="stop after this many core updates (FedAvg: rounds)"),
+    max_time: float = typer.Option(0.0, help="stop after this many seconds (0: no limit)"),
+    deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take"),
+    buffer_size: int = typer.Option(5),
+    attend: float = typer.Option(0.8),
+    min_nodes: int = typer.Option(1, help="wait for this many nodes before starting"),
+    checkpoint_dir: Path = typer.Option(Path("federated-ckpt"), help="atomic checkpoint; a restart resumes from it"),
+    out: Path = typer.Option(Path("federated-result.json"), help="result JSON written when the run ends"),
+    timeout: float = typer.Option(3600.0, help="give up waiting for the run after this many seconds"),
+    insecure: bool = typer.Option(False, "--insecure", help="no TLS (loopback / trusted networks only)"),
+    ssl_certfile: Optional[str] = typer.Option(None, help="SuperLink TLS certificate (passed to flower-superlink)"),
+    ssl_keyfile: Optional[str] = typer.Option(None, help="SuperLink TLS key"),
+    ssl_ca_certfile: Optional[str] = typer.Option(None, help="CA certificate (flower-superlink; also used by flwr run)"),
+    enable_supernode_auth: bool = typer.Option(False, help="only accept authenticated SuperNodes"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start a SuperLink (unless --superlink) and run the edgekit ServerApp on it with `flwr run`."""
+    from edgekit.federated import deploy
+    from edgekit.federated.config import FedConfig
+
+    out, ckdir = out.resolve(), checkpoint_dir.resolve()
+    if out.exists():
+        out.unlink()
+    cfg = FedConfig(method=method, dataset=dataset, max_versions=max_versions, max_time=max_time,
+                    deadline=deadline, buffer_size=buffer_size, attend=attend, min_nodes=min_nodes,
+                    checkpoint_dir=str(ckdir), out=str(out))
+    work = Path(tempfile.mkdtemp(prefix="edgekit-fed-"))
+    address = superlink or f"{host}:{port}"
+    home = deploy.write_flwr_home(work / "flwr-home", address, insecure=insecure,
+                                  root_certificates=ssl_ca_certfile)
+    env = {"FLWR_HOME": str(home)}
+    link = None
+    try:
+        if superlink is None:
+            link = deploy.start_superlink(port, host=host, insecure=insecure, ssl_certfile=ssl_certfile,
+                                          ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile,
+                                          enable_supernode_auth=enable_supernode_auth,
+                                          log_path=work / "superlink.log", env=env)
+            deploy.wait_port(host, port, 30, link)
+            typer.echo(f"SuperLink on {address} (log {work / 'superlink.log'})", err=True)
+        app_dir = deploy.write_app_dir(work / "app", cfg.to_run_config())
+        run_id = deploy.submit_run(app_dir, home)
+        typer.echo(f"run {run_id} started; waiting for {out}", err=True)
+        result = deploy.wait_for_file(out, timeout, procs=[link] if link else [])
+    finally:
+        deploy.stop(link)
+    if as_json:
+        from edgekit.cli import emit_json
+
+        emit_json(result)
+    else:
+        _curve_table(result)
+        typer.echo(f"final accuracy {result['final_acc']:.4f}, version {result['version']}")
+
+
+@fed.command("client")
+def client_cmd(
+    superlink: str = typer.Option(..., help="SuperLink HOST:PORT"),
+    partition_id: int = typer.Option(..., help="this node's data partition"),
+    num_partitions: int = typer.Option(..., help="how many partitions the data set is split into"),
+    port: int = typer.Option(0, help="this SuperNode's local runtime API port (0: pick a free one)"),
+    data_path: Optional[Path] = typer.Option(None, help=".npz with x, y to use instead of a partition"),
+    insecure: bool = typer.Option(False, "--insecure", help="no TLS"),
+    root_certificates: Optional[str] = typer.Option(None, help="CA certificate to verify the SuperLink (TLS)"),
+    auth_private_key: Optional[str] = typer.Option(None, help="SuperNode private key for node authentication"),
+    as_json: bool = typer.Option(False, "--json", help="print the started process as JSON and return"),
+) -> None:
+    """Start a SuperNode (flower-supernode) that runs the edgekit ClientApp; runs until stopped."""
+    from edgekit.federated import deploy
+
+    if not insecure and not root_certificates:
+        raise UsageError("a TLS SuperNode needs --root-certificates", "or pass --insecure on a trusted network")
+    node_config = {"data-path": str(data_path.resolve())} if data_path else None
+    proc = deploy.start_supernode(superlink, partition_id, num_partitions, port=port or None,
+                                  insecure=insecure, root_certificates=root_certificates,
+                                  auth_private_key=auth_private_key, node_config=node_config,
+                                  log_path=None if not as_json else os.devnull)
+    if as_json:
+        from edgekit.cli import emit_json
+
+        emit_json({"pid": proc.pid, "superlink": superlink, "partition-id": partition_id})
+        return
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        deploy.stop(proc)
+    raise typer.Exit(proc.returncode or 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(fed, name="federated")

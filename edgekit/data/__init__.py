@@ -1,0 +1,1 @@
+"""Offline data sets (no downloads at run time). Light: loaders import numpy only when called."""

@@ -1,0 +1,78 @@
+"""The errors edgekit raises for user mistakes.
+
+Every error carries one line naming the problem and, where one exists, the fix. The CLI prints
+that line and exits non-zero; Python callers catch the specific type. Torch-free.
+"""
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """Base class: a problem the user can fix. ``str(err)`` is one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message} (fix: {hint})")
+
+
+class BundleError(EdgekitError):
+    """A bundle cannot be read or trusted."""
+
+
+class ChecksumError(BundleError):
+    """A file in the bundle does not match the sha256 its manifest records."""
+
+
+class UnsafePathError(BundleError):
+    """A manifest path points outside the bundle directory."""
+
+
+class FormatVersionError(BundleError):
+    """The manifest is of an unknown format or format version."""
+
+
+class MissingFileError(BundleError, FileNotFoundError):
+    """A path the user gave, or a file the manifest names, does not exist."""
+
+
+class InputError(EdgekitError, ValueError):
+    """Inputs given to a session do not match its input specs."""
+
+
+class InputNameError(InputError, KeyError):
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return EdgekitError.__str__(self)
+
+
+class InputDtypeError(InputError, TypeError):
+    pass
+
+
+class InputRankError(InputError):
+    pass
+
+
+class InputShapeError(InputError):
+    pass
+
+
+class BackendUnavailableError(EdgekitError, ImportError):
+    """A backend library is not installed (or cannot run on this machine)."""
+
+
+class ExportError(EdgekitError):
+    """A model could not be exported to a target."""
+
+
+class ValidationFailed(EdgekitError):
+    """An artifact's outputs differ from the PyTorch reference beyond tolerance."""
+
+
+class DataError(EdgekitError, ValueError):
+    """User data (an .npz/.npy file, calibration set, personal samples) is unusable."""
+
+
+class UsageError(EdgekitError, ValueError):
+    """Bad arguments: unknown target, precision, model spec, ..."""

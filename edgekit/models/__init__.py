@@ -1,0 +1,1 @@
+"""Built-in models. ``edgekit.models.registry`` lists them without importing torch."""

@@ -1,0 +1,26 @@
+"""Built-in models by name. Each entry is "module:function"; the function returns a ModelSource.
+
+Listing names costs nothing; building a model imports its module (and torch) only then.
+"""
+from __future__ import annotations
+
+import importlib
+
+from edgekit.errors import UsageError
+
+DEFAULT = "digits-cnn"
+
+BUILTINS: dict[str, str] = {
+    "digits-cnn": "edgekit.models.digits:builtin",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "digits-cnn": "small CNN, 8x8 handwritten digits (sklearn load_digits), 10 classes — the embedded default",
+}
+
+
+def get(name: str):
+    if name not in BUILTINS:
+        raise UsageError(f"unknown built-in model {name!r}", f"`edgekit models` lists them: {', '.join(BUILTINS)}")
+    mod, fn = BUILTINS[name].split(":")
+    return getattr(importlib.import_module(mod), fn)()

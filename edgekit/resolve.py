@@ -1,0 +1,167 @@
+"""Turn a CLI MODEL argument into a ModelSource.
+
+Forms: omitted (the embedded default), builtin:NAME, FILE.pt2 (torch.export.save), FILE.onnx,
+pkg.mod:fn (a callable returning an nn.Module, a ModelSource, or (module, example_inputs)).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import MissingFileError, UsageError
+from edgekit.models import registry
+from edgekit.source import ModelSource
+
+_DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+
+
+def parse_input(spec: str) -> tuple[str, tuple[int, ...], str]:
+    """``NAME:SHAPE[:DTYPE]`` with SHAPE like 1x3x224x224 or 1,3,224,224."""
+    m = re.fullmatch(r"([^:]+):([0-9x,]+)(?::(\w+))?", spec.strip())
+    if not m:
+        raise UsageError(f"cannot parse --input {spec!r}", "use NAME:SHAPE[:DTYPE], e.g. x:1x3x224x224:float32")
+    dtype = m.group(3) or "float32"
+    if dtype not in _DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r} in --input {spec!r}", f"use one of {', '.join(sorted(_DTYPES))}")
+    shape = tuple(int(d) for d in re.split(r"[x,]", m.group(2)) if d)
+    return m.group(1), shape, dtype
+
+
+def parse_dynamic(specs: list[str]) -> dict[str, dict[int, str]]:
+    """``NAME:AXIS=DIM`` (repeatable), e.g. x:0=batch input_ids:1=seq."""
+    out: dict[str, dict[int, str]] = {}
+    for spec in specs:
+        m = re.fullmatch(r"([^:]+):(\d+)=(\w+)", spec.strip())
+        if not m:
+            raise UsageError(f"cannot parse --dynamic {spec!r}", "use NAME:AXIS=DIM, e.g. x:0=batch")
+        out.setdefault(m.group(1), {})[int(m.group(2))] = m.group(3)
+    return out
+
+
+def _examples(inputs: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ex = {}
+    for spec in inputs:
+        name, shape, dtype = parse_input(spec)
+        ex[name] = (rng.standard_normal(shape).astype(dtype) if np.dtype(dtype).kind == "f"
+                    else np.ones(shape, dtype=dtype))
+    return ex
+
+
+def _check_dynamic(dynamic: dict, ex: dict[str, np.ndarray]) -> None:
+    for name, axes in dynamic.items():
+        if name not in ex:
+            raise UsageError(f"--dynamic names input {name!r}, but the model's inputs are {list(ex)}",
+                             "use one of the model's input names")
+        for ax in axes:
+            if ax >= ex[name].ndim:
+                raise UsageError(f"--dynamic {name}:{ax}: input {name!r} has rank {ex[name].ndim}",
+                                 f"use an axis between 0 and {ex[name].ndim - 1}")
+
+
+def _onnx_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UsageError(f"{path.name} is not a readable ONNX file ({type(e).__name__})",
+                         "check the file; it should come from torch.onnx.export or similar") from None
+    init = {i.name for i in model.graph.initializer}
+    ex = _examples(inputs) if inputs else {}
+    dyn = dict(dynamic)
+    for vi in model.graph.input:
+        if vi.name in init or vi.name in ex:
+            continue
+        tt = vi.type.tensor_type
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        dtype = np.dtype(tensor_dtype_to_np_dtype(tt.elem_type))
+        shape = []
+        for ax, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            else:
+                shape.append(1)
+                dyn.setdefault(vi.name, {})[ax] = d.dim_param or f"{vi.name}_{ax}"
+        rng = np.random.default_rng(0)
+        ex[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
+    _check_dynamic(dyn, ex)
+    return ModelSource(module=None, example_inputs=ex, output_names=[o.name for o in model.graph.output],
+                       dynamic=dyn or None, name=path.stem, onnx_path=str(path),
+                       metadata={"source": str(path.name)}, description="ONNX file")
+
+
+def _pt2_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
+    import torch
+
+    ep = torch.export.load(str(path))
+    if inputs:
+        ex = _examples(inputs)
+    else:
+        args = getattr(ep, "example_inputs", None)
+        if not args or not args[0]:
+            raise UsageError(f"{path.name} carries no example inputs", "pass --input NAME:SHAPE for each input")
+        specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        names = [getattr(s.arg, "name", f"input_{i}") for i, s in enumerate(specs)]
+        ex = {n: a.detach().numpy() for n, a in zip(names, args[0])}
+    _check_dynamic(dynamic, ex)
+    n_out = len(ep.graph_signature.user_outputs)
+    outs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    return ModelSource(module=ep.module(), example_inputs=ex, output_names=outs, dynamic=dynamic or None,
+                       name=path.stem, metadata={"source": path.name}, description="torch.export program")
+
+
+def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
+    mod_name, fn_name = ref.split(":", 1)
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`, let users name modules in the current directory
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {e})",
+                         "give MODEL as package.module:function importable from the current directory") from None
+    made: Any = fn()
+    if isinstance(made, ModelSource):
+        return made
+    example = None
+    if isinstance(made, tuple) and len(made) == 2:
+        made, example = made
+    if inputs:
+        ex = _examples(inputs)
+    elif example is not None:
+        from edgekit.api import normalize_examples
+
+        ex = normalize_examples(made, example, None)
+    else:
+        raise UsageError(f"{ref} returned a module without example inputs", "pass --input NAME:SHAPE[:DTYPE]")
+    _check_dynamic(dynamic, ex)
+    return ModelSource(module=made.eval(), example_inputs=ex, output_names=[], dynamic=dynamic or None,
+                       name=fn_name, metadata={"source": ref}, description=ref)
+
+
+def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[str] | None = None) -> ModelSource:
+    inputs, dyn = list(inputs or []), parse_dynamic(list(dynamic or []))
+    if not model:
+        model = f"builtin:{registry.DEFAULT}"
+    if model.startswith("builtin:"):
+        src = registry.get(model.split(":", 1)[1])
+        src.metadata.setdefault("source", model)
+        if dyn:
+            _check_dynamic(dyn, src.example_inputs)
+            src.dynamic = dyn
+        return src
+    p = Path(model)
+    if model.endswith((".pt2", ".onnx")):
+        if not p.is_file():
+            raise MissingFileError(f"model file {model!r} does not exist", "check the path")
+        return _onnx_source(p, inputs, dyn) if model.endswith(".onnx") else _pt2_source(p, inputs, dyn)
+    if re.fullmatch(r"[\w.]+:\w+", model):
+        return _callable_source(model, inputs, dyn)
+    raise UsageError(f"cannot understand MODEL {model!r}",
+                     "use builtin:NAME, FILE.pt2, FILE.onnx or package.module:function (or nothing for the default)")

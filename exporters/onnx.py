@@ -1,0 +1,152 @@
+"""ONNX exporter: torch.export (dynamo) first, the TorchScript exporter as fallback (reason kept),
+then onnx.checker, optional onnxslim, optional fp16 conversion."""
+from __future__ import annotations
+
+import re
+import shutil
+
+from edgekit.errors import ExportError
+from edgekit.exporters.job import ExportJob, ExportResult
+
+DEFAULT_OPSET = 18
+
+
+def _sym(name: str) -> str:
+    s = re.sub(r"\W", "_", name)
+    return s if s[:1].isalpha() else "d_" + s
+
+
+def _grow(args: tuple, names: list[str], dynamic: dict) -> tuple:
+    """torch.export specialises dims of size 0/1: trace dynamic axes at size >= 2."""
+    import torch
+
+    out = []
+    for n, a in zip(names, args):
+        for axis in (dynamic or {}).get(n, {}):
+            if a.shape[axis] < 2:
+                a = torch.cat([a, a], dim=axis)
+        out.append(a)
+    return tuple(out)
+
+
+def _dynamo(job: ExportJob, args: tuple, path, opset: int) -> None:
+    import torch
+
+    dims: dict[str, object] = {}
+    shapes = []
+    for n in job.input_names:
+        axes = (job.dynamic or {}).get(n)
+        shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(_sym(sym), min=1))
+                       for ax, sym in axes.items()} if axes else None)
+    torch.onnx.export(job.module, args, str(path), input_names=job.input_names,
+                      output_names=job.output_names, opset_version=opset, dynamo=True,
+                      dynamic_shapes=(tuple(shapes),) if job.dynamic else None, external_data=False,
+                      verbose=False, optimize=True)
+
+
+def _torchscript(job: ExportJob, args: tuple, path, opset: int) -> None:
+    import torch
+
+    axes = {n: {int(a): s for a, s in d.items()} for n, d in (job.dynamic or {}).items()}
+    torch.onnx.export(job.module, args, str(path), input_names=job.input_names,
+                      output_names=job.output_names, opset_version=opset, dynamo=False,
+                      dynamic_axes=axes or None, do_constant_folding=True)
+
+
+def _name_dims(model, job: ExportJob) -> None:
+    """Give the graph's inputs/outputs the manifest's symbolic dim names (batch, seq, ...)."""
+    for vi, spec in [*zip(model.graph.input, job.inputs), *zip(model.graph.output, job.outputs)]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            continue
+        for d, s in zip(dims, spec.shape):
+            if isinstance(s, str):
+                d.dim_param = s
+
+
+def _reason(e: BaseException) -> str:
+    """The informative line of an exporter exception (torch.onnx wraps the cause in a long banner)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "## Exception summary" in lines:
+        after = lines[lines.index("## Exception summary") + 1:]
+        if after:
+            return after[0][:400]
+    return f"{type(e).__name__}: {(lines or [''])[0][:400]}"
+
+
+def _toposort(graph) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs (Kahn)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:  # a cycle or a dangling input: leave the rest as it was, the checker will say
+            ordered += rest
+            break
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def export(job: ExportJob) -> ExportResult:
+    import onnx
+    import torch
+
+    path = job.workdir / "model.onnx"
+    opset = job.opset or DEFAULT_OPSET
+    notes: list[str] = []
+    extra: dict = {}
+    if job.module is None:  # the source is an ONNX file already
+        shutil.copyfile(job.onnx_path, path)
+        extra["exporter"] = "source-onnx"
+    else:
+        args = _grow(tuple(job.example_inputs[n] for n in job.input_names), job.input_names, job.dynamic)
+        want = job.options.get("exporter", "dynamo")
+        try:
+            if want != "dynamo":
+                raise RuntimeError(f"exporter {want!r} requested")
+            _dynamo(job, args, path, opset)
+            extra["exporter"] = "dynamo"
+        except Exception as e:  # any failure of the new exporter: fall back, keep the reason
+            reason = _reason(e)
+            extra.update(exporter="torchscript", fallback_reason=reason)
+            notes.append(f"dynamo exporter not used ({reason}); used the TorchScript exporter")
+            path.unlink(missing_ok=True)
+            try:
+                _torchscript(job, args, path, opset)
+            except Exception as e2:
+                raise ExportError(f"ONNX export failed with both exporters: dynamo: {reason}; "
+                                  f"torchscript: {_reason(e2)}",
+                                  "run with --debug for the trace; simplify data-dependent control flow") from e2
+    model = onnx.load(str(path))
+    _name_dims(model, job)
+    if job.options.get("slim", True) and job.module is not None:
+        try:
+            import onnxslim
+
+            slim = onnxslim.slim(model)
+            if slim is not None:
+                model = slim
+                extra["onnxslim"] = onnxslim.__version__
+        except ImportError:
+            notes.append("onnxslim not installed; graph not slimmed")
+        except Exception as e:  # slimming is an optimisation; never fail the export on it
+            notes.append(f"onnxslim skipped: {type(e).__name__}: {str(e)[:200]}")
+    if job.precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True)
+        _toposort(model.graph)  # the converter appends its input casts at the end
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    opset_used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    toolchain = {"torch": torch.__version__} if job.module is not None else {}
+    if "onnxslim" in extra:
+        toolchain["onnxslim"] = extra.pop("onnxslim")
+    return ExportResult(path, toolchain={**toolchain, "onnx": onnx.__version__, "opset": int(opset_used)},
+                        notes=notes, extra=extra)

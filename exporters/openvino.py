@@ -1,0 +1,166 @@
+"""OpenVINO exporter: PyTorch -> OpenVINO IR (model.xml + model.bin) at fp32 / fp16 / int8.
+
+Conversion order (the first that works is used; every failure reason is kept in ``extra``):
+  1. ``ov.convert_model(torch.export.export(module, ...))``  (ExportedProgram, dynamic dims kept)
+  2. ``ov.convert_model(module, example_input=...)``          (TorchScript tracing inside OpenVINO)
+  3. ``ov.convert_model(<the bundle's fp32 ONNX>)``           (always there: the target needs ONNX)
+Options (``job.options``): ``openvino_source`` = "auto" | "exported_program" | "module" | "onnx".
+
+Precision: fp32 keeps fp32 weights; fp16 compresses weights to fp16 (``save_model(compress_to_fp16=
+True)``; compute precision is the device's); int8 is NNCF post-training quantization
+(``nncf.quantize``) on the calibration set (required), with ``ModelType.TRANSFORMER`` for graphs
+with attention (MatMul + Softmax).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BackendUnavailableError, DataError, ExportError
+from edgekit.exporters.job import ExportJob, ExportResult
+
+INSTALL = 'pip install "edgekit[openvino]"'
+SOURCES = ("exported_program", "module", "onnx")
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError as e:
+        raise BackendUnavailableError(f"OpenVINO is not installed ({e.name or e})", INSTALL) from None
+    return openvino
+
+
+def _grow_args(job: ExportJob) -> tuple:
+    """torch.export specialises dims of size 1: trace dynamic axes at size >= 2."""
+    import torch
+
+    out = []
+    for n in job.input_names:
+        a = job.example_inputs[n]
+        for axis in (job.dynamic or {}).get(n, {}):
+            if a.shape[int(axis)] < 2:
+                a = torch.cat([a, a], dim=int(axis))
+        out.append(a)
+    return tuple(out)
+
+
+def _sym(name: str) -> str:
+    s = re.sub(r"\W", "_", name)
+    return s if s[:1].isalpha() else "d_" + s
+
+
+def _from_exported_program(job: ExportJob, ov: Any) -> Any:
+    import torch
+
+    args = _grow_args(job)
+    dims: dict[str, Any] = {}
+    shapes = []
+    for n in job.input_names:
+        axes = (job.dynamic or {}).get(n)
+        shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(_sym(sym), min=1))
+                       for ax, sym in axes.items()} if axes else None)
+    # the adapted module's forward(*args): dynamic_shapes nests the per-input specs under *args
+    ep = torch.export.export(job.module, args, dynamic_shapes=(tuple(shapes),) if job.dynamic else None)
+    return ov.convert_model(ep)
+
+
+def _from_module(job: ExportJob, ov: Any) -> Any:
+    args = tuple(job.example_inputs[n] for n in job.input_names)
+    inputs = []
+    for n, a in zip(job.input_names, args):
+        shape = [(-1 if int(ax) in {int(k) for k in (job.dynamic or {}).get(n, {})} else int(d))
+                 for ax, d in enumerate(a.shape)]
+        inputs.append(ov.PartialShape(shape))
+    return ov.convert_model(job.module, example_input=args, input=inputs)
+
+
+def _from_onnx(job: ExportJob, ov: Any) -> Any:
+    if job.onnx_path is None or not Path(job.onnx_path).is_file():
+        raise ExportError("no ONNX artifact to convert from", "export with --target onnx,openvino")
+    return ov.convert_model(str(job.onnx_path))
+
+
+def convert(job: ExportJob, ov: Any) -> tuple[Any, dict]:
+    """Run the conversion chain; returns (ov.Model, info with the source used and fallback reasons)."""
+    want = job.options.get("openvino_source", "auto")
+    if want != "auto" and want not in SOURCES:
+        raise ExportError(f"unknown openvino_source {want!r}", f"choose auto or one of {', '.join(SOURCES)}")
+    order = SOURCES if want == "auto" else (want,)
+    if job.module is None:
+        order = ("onnx",)
+    failures: dict[str, str] = {}
+    fns = {"exported_program": _from_exported_program, "module": _from_module, "onnx": _from_onnx}
+    for src in order:
+        try:
+            model = fns[src](job, ov)
+        except Exception as e:  # any converter failure: try the next source, keep the reason
+            failures[src] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+            continue
+        if len(model.inputs) != len(job.input_names) or len(model.outputs) != len(job.output_names):
+            failures[src] = (f"converted graph has {len(model.inputs)} inputs/{len(model.outputs)} outputs, "
+                             f"expected {len(job.input_names)}/{len(job.output_names)}")
+            continue
+        info = {"source": src}
+        if failures:
+            info["fallback_reason"] = failures
+        return model, info
+    raise ExportError(f"OpenVINO conversion failed from every source: {failures}",
+                      "run with --debug; export ONNX first and check it loads in onnxruntime")
+
+
+def _name_ports(model: Any, job: ExportJob) -> None:
+    for port, name in zip(model.inputs, job.input_names):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, job.output_names):
+        port.get_tensor().set_names({name})
+
+
+def _is_transformer(model: Any) -> bool:
+    types = {op.get_type_name() for op in model.get_ops()}
+    return "Softmax" in types and "MatMul" in types
+
+
+def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
+    if not job.calib:
+        raise DataError("int8 OpenVINO export needs calibration data",
+                        "pass --calib DATA (.npz or a directory of .npy) or calib=... in the Python API")
+    try:
+        import nncf
+    except ImportError as e:
+        raise BackendUnavailableError(f"NNCF is not installed ({e.name or e}); it quantizes to int8", INSTALL) from None
+    samples = list(job.calib)
+    kwargs: dict[str, Any] = {"subset_size": len(samples)}
+    transformer = job.options.get("model_type") == "transformer" or (
+        job.options.get("model_type") is None and _is_transformer(model))
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if job.options.get("preset") == "mixed":
+        kwargs["preset"] = nncf.QuantizationPreset.MIXED
+    names = list(job.input_names)
+    dataset = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
+    qmodel = nncf.quantize(model, dataset, **kwargs)
+    return qmodel, {"nncf": nncf.__version__, "calib_samples": len(samples),
+                    "model_type": "transformer" if transformer else "default"}
+
+
+def export(job: ExportJob) -> ExportResult:
+    ov = _ov()
+    model, info = convert(job, ov)
+    _name_ports(model, job)
+    toolchain = {"openvino": ov.get_version().split("-")[0]}
+    extra: dict[str, Any] = dict(info)
+    notes = [f"OpenVINO converted from {src} failed ({why}); fell back"
+             for src, why in info.get("fallback_reason", {}).items()]
+    if job.precision == "int8":
+        model, qinfo = quantize_int8(model, job)
+        toolchain["nncf"] = qinfo.pop("nncf")
+        extra.update(qinfo)
+    out = Path(job.workdir) / "openvino"
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=(job.precision == "fp16"))
+    extra["example_shapes"] = {n: [int(d) for d in job.example_inputs[n].shape] for n in job.input_names}
+    extra["ops"] = len(model.get_ops())
+    extra["weights"] = {"fp32": "fp32", "fp16": "fp16 (compressed)", "int8": "int8 (NNCF PTQ)"}[job.precision]
+    return ExportResult(out, toolchain=toolchain, notes=notes, extra=extra)

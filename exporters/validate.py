@@ -1,0 +1,106 @@
+"""The one validation routine: run an artifact on validation cases and compare with the reference.
+
+Cases are the example inputs plus random inputs drawn like them (same value range; integer inputs
+take values seen in the example, so token ids and masks stay valid), at other sizes on every
+dynamic axis. Torch is not needed here; the reference outputs come from the caller.
+"""
+from __future__ import annotations
+
+import platform
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekit.bundle import Validation
+from edgekit.exporters.targets import MIN_AGREEMENT, TOLERANCE
+
+
+def _other_sizes(e: int) -> list[int]:
+    return [e + 1, 2 * e] if e <= 64 else [(3 * e) // 4]
+
+
+def _draw(a: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    if a.dtype.kind == "f":
+        mu, sd = float(a.mean()), float(a.std()) or 1.0
+        return rng.normal(mu, sd, size=shape).astype(a.dtype)
+    values = np.unique(a)
+    return rng.choice(values, size=shape).astype(a.dtype)
+
+
+def make_cases(example: dict[str, np.ndarray], dynamic: dict | None, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Example + one random same-size case + random cases at other sizes of each dynamic symbol."""
+    rng = np.random.default_rng(seed)
+    cases = [dict(example), {n: _draw(a, a.shape, rng) for n, a in example.items()}]
+    symbols: dict[str, int] = {}
+    for n, axes in (dynamic or {}).items():
+        for ax, sym in axes.items():
+            symbols.setdefault(sym, example[n].shape[int(ax)])
+    for sym, e in symbols.items():
+        for size in _other_sizes(e):
+            case = {}
+            for n, a in example.items():
+                shape = list(a.shape)
+                for ax, s in (dynamic or {}).get(n, {}).items():
+                    if s == sym:
+                        shape[int(ax)] = size
+                case[n] = _draw(a, tuple(shape), rng)
+            cases.append(case)
+    return cases
+
+
+def compare(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]], precision: str,
+            classifier: bool = False, where: str = "") -> Validation:
+    max_abs, scale, mismatch = 0.0, 0.0, []
+    agree, total = 0, 0
+    for i, (ref, got) in enumerate(zip(refs, gots)):
+        for name, r in ref.items():
+            g = got.get(name)
+            if g is None or np.shape(g) != np.shape(r):
+                mismatch.append(f"case {i} output {name}: shape {None if g is None else list(np.shape(g))} "
+                                f"!= reference {list(np.shape(r))}")
+                continue
+            r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+            diff = np.abs(r64 - g64)
+            bad_nan = np.isnan(g64) & ~np.isnan(r64)
+            err = float(np.inf) if bad_nan.any() else float(np.nanmax(diff)) if diff.size else 0.0
+            max_abs = max(max_abs, err)
+            scale = max(scale, float(np.nanmax(np.abs(r64))) if r64.size else 0.0)
+        if classifier and ref:
+            first = next(iter(ref))
+            if first in got and np.shape(got[first]) == np.shape(ref[first]) and np.ndim(ref[first]) >= 1:
+                agree += int((np.argmax(ref[first], -1) == np.argmax(got[first], -1)).sum())
+                total += int(np.prod(np.shape(ref[first])[:-1]) or 1)
+    tol = TOLERANCE[precision] * max(1.0, scale)
+    detail: dict[str, Any] = {"output_scale": scale, "tolerance_rule": f"{TOLERANCE[precision]} x max(1, max|ref|)"}
+    agreement = agree / total if total else None
+    if agreement is not None:
+        detail["top1_agreement"] = agreement
+    if mismatch:
+        passed = False
+        detail["mismatch"] = mismatch[:5]
+    elif precision == "int8":  # quantised: judge by decisions where we can, else by relative error
+        passed = agreement >= MIN_AGREEMENT["int8"] if agreement is not None else max_abs <= tol
+    else:
+        passed = max_abs <= tol and (agreement is None or agreement >= MIN_AGREEMENT[precision])
+    return Validation(passed=bool(passed), max_abs_err=max_abs, max_rel_err=max_abs / scale if scale else max_abs,
+                      tolerance=tol, where=where or host(), cases=len(refs), detail=detail)
+
+
+def host() -> str:
+    return f"{platform.system()} {platform.machine()} ({platform.processor() or 'cpu'})"
+
+
+def run_cases(run: Callable[[dict], dict], cases: list[dict]) -> list[dict[str, np.ndarray]]:
+    return [run(c) for c in cases]
+
+
+def validate_artifact(path, target, artifact, graph, cases, refs, classifier: bool = False,
+                      **options: Any) -> Validation:
+    """Open ``artifact`` with the backend its target names and compare it with ``refs`` on ``cases``."""
+    from edgekit.runtimes import backend_class
+
+    impl = backend_class(target.backend)(path, artifact, graph, **options)
+    gots = run_cases(impl.run, cases)
+    version = getattr(impl, "version", "")
+    return compare(refs, gots, artifact.precision, classifier,
+                   where=f"{target.backend} {version} on {host()}".replace("  ", " "))

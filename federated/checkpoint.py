@@ -1,0 +1,92 @@
+"""Atomic server checkpoint: core model, its version, the update buffer, and the curve so far.
+
+One file ``<dir>/server.ckpt.npz``. It is written to a temporary file in the same directory,
+flushed and fsynced, then ``os.replace``d over the old one, so a crash at any moment leaves
+either the previous complete checkpoint or the new complete one, never a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+from .models import State
+from .strategies import Update
+
+CKPT_NAME = "server.ckpt.npz"
+FORMAT = "edgekit.federated.checkpoint/1"
+
+
+class CheckpointError(EdgekitError):
+    """A checkpoint exists but cannot be used."""
+
+
+@dataclass
+class ServerState:
+    core: State
+    version: int
+    buffer: list[Update] = field(default_factory=list)
+    accepted: int = 0  # updates accepted so far (buffered or already aggregated)
+    meta: dict = field(default_factory=dict)  # method, curve, counters ...
+
+
+def checkpoint_path(directory: str | os.PathLike) -> Path:
+    return Path(directory) / CKPT_NAME
+
+
+def save(directory: str | os.PathLike, st: ServerState) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {f"core/{k}": v for k, v in st.core.items()}
+    for i, u in enumerate(st.buffer):
+        arrays.update({f"buf{i}/{k}": v for k, v in u.state.items()})
+    header = {"format": FORMAT, "version": st.version, "accepted": st.accepted,
+              "buffer": [u.meta() for u in st.buffer], "meta": st.meta}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=".server.ckpt.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, d / CKPT_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(d, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    except OSError:
+        pass
+    return d / CKPT_NAME
+
+
+def load(directory: str | os.PathLike) -> ServerState | None:
+    """The last complete checkpoint in ``directory``, or None if there is none."""
+    p = checkpoint_path(directory)
+    if not p.exists():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            header = json.loads(bytes(z["__header__"]).decode())
+            data = {k: z[k] for k in z.files if k != "__header__"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {p} is unreadable: {err}",
+                              "delete it to start from scratch") from err
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {p} has format {header.get('format')!r}, expected {FORMAT}")
+    core = {k[5:]: v for k, v in data.items() if k.startswith("core/")}
+    buffer = []
+    for i, m in enumerate(header["buffer"]):
+        pre = f"buf{i}/"
+        state = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
+        buffer.append(Update(state=state, **m))
+    return ServerState(core=core, version=int(header["version"]), buffer=buffer,
+                       accepted=int(header.get("accepted", 0)), meta=header.get("meta", {}))

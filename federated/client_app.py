@@ -1,0 +1,93 @@
+"""Flower ClientApp: train the received clone on this node's private partition, send it back.
+
+Message in  (type "train"): RecordDict{"arrays": ArrayRecord (the core model clone),
+                                       "config": ConfigRecord(version, model, dataset, alpha,
+                                                              seed, lr, epochs, batch-size)}
+Message out: RecordDict{"arrays": ArrayRecord (the trained clone),
+                        "metrics": MetricRecord(num-examples, base-version, train-loss,
+                                                train-acc)}
+Only the model and these metrics leave the node; the data never does.
+
+Node config (``flower-supernode --node-config``): partition-id, num-partitions, optional
+data-path (an .npz with x, y replacing the partition) and, for robustness experiments only,
+attack = label-flip | random-weights | scaled (a deliberately malicious client).
+
+A node whose data is empty or malformed replies with a Flower ``Error`` naming the reason (and
+logs it), so the server can skip it without crashing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edgekit.errors import DataError, EdgekitError
+
+log = logging.getLogger("edgekit.federated")
+
+ATTACKS = ("label-flip", "random-weights", "scaled")
+ERR_DATA = 1001  # Error.code for unusable local data
+ERR_CONFIG = 1002  # Error.code for an unusable instruction
+
+app = ClientApp()
+
+
+def _cfg(msg: Message) -> dict:
+    cfg = msg.content.config_records.get("config")
+    return dict(cfg) if cfg is not None else {}
+
+
+def train_clone(msg: Message, context: Context) -> Message:
+    """The whole client step (also called directly by the virtual-clock simulation)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from .data import load_partition, load_dataset
+    from .models import build_model, get_state, record_to_state, set_state, state_to_record, train_local
+
+    torch.set_num_threads(1)
+    node = context.node_config
+    cfg = _cfg(msg)
+    try:
+        if "arrays" not in msg.content.array_records:
+            raise EdgekitError("instruction carries no 'arrays' record")
+        dataset, seed = str(cfg.get("dataset", "digits")), int(cfg.get("seed", 0))
+        x, y = load_partition(dataset, int(node.get("partition-id", -1)),
+                              int(node.get("num-partitions", 0)), float(cfg.get("alpha", 0.5)),
+                              seed, data_path=str(node["data-path"]) if node.get("data-path") else None)
+        s = load_dataset(dataset, seed)
+        model = build_model(str(cfg.get("model", "mlp")), s.in_dim, s.n_classes)
+        base = record_to_state(msg.content.array_records["arrays"])
+        set_state(model, base)
+    except (EdgekitError, KeyError, ValueError, RuntimeError) as err:
+        code = ERR_DATA if isinstance(err, DataError) else ERR_CONFIG
+        log.warning("node %s: rejecting instruction: %s", context.node_id, err)
+        return Message(Error(code=code, reason=f"client rejected: {err}"), reply_to=msg)
+
+    attack = str(node.get("attack", "") or "")
+    version = int(cfg.get("version", 0))
+    train_seed = seed * 100_003 + version * 101 + int(node.get("partition-id", 0))
+    if attack == "label-flip":
+        y = (s.n_classes - 1 - y).astype(np.int64)
+    metrics = train_local(model, x, y, epochs=int(cfg.get("epochs", 1)), lr=float(cfg.get("lr", 0.05)),
+                          batch_size=int(cfg.get("batch-size", 32)), seed=train_seed)
+    state = get_state(model)
+    if attack == "random-weights":
+        rng = np.random.default_rng(train_seed)
+        state = {k: rng.normal(0, 1, v.shape).astype(v.dtype) for k, v in state.items()}
+    elif attack == "scaled":  # reversed and boosted update: base - 10 * (trained - base)
+        state = {k: (base[k] - 10.0 * (v - base[k])).astype(v.dtype) for k, v in state.items()}
+    content = RecordDict({
+        "arrays": state_to_record(state),
+        "metrics": MetricRecord({"num-examples": int(len(x)), "base-version": version,
+                                 "train-loss": metrics["train-loss"], "train-acc": metrics["train-acc"]}),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return train_clone(msg, context)

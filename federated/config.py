@@ -1,0 +1,72 @@
+"""Run configuration shared by the ServerApp, the simulation and the CLI (Flower run_config keys
+are the kebab-case field names, e.g. ``buffer-size``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from edgekit.errors import UsageError
+
+METHODS = ("cloned", "fedbuff", "fedavg")
+
+
+@dataclass
+class FedConfig:
+    method: str = "cloned"  # cloned | fedbuff | fedavg
+    dataset: str = "digits"
+    model: str = "mlp"
+    seed: int = 0
+    alpha: float = 0.5  # Dirichlet non-IID concentration of the partitions
+    num_partitions: int = 0  # informative; nodes carry their own partition config
+    lr: float = 0.05  # client SGD learning rate
+    epochs: int = 2  # local epochs per clone
+    batch_size: int = 32
+    buffer_size: int = 5  # K: teachers (or deltas) per core update
+    attend: float = 0.8  # distillation: weight on teachers vs. retaining the core
+    init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
+    screen: bool = True  # teacher screening on the server validation set
+    distill_epochs: int = 3
+    distill_lr: float = 1e-3
+    temperature: float = 2.0
+    server_lr: float = 1.0  # FedBuff server step
+    staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none
+    max_staleness: int = 20  # older updates are rejected
+    deadline: float = 60.0  # seconds a dispatched clone may take (also FedAvg round timeout)
+    max_wait: float = 0.0  # aggregate a partial buffer after this long (0: never)
+    poll: float = 0.2  # seconds between pulls
+    max_versions: int = 20  # stop after this many core updates (FedAvg: rounds)
+    max_time: float = 0.0  # stop after this many seconds, real or virtual (0: no limit)
+    checkpoint_dir: str = ""  # "" disables checkpoints
+    out: str = ""  # write the result JSON here when the run ends
+    min_nodes: int = 1  # wait for this many nodes before the first dispatch
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.buffer_size < 1:
+            raise UsageError("buffer-size must be >= 1")
+        if not 0.0 <= self.attend <= 1.0:
+            raise UsageError(f"attend must be in [0, 1], got {self.attend}")
+        if self.deadline <= 0:
+            raise UsageError("deadline must be > 0 seconds")
+
+    @classmethod
+    def from_run_config(cls, rc: dict) -> "FedConfig":
+        known = {f.name: f for f in fields(cls)}
+        kw = {}
+        for key, value in dict(rc).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                continue
+            typ = known[name].type
+            if typ == "bool" and isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes")
+            kw[name] = {"int": int, "float": float, "str": str, "bool": bool}[typ](value)
+        return cls(**kw)
+
+    def to_run_config(self) -> dict:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def client_config(self, version: int) -> dict:
+        return {"version": int(version), "model": self.model, "dataset": self.dataset,
+                "alpha": float(self.alpha), "seed": int(self.seed), "lr": float(self.lr),
+                "epochs": int(self.epochs), "batch-size": int(self.batch_size)}

@@ -1,0 +1,191 @@
+"""Offline data for federated experiments: splits, Dirichlet non-IID partitions, validation.
+
+Data sets (never downloaded at run time):
+  digits         sklearn's bundled 8x8 digits (1797 images, 64 features) -- tests and CI
+  fashion-mnist  Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist);
+                 ``load_dataset("fashion-mnist")`` falls back to digits when it is absent.
+
+Every data set is split once, deterministically from ``seed``, into disjoint parts:
+  pool    the clients' private training data (partitioned by :func:`dirichlet_partition`)
+  public  the server's *unlabeled* distillation split (labels are dropped by the server)
+  val     a small labeled server validation set used only for teacher screening
+  test    held-out accuracy for the curves
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import DataError
+
+log = logging.getLogger("edgekit.federated")
+
+FASHION_DIR = Path(os.environ.get("EDGEKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+DATASETS = ("digits", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class Splits:
+    name: str
+    n_classes: int
+    in_dim: int
+    pool_x: np.ndarray
+    pool_y: np.ndarray
+    public_x: np.ndarray  # unlabeled
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def fashion_available() -> bool:
+    return (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    if name == "digits":  # sklearn's bundled CSV, read without importing sklearn (fast start)
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError("the digits data set needs scikit-learn", 'pip install "edgekit[federated]"')
+        csv = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        d = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+        return d[:, :-1] / 16.0, d[:, -1].astype(np.int64), None, None
+    if name == "fashion-mnist":
+        tr_x = _read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(-1, 784)
+        tr_y = _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+        te_x = _read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(-1, 784)
+        te_y = _read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+        f = lambda a: (a.astype(np.float32) / 255.0 - 0.2860) / 0.3530  # noqa: E731
+        return f(tr_x), tr_y.astype(np.int64), f(te_x), te_y.astype(np.int64)
+    raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
+
+
+def resolve_dataset(name: str) -> str:
+    """Return the data set that will really be used (fashion-mnist falls back to digits)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
+    if name == "fashion-mnist" and not fashion_available():
+        log.warning("Fashion-MNIST not found in %s; falling back to digits "
+                    "(apt-get install -y dataset-fashion-mnist)", FASHION_DIR)
+        return "digits"
+    return name
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str = "digits", seed: int = 0, pool_size: int | None = None) -> Splits:
+    """Deterministic disjoint splits of a data set (see module doc)."""
+    name = resolve_dataset(name)
+    x, y, te_x, te_y = _raw(name)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    x, y = x[idx], y[idx]
+    n = len(x)
+    if te_x is None:  # digits: 20% test, 20% public, 6% val, rest pool
+        n_test, n_pub, n_val = int(0.2 * n), int(0.2 * n), int(0.06 * n)
+        test_x, test_y = x[:n_test], y[:n_test]
+        rest_x, rest_y = x[n_test:], y[n_test:]
+    else:  # fashion: official test set (first 5000 for speed), train split into the rest
+        tsel = rng.permutation(len(te_x))[:5000]
+        test_x, test_y = te_x[tsel], te_y[tsel]
+        rest_x, rest_y = x, y
+        n_pub, n_val = 5000, 500
+    pub_x = rest_x[:n_pub]
+    val_x, val_y = rest_x[n_pub:n_pub + n_val], rest_y[n_pub:n_pub + n_val]
+    pool_x, pool_y = rest_x[n_pub + n_val:], rest_y[n_pub + n_val:]
+    if pool_size is not None:
+        pool_x, pool_y = pool_x[:pool_size], pool_y[:pool_size]
+    return Splits(name, int(y.max()) + 1, x.shape[1], pool_x, pool_y, pub_x, val_x, val_y,
+                  test_x, test_y)
+
+
+def dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int,
+                        min_size: int = 0, max_tries: int = 100) -> list[np.ndarray]:
+    """Split indices non-IID: each class is spread over partitions with Dir(alpha) shares.
+
+    Small alpha (0.1) gives a few classes per partition; large alpha (100) is nearly IID.
+    With ``min_size`` > 0 the draw is repeated until every partition has that many samples.
+    """
+    if num_partitions < 1:
+        raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
+    if alpha <= 0:
+        raise DataError(f"Dirichlet alpha must be > 0, got {alpha}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _ in range(max_tries):
+        parts: list[list[int]] = [[] for _ in range(num_partitions)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+            for p, chunk in enumerate(np.split(idx, cuts)):
+                parts[p].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            break
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def validate_partition(x: np.ndarray, y: np.ndarray, in_dim: int, n_classes: int,
+                       where: str = "partition") -> None:
+    """Raise DataError naming what is wrong with a client's local data."""
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        raise DataError(f"{where}: data must be numpy arrays")
+    if len(x) == 0:
+        raise DataError(f"{where} is empty (0 examples)",
+                        "give this node a non-empty partition or more data")
+    if x.ndim != 2 or x.shape[1] != in_dim:
+        raise DataError(f"{where}: features have shape {x.shape}, expected (N, {in_dim})",
+                        "check the data set the node was configured with")
+    if y.shape != (len(x),):
+        raise DataError(f"{where}: {len(y)} labels for {len(x)} examples")
+    if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+        raise DataError(f"{where}: features must be finite floats")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes:
+        raise DataError(f"{where}: labels must be integers in [0, {n_classes})")
+
+
+def load_partition(dataset: str, partition_id: int, num_partitions: int, alpha: float,
+                   seed: int, data_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The private data of one node, validated. ``data_path`` (an .npz with x, y) overrides."""
+    s = load_dataset(dataset, seed)
+    if data_path:
+        p = Path(data_path)
+        if not p.exists():
+            raise DataError(f"node data file {p} does not exist")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                x, y = np.asarray(z["x"]), np.asarray(z["y"])
+        except (KeyError, ValueError, OSError) as err:
+            raise DataError(f"node data file {p} is malformed: {err}",
+                            "write it with np.savez(path, x=features, y=labels)") from err
+        validate_partition(x, y, s.in_dim, s.n_classes, where=f"data file {p.name}")
+        return x.astype(np.float32), y.astype(np.int64)
+    if not (0 <= int(partition_id) < int(num_partitions)):
+        raise DataError(f"partition-id {partition_id} is outside [0, {num_partitions})",
+                        "start the node with --node-config 'partition-id=I num-partitions=N'")
+    parts = _partitions(s.name, seed, int(num_partitions), float(alpha))
+    idx = parts[int(partition_id)]
+    x, y = s.pool_x[idx], s.pool_y[idx]
+    validate_partition(x, y, s.in_dim, s.n_classes, where=f"partition {partition_id}")
+    return x, y
+
+
+@lru_cache(maxsize=16)
+def _partitions(name: str, seed: int, n: int, alpha: float) -> list[np.ndarray]:
+    s = load_dataset(name, seed)
+    return dirichlet_partition(s.pool_y, n, alpha, seed, min_size=min(8, len(s.pool_y) // n))

@@ -1,0 +1,240 @@
+"""Deployment mode: real ``flower-superlink`` / ``flower-supernode`` processes and ``flwr run``.
+
+Flower 1.41 facts this relies on (read from its source and --help):
+  * SuperLink serves Fleet, Control and Runtime APIs over HTTP on one ``--port`` (default 9093
+    here); ``--insecure`` or ``--ssl-certfile/--ssl-keyfile[/--ssl-ca-certfile]`` for TLS;
+    ``--enable-supernode-auth`` for node authentication; we always pass
+    ``--disable-runtime-dependency-installation`` (no ``uv sync`` at run time).
+  * A SuperNode needs ``--superlink HOST:PORT``, its own runtime ``--port`` (default 9094,
+    so several on one host need different ports), ``--node-config 'partition-id=0
+    num-partitions=3'``; TLS via ``--root-certificates``, auth via
+    ``--auth-supernode-private-key``. Each message starts a fresh ``flwr-clientapp`` process.
+  * ``flwr run APP_DIR CONNECTION`` builds a FAB from APP_DIR (its pyproject.toml needs
+    [tool.flwr.app] publisher, components serverapp/clientapp, and a config table) and
+    submits it; CONNECTION is a named entry of ``$FLWR_HOME/config.toml``
+    ([superlink.NAME] address, insecure | root-certificates).
+Our components are ``edgekit.federated.server_app:app`` / ``client_app:app``, imported from the
+installed edgekit, so the app directory holds only pyproject.toml.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgekit.errors import EdgekitError, UsageError
+
+CONNECTION = "edgekit"
+
+
+class DeployError(EdgekitError):
+    """A Flower process could not be started or did not answer."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _exe(name: str) -> str:
+    path = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(path).exists():
+        raise DeployError(f"{name} not found", 'pip install "edgekit[federated]" (flwr==1.41.0)')
+    return path
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def write_app_dir(dest: str | os.PathLike, run_config: dict) -> Path:
+    """A Flower app directory whose [tool.flwr.app.config] is ``run_config``."""
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = "\n".join(f"{k} = {_toml_value(v)}" for k, v in run_config.items())
+    (d / "pyproject.toml").write_text(f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "edgekit-federated"
+version = "0.1.0"
+description = "edgekit asynchronous cloned/buffered-distillation edge learning"
+license = "Apache-2.0"
+dependencies = ["flwr==1.41.0"]
+
+[tool.flwr.app]
+publisher = "edgekit"
+
+[tool.flwr.app.components]
+serverapp = "edgekit.federated.server_app:app"
+clientapp = "edgekit.federated.client_app:app"
+
+[tool.flwr.app.config]
+{cfg}
+""")
+    return d
+
+
+def write_flwr_home(home: str | os.PathLike, address: str, *, insecure: bool = True,
+                    root_certificates: str | None = None) -> Path:
+    """$FLWR_HOME/config.toml with one SuperLink connection named ``edgekit``."""
+    h = Path(home)
+    h.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+             f'address = "{address}"']
+    if insecure:
+        lines.append("insecure = true")
+    elif root_certificates:
+        lines.append(f'root-certificates = "{Path(root_certificates).resolve()}"')
+    (h / "config.toml").write_text("\n".join(lines) + "\n")
+    return h
+
+
+def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group; output to ``log_path`` (None: inherit)."""
+    out = open(log_path, "ab") if log_path else None
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    try:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=e,
+                                start_new_session=True)  # own process group: clean kills
+    finally:
+        if out is not None:
+            out.close()
+
+
+def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True,
+                    ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                    ssl_ca_certfile: str | None = None, enable_supernode_auth: bool = False,
+                    database: str | None = None, log_path=None, env=None,
+                    extra: list[str] | None = None) -> subprocess.Popen:
+    cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        if not (ssl_certfile and ssl_keyfile):
+            raise UsageError("TLS needs --ssl-certfile and --ssl-keyfile", "or pass --insecure")
+        cmd += ["--ssl-certfile", ssl_certfile, "--ssl-keyfile", ssl_keyfile]
+        if ssl_ca_certfile:
+            cmd += ["--ssl-ca-certfile", ssl_ca_certfile]
+    if enable_supernode_auth:
+        cmd.append("--enable-supernode-auth")
+    if database:
+        cmd += ["--database", database]
+    return _popen(cmd + list(extra or []), log_path, env)
+
+
+def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, port: int | None = None,
+                    insecure: bool = True, root_certificates: str | None = None,
+                    auth_private_key: str | None = None, node_config: dict | None = None,
+                    log_path=None, env=None, extra: list[str] | None = None) -> subprocess.Popen:
+    if ":" not in superlink:
+        raise UsageError(f"--superlink {superlink!r} is not HOST:PORT", "e.g. 127.0.0.1:9093")
+    cfg = {"partition-id": int(partition_id), "num-partitions": int(num_partitions), **(node_config or {})}
+    cmd = [_exe("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
+           "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items())]
+    if insecure:
+        cmd.append("--insecure")
+    elif root_certificates:
+        cmd += ["--root-certificates", root_certificates]
+    if auth_private_key:
+        cmd += ["--auth-supernode-private-key", auth_private_key]
+    return _popen(cmd + list(extra or []), log_path, env)
+
+
+def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise DeployError(f"process exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise DeployError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, timeout: float = 60.0) -> str:
+    """``flwr run APP_DIR edgekit --format json``; returns the run id."""
+    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
+    try:
+        p = subprocess.run([_exe("flwr"), "run", str(app_dir), CONNECTION, "--format", "json"],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise DeployError(f"flwr run did not return within {timeout:.0f}s") from err
+    start = p.stdout.find("{")
+    try:
+        payload = json.loads(p.stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        payload = {}
+    if p.returncode != 0 or not payload.get("success"):
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        raise DeployError(f"flwr run failed: {' | '.join(tail)}",
+                          "check that the SuperLink address and TLS options are right")
+    return str(payload["run-id"])
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Stop a process we started, and its process group (the SuperExec and app children)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        _kill_group(proc, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    _kill_group(proc, signal.SIGKILL)  # leftovers in the group
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session=True
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def serverapp_pids(superlink: subprocess.Popen) -> list[int]:
+    """Pids of ``flwr-serverapp`` processes under this SuperLink (for restart tests)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(superlink.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for k in kids:
+        try:
+            if any("flwr-serverapp" in part for part in k.cmdline()[:3]):
+                out.append(k.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def wait_for_file(path: str | os.PathLike, timeout: float, procs=(), poll: float = 0.5) -> dict:
+    """Wait for the server's result JSON; fail early if a watched process died."""
+    p = Path(path)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if p.exists():
+            return json.loads(p.read_text())
+        for proc in procs:
+            if proc.poll() is not None:
+                raise DeployError(f"a Flower process exited (code {proc.returncode}) before the run ended")
+        time.sleep(poll)
+    raise DeployError(f"no result at {p} after {timeout:.0f}s", "see the SuperLink log")

@@ -1,0 +1,113 @@
+"""Buffered cloned distillation (arXiv:2010.10338) and teacher screening (after FedDF).
+
+Returned clones are *teachers*. The core model (the *student*) is distilled from several
+buffered teachers together on a public unlabeled split, with per-teacher weights
+(staleness x examples). The student both *attends* to the teacher ensemble and *retains* its own
+knowledge (its predictions before this step); ``attend`` in [0, 1] sets the balance:
+
+    loss = T^2 * [ attend * KL(p_teachers || q) + (1 - attend) * KL(p_core_before || q) ]
+
+Screening on a small labeled server validation set drops teachers that are abnormal: no better
+than chance, an accuracy outlier, or a weight-distance outlier (scaled / replaced models).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import State, accuracy
+
+
+def staleness_weight(tau: int, kind: str = "sqrt") -> float:
+    """FedBuff / FedAsync staleness discount s(tau); tau = core version - base version."""
+    tau = max(0, int(tau))
+    if kind == "sqrt":
+        return 1.0 / math.sqrt(1.0 + tau)
+    if kind == "poly":
+        return (1.0 + tau) ** -0.5 if tau < 4 else (1.0 + tau) ** -1.0
+    if kind == "none":
+        return 1.0
+    raise ValueError(f"unknown staleness kind {kind!r}")
+
+
+@dataclass
+class Screening:
+    kept: list[int]
+    dropped: dict[int, str] = field(default_factory=dict)
+    val_acc: list[float] = field(default_factory=list)
+
+
+def _robust_high(values: np.ndarray, k: float) -> np.ndarray:
+    """Mask of values far above the median (median + k * scaled MAD)."""
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    return values > med + k * max(mad, 1e-3 * max(abs(med), 1e-6))
+
+
+def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
+                    n_classes: int, *, core_state: State | None = None, chance_margin: float = 0.02,
+                    outlier_k: float = 4.0) -> Screening:
+    """Decide which teachers may teach. Never drops everything because of outlier rules alone."""
+    accs = [accuracy(t, val_x, val_y) for t in teachers]
+    chance = 1.0 / n_classes
+    dropped: dict[int, str] = {}
+    for i, a in enumerate(accs):
+        if a <= chance + chance_margin:
+            dropped[i] = f"validation accuracy {a:.3f} is not better than chance ({chance:.3f})"
+    alive = [i for i in range(len(teachers)) if i not in dropped]
+    if len(alive) >= 3:
+        acc_gap = np.array([max(accs) - accs[i] for i in alive])
+        for j in np.flatnonzero(_robust_high(acc_gap, outlier_k)):
+            dropped[alive[j]] = f"validation accuracy {accs[alive[j]]:.3f} is an outlier"
+        if core_state is not None:
+            dist = []
+            for i in alive:
+                sd = teachers[i].state_dict()
+                dist.append(math.log(1e-12 + math.sqrt(sum(
+                    float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in core_state))))
+            for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k)):
+                dropped.setdefault(alive[j], "weights are far from the other teachers' (outlier)")
+    kept = [i for i in range(len(teachers)) if i not in dropped]
+    return Screening(kept=kept, dropped=dropped, val_acc=accs)
+
+
+def distill(student: nn.Module, teachers: list[nn.Module], weights: list[float],
+            public_x: np.ndarray, *, attend: float = 0.8, temperature: float = 2.0,
+            epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
+            retain: nn.Module | None = None) -> dict:
+    """Distil the weighted teacher ensemble into ``student`` in place; returns loss stats.
+
+    The retain target is ``retain``'s predictions (default: the student's before this step)."""
+    if not 0.0 <= attend <= 1.0:
+        raise ValueError(f"attend must be in [0, 1], got {attend}")
+    x = torch.from_numpy(np.asarray(public_x, np.float32))
+    w = torch.tensor(weights, dtype=torch.float32)
+    w = w / w.sum()
+    T = float(temperature)
+    with torch.no_grad():
+        p_teach = sum(wi * F.softmax(t.eval()(x) / T, dim=1) for wi, t in zip(w, teachers))
+        p_self = F.softmax((retain if retain is not None else student).eval()(x) / T, dim=1)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    student.train()
+    last = 0.0
+    for _ in range(max(1, int(epochs))):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            b = perm[i:i + batch_size]
+            logq = F.log_softmax(student(x[b]) / T, dim=1)
+            loss = attend * F.kl_div(logq, p_teach[b], reduction="batchmean")
+            if attend < 1.0:
+                loss = loss + (1.0 - attend) * F.kl_div(logq, p_self[b], reduction="batchmean")
+            loss = loss * T * T
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            last = loss.item()
+    student.eval()
+    return {"distill-loss": last}

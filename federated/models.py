@@ -1,0 +1,123 @@
+"""Small models for federated experiments, and model <-> Flower record conversion.
+
+Models are plain ``torch.nn`` modules described by a name and input/output sizes, so the server
+and every client can build the same architecture from the run config alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.errors import UsageError
+
+MODELS = ("mlp", "cnn")
+
+
+class MLP(nn.Module):
+    def __init__(self, in_dim: int, n_classes: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv layers for square grey images (8x8 digits or 28x28 Fashion-MNIST)."""
+
+    def __init__(self, in_dim: int, n_classes: int, width: int = 16):
+        super().__init__()
+        self.side = int(round(in_dim ** 0.5))
+        if self.side * self.side != in_dim:
+            raise UsageError(f"cnn needs a square image input, got {in_dim} features",
+                             "use --model mlp")
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(8 * width, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.view(-1, 1, self.side, self.side))
+
+
+def build_model(name: str, in_dim: int, n_classes: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if name == "mlp":
+        return MLP(in_dim, n_classes, hidden=64 if in_dim <= 64 else 128)
+    if name == "cnn":
+        return SmallCNN(in_dim, n_classes)
+    raise UsageError(f"unknown model {name!r}", f"use one of {', '.join(MODELS)}")
+
+
+State = dict[str, np.ndarray]
+
+
+def get_state(model: nn.Module) -> State:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_state(model: nn.Module, state: State) -> nn.Module:
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v).copy()) for k, v in state.items()})
+    return model
+
+
+def state_to_record(state: State):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def record_to_state(record) -> State:
+    return {k: arr.numpy() for k, arr in record.items()}
+
+
+def state_bytes(state: State) -> int:
+    return int(sum(np.asarray(v).nbytes for v in state.values()))
+
+
+def shape_mismatch(state: State, reference: State) -> str | None:
+    """Why ``state`` cannot stand in for ``reference`` (keys, shapes, dtypes, finiteness)."""
+    if set(state) != set(reference):
+        missing = sorted(set(reference) - set(state))
+        extra = sorted(set(state) - set(reference))
+        return f"array keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    for k, ref in reference.items():
+        v = np.asarray(state[k])
+        if v.shape != ref.shape:
+            return f"array {k!r} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}"
+        if v.dtype != ref.dtype:
+            return f"array {k!r} has dtype {v.dtype}, expected {ref.dtype}"
+        if not np.isfinite(v).all():
+            return f"array {k!r} contains NaN or Inf"
+    return None
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
+                lr: float = 0.05, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
+    """Plain SGD(momentum) on local data; returns loss/accuracy on that data after training."""
+    g = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(max(1, int(epochs))):
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), batch_size):
+            b = perm[i:i + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(xt[b]), yt[b])
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(xt)
+        return {"train-loss": float(loss_fn(out, yt)),
+                "train-acc": float((out.argmax(1) == yt).float().mean())}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    model.eval()
+    out = model(torch.from_numpy(np.asarray(x, np.float32)))
+    return float((out.argmax(1).numpy() == y).mean())

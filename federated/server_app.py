@@ -1,0 +1,339 @@
+"""Flower ServerApp: an asynchronous loop (no rounds) on Grid.push_messages / pull_messages.
+
+Each pass of the loop
+  1. re-reads ``grid.get_node_ids()`` so nodes that join mid-run get work,
+  2. pushes a clone of the current core model (with its version) to every idle node,
+  3. pulls whatever replies have arrived; error replies (node unavailable, client rejected its
+     data) are logged and the node is freed; replies of the wrong shape/keys, without examples,
+     with a wrong base version or too stale are rejected with a logged reason,
+  4. expires messages past their own deadline (a SIGKILLed node never answers and Flower's
+     heartbeat takes about a minute to notice), putting the node on a back-off,
+  5. when the aggregator is ready (K buffered) it updates the core model and bumps the version,
+  6. checkpoints atomically after every accepted update and every core update.
+The same loop runs on a real SuperLink and on the virtual-clock grid (simulate.py), which
+advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own FedAvg instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from . import checkpoint as ckpt
+from .config import FedConfig
+from .strategies import Rejected, Update, _reply_problem
+
+log = logging.getLogger("edgekit.federated")
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, dt: float) -> None:
+        time.sleep(dt)
+
+
+def _array_bytes(content: RecordDict) -> int:
+    return int(sum(a.numpy().nbytes for rec in content.array_records.values() for a in rec.values()))
+
+
+class AsyncServer:
+    """The asynchronous server loop (also drives Flower's FedAvg for the baseline)."""
+
+    def __init__(self, grid: Grid, cfg: FedConfig, clock=None):
+        import torch
+
+        from .data import load_dataset
+        from .models import build_model, get_state
+        from .strategies import make_aggregator
+
+        torch.set_num_threads(1)
+        self.grid, self.cfg = grid, cfg
+        self.clock = clock or getattr(grid, "clock", None) or RealClock()
+        self.data = s = load_dataset(cfg.dataset, cfg.seed)
+        self.model_fn = lambda: build_model(cfg.model, s.in_dim, s.n_classes, seed=cfg.seed)
+        self.aggregator = make_aggregator(
+            "fedbuff" if cfg.method == "fedavg" else cfg.method, model_fn=self.model_fn,
+            public_x=s.public_x, val_x=s.val_x, val_y=s.val_y, n_classes=s.n_classes,
+            buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen,
+            temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
+            seed=cfg.seed, server_lr=cfg.server_lr, staleness=cfg.staleness,
+            max_wait=cfg.max_wait or None)
+        self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
+        self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
+                           "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
+        self.resumed = False
+        if cfg.checkpoint_dir:
+            st = ckpt.load(cfg.checkpoint_dir)
+            if st is not None:
+                if st.meta.get("method") != cfg.method:
+                    raise ckpt.CheckpointError(
+                        f"checkpoint in {cfg.checkpoint_dir} is for method {st.meta.get('method')!r},"
+                        f" not {cfg.method!r}", "use another --checkpoint-dir")
+                from .models import shape_mismatch
+
+                if (why := shape_mismatch(st.core, self.core)) is not None:
+                    raise ckpt.CheckpointError(f"checkpoint does not fit the model: {why}")
+                self.core, self.version, self.accepted = st.core, st.version, st.accepted
+                self.aggregator.buffer, self.meta = st.buffer, {**self.meta, **st.meta}
+                self.resumed = True
+                log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
+                         self.version, len(st.buffer), self.accepted)
+        self.history = {self.version: self.core}
+        self.inflight: dict[str, tuple[int, int, float]] = {}  # msg id -> node, version, deadline
+        self.backoff: dict[int, tuple[float, int]] = {}  # node -> (until, consecutive misses)
+        self.rejected: Counter = Counter(self.meta.get("rejected", {}))
+        self._t0 = self.clock.now() - float(self.meta.get("elapsed", 0.0))
+        if not self.meta["curve"]:
+            self._record(0)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def elapsed(self) -> float:
+        return self.clock.now() - self._t0
+
+    def accuracy(self) -> float:
+        from .models import accuracy, set_state
+
+        return accuracy(set_state(self.model_fn(), self.core), self.data.test_x, self.data.test_y)
+
+    def _record(self, used: int) -> None:
+        m = self.meta
+        m["curve"].append({"t": round(self.elapsed(), 3), "version": self.version,
+                           "acc": round(self.accuracy(), 4), "accepted": self.accepted,
+                           "bytes": m["bytes-down"] + m["bytes-up"], "used": used})
+
+    def save(self) -> None:
+        self.meta["elapsed"] = self.elapsed()
+        self.meta["rejected"] = dict(self.rejected)
+        if self.cfg.checkpoint_dir:
+            ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(
+                self.core, self.version, list(self.aggregator.buffer), self.accepted, self.meta))
+
+    def reject(self, node: int, why: str) -> None:
+        log.warning("rejected update from node %s: %s", node, why)
+        self.rejected[why.split(":")[0][:60]] += 1
+
+    def done(self) -> bool:
+        c = self.cfg
+        return self.version >= c.max_versions or (c.max_time > 0 and self.elapsed() >= c.max_time)
+
+    # ----------------------------------------------------------------- async loop
+    def dispatch(self) -> int:
+        from .models import state_to_record
+
+        now = self.clock.now()
+        busy = {n for n, _, _ in self.inflight.values()}
+        nodes = [n for n in self.grid.get_node_ids()
+                 if n not in busy and self.backoff.get(n, (0.0, 0))[0] <= now]
+        if not nodes:
+            return 0
+        rec = state_to_record(self.core)
+        msgs = []
+        for n in nodes:
+            content = RecordDict({"arrays": rec,
+                                  "config": ConfigRecord(self.cfg.client_config(self.version))})
+            msgs.append(Message(content, dst_node_id=int(n), message_type="train",
+                                ttl=max(2 * self.cfg.deadline, 10.0), group_id=str(self.version)))
+        ids = list(self.grid.push_messages(msgs))
+        for n, mid in zip(nodes, ids):
+            if mid:
+                self.inflight[mid] = (int(n), self.version, now + self.cfg.deadline)
+                self.meta["bytes-down"] += _array_bytes(msgs[0].content)
+        return len(ids)
+
+    def collect(self) -> int:
+        if not self.inflight:
+            return 0
+        got = 0
+        for reply in self.grid.pull_messages(list(self.inflight)):
+            key = reply.metadata.reply_to_message_id
+            if key not in self.inflight:
+                continue
+            node, version, _ = self.inflight.pop(key)
+            got += 1
+            if reply.has_error():
+                self.meta["errors"] += 1
+                log.warning("node %s replied with an error (code %s): %s", node,
+                            reply.error.code, reply.error.reason)
+                self.backoff[node] = (self.clock.now() + self.cfg.deadline / 4, 0)
+                continue
+            self.meta["bytes-up"] += _array_bytes(reply.content)
+            self.backoff.pop(node, None)
+            self.accept(node, version, reply)
+        return got
+
+    def accept(self, node: int, version: int, reply: Message) -> None:
+        from .models import record_to_state, shape_mismatch
+
+        why = _reply_problem(reply, self.core, record_to_state, shape_mismatch)
+        if why is None:
+            m = reply.content.metric_records["metrics"]
+            base = int(m.get("base-version", -1))
+            if base != version:
+                why = f"base version {base} does not match the dispatched version {version}"
+            elif self.version - base > self.cfg.max_staleness:
+                why = f"too stale: base version {base}, core version {self.version}"
+        if why is not None:
+            return self.reject(node, why)
+        m = reply.content.metric_records["metrics"]
+        upd = Update(node_id=node, base_version=version, num_examples=int(m["num-examples"]),
+                     state=record_to_state(reply.content.array_records["arrays"]),
+                     arrived=self.clock.now(),
+                     metrics={k: float(v) for k, v in m.items() if isinstance(v, (int, float))})
+        try:
+            self.aggregator.add(upd, self.history)
+        except Rejected as err:
+            return self.reject(node, str(err))
+        self.accepted += 1
+        self.save()  # no accepted update is lost if the server dies now
+
+    def expire(self) -> None:
+        now = self.clock.now()
+        for mid, (node, version, deadline) in list(self.inflight.items()):
+            if deadline <= now:
+                del self.inflight[mid]
+                self.meta["timeouts"] += 1
+                misses = self.backoff.get(node, (0.0, 0))[1] + 1
+                self.backoff[node] = (now + self.cfg.deadline * min(2 ** (misses - 1), 8), misses)
+                log.warning("node %s missed its deadline (%.1fs) for version %d", node,
+                            self.cfg.deadline, version)
+
+    def maybe_aggregate(self) -> bool:
+        if not self.aggregator.ready(self.clock.now()):
+            return False
+        new, info = self.aggregator.aggregate(self.core, self.version)
+        self.core, self.version = new, self.version + 1
+        self.history[self.version] = new
+        for v in [v for v in self.history if v < self.version - self.cfg.max_staleness]:
+            del self.history[v]
+        self._record(int(info.get("used", 0)))
+        log.info("core v%d: acc %.4f (used %s, dropped %s) at t=%.1f", self.version,
+                 self.meta["curve"][-1]["acc"], info.get("used"), info.get("dropped"), self.elapsed())
+        self.save()
+        return True
+
+    def wait_for_nodes(self) -> None:
+        t_end = self.clock.now() + max(self.cfg.deadline, 30.0)
+        while len(list(self.grid.get_node_ids())) < self.cfg.min_nodes and self.clock.now() < t_end:
+            self.clock.sleep(self.cfg.poll)
+
+    def run(self) -> dict:
+        if self.cfg.method == "fedavg":
+            return self.run_fedavg()
+        self.wait_for_nodes()
+        while not self.done():
+            self.dispatch()
+            got = self.collect()
+            self.expire()
+            aggregated = self.maybe_aggregate()
+            if not got and not aggregated:
+                self.clock.sleep(self.cfg.poll)
+        return self.finish()
+
+    # ----------------------------------------------------------------- FedAvg baseline
+    def run_fedavg(self) -> dict:
+        """Flower's FedAvg, one ``strategy.start`` round at a time so that time limits,
+        checkpoints and the curve work as for the async methods."""
+        from .models import record_to_state, state_to_record
+        from .strategies import flower_fedavg
+
+        strategy = flower_fedavg()
+        strategy.reference = self.core
+        grid = _CountingGrid(self.grid, self.meta)
+        self.wait_for_nodes()
+        while not self.done():
+            res = strategy.start(grid=grid, initial_arrays=state_to_record(self.core), num_rounds=1,
+                                 timeout=self.cfg.deadline,
+                                 train_config=ConfigRecord(self.cfg.client_config(self.version)))
+            if res.arrays is not None and len(res.arrays):
+                self.core = record_to_state(res.arrays)
+            n = grid.replies
+            grid.replies = 0
+            self.version += 1
+            self.accepted += n
+            self._record(n)
+            log.info("fedavg round %d: acc %.4f at t=%.1f", self.version,
+                     self.meta["curve"][-1]["acc"], self.elapsed())
+            self.save()
+        return self.finish()
+
+    def finish(self) -> dict:
+        self.save()
+        result = {"method": self.cfg.method, "config": self.cfg.to_run_config(),
+                  "dataset": self.data.name, "version": self.version, "accepted": self.accepted,
+                  "final_acc": self.meta["curve"][-1]["acc"], "elapsed": self.elapsed(),
+                  "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],
+                  "rejected": dict(self.rejected), "errors": self.meta["errors"],
+                  "timeouts": self.meta["timeouts"], "resumed": self.resumed,
+                  "curve": self.meta["curve"]}
+        if self.cfg.out:
+            write_json_atomic(self.cfg.out, result)
+        return result
+
+
+class _CountingGrid(Grid):
+    """Delegates to a grid and counts model bytes, for the FedAvg baseline's curve."""
+
+    def __init__(self, inner: Grid, meta: dict):
+        self.inner, self.meta, self.replies = inner, meta, 0
+
+    def set_run(self, run):
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self):
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.meta["bytes-down"] += sum(_array_bytes(m.content) for m in messages)
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        replies = list(self.inner.pull_messages(message_ids))
+        self.meta["bytes-up"] += sum(_array_bytes(m.content) for m in replies if not m.has_error())
+        return replies
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.meta["bytes-down"] += sum(_array_bytes(m.content) for m in messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.replies += sum(1 for m in replies if not m.has_error())
+        self.meta["bytes-up"] += sum(_array_bytes(m.content) for m in replies if not m.has_error())
+        return replies
+
+
+def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, p)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    cfg = FedConfig.from_run_config(context.run_config)
+    result = AsyncServer(grid, cfg).run()
+    log.info("finished: method %s, version %d, final accuracy %.4f", result["method"],
+             result["version"], result["final_acc"])

@@ -1,0 +1,113 @@
+"""The Session every backend sits behind: input checks against the specs, then the raw backend call.
+
+Checks are precomputed once per session so the per-call overhead stays a few microseconds.
+Torch-free.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit.bundle import Artifact, Graph
+from edgekit.errors import InputDtypeError, InputError, InputNameError, InputRankError, InputShapeError
+from edgekit.specs import TensorSpec
+
+
+class BackendBase:
+    """One backend = one class in runtimes/<backend>.py. ``run`` is the raw call, no checks."""
+
+    name = "base"
+    extra = ""  # pip extra that installs the backend library
+
+    def __init__(self, path: Path, artifact: Artifact, graph: Graph, **options: Any):
+        self.path, self.artifact, self.graph, self.options = path, artifact, graph, options
+
+    @staticmethod
+    def available() -> bool:  # pragma: no cover - overridden
+        return False
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def raw_call(self):
+        """``f(feeds)`` calling the backend library directly, with nothing of ours around it (for benches)."""
+        return self.run
+
+
+class Session:
+    """A runnable graph: ``run({name: array}) -> {name: array}`` with inputs checked first."""
+
+    def __init__(self, backend: BackendBase, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 artifact: Artifact | None = None):
+        self.backend = backend
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.artifact = artifact
+        self._names = frozenset(s.name for s in self.inputs)
+        self._checks = []
+        for s in self.inputs:
+            fixed = tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int))
+            sym = tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, str))
+            self._checks.append((s.name, np.dtype(s.dtype), s.rank, fixed, sym, s))
+        self._run = backend.run
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def __repr__(self) -> str:
+        ins = ", ".join(s.describe() for s in self.inputs)
+        return f"<edgekit Session backend={self.backend.name} inputs=[{ins}]>"
+
+    def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a dict of name -> array, got {type(feeds).__name__}",
+                             f"pass {{{', '.join(repr(n) for n in sorted(self._names))}: array}}")
+        if feeds.keys() != self._names:
+            self._name_error(feeds)
+        out = feeds if all(type(feeds[n]) is np.ndarray for n in self._names) else {
+            k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in feeds.items()}
+        symbols: dict[str, int] = {}
+        for name, dtype, rank, fixed, sym, spec in self._checks:
+            a = out[name]
+            if a.dtype != dtype:
+                raise InputDtypeError(f"input {name!r} has dtype {a.dtype}, the model expects {dtype}",
+                                      f"convert it with array.astype(np.{dtype})")
+            shape = a.shape
+            if len(shape) != rank:
+                raise InputRankError(f"input {name!r} has rank {len(shape)} (shape {list(shape)}), "
+                                     f"the model expects rank {rank} {list(spec.shape)}",
+                                     "reshape it, e.g. add the batch axis with array[None]")
+            for axis, want in fixed:
+                if shape[axis] != want:
+                    raise InputShapeError(f"input {name!r} has size {shape[axis]} on axis {axis}, the model "
+                                          f"needs {want} (expected {list(spec.shape)}, got {list(shape)})",
+                                          "resize the input or re-export with --dynamic for that axis")
+            for axis, symbol in sym:
+                seen = symbols.setdefault(symbol, shape[axis])
+                if seen != shape[axis]:
+                    raise InputShapeError(f"dimension {symbol!r} is {seen} in one input but {shape[axis]} in "
+                                          f"input {name!r} (axis {axis})",
+                                          f"give every input the same {symbol!r} size")
+        return out
+
+    def _name_error(self, feeds: Mapping[str, Any]) -> None:
+        given = set(feeds)
+        unknown = sorted(given - self._names)
+        missing = sorted(self._names - given)
+        expected = ", ".join(s.describe() for s in self.inputs)
+        if unknown:
+            raise InputNameError(f"unknown input name {unknown[0]!r}" + (f" (missing {missing})" if missing else ""),
+                                 f"this model's inputs are {expected}")
+        raise InputNameError(f"missing input {missing[0]!r}", f"this model's inputs are {expected}")
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self._run(self.check(feeds))
+
+    __call__ = run
+
+    def run_raw(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backend call without input checks (for trusted, hot loops)."""
+        return self._run(feeds)

@@ -1,0 +1,157 @@
+"""OpenVINO backend: runs OpenVINO IR (and ONNX) artifacts on CPU / GPU / NPU / AUTO.
+
+Options (``edgekit.load(path, backend="openvino", **options)``):
+  device       "CPU" (default, or $EDGEKIT_OV_DEVICE), "GPU", "NPU", "AUTO", "AUTO:GPU,CPU", ...
+  hint         "LATENCY" (default) | "THROUGHPUT" | "CUMULATIVE_THROUGHPUT"
+  static_shapes  True -> reshape symbolic dims to the export example's sizes; or {input: shape}.
+               NPU needs static shapes, so it defaults to True there.
+  inference_precision  "f32" | "f16" | "bf16"; fp32 and fp16 (fp16 = compressed weights) artifacts
+               default to "f32" on CPU so a CPU with bf16 units does not silently compute in bf16
+               (OpenVINO's CPU default there); int8 artifacts keep the device default.
+  threads      inference threads (default $EDGEKIT_THREADS or OpenVINO's choice)
+  cache_dir    OpenVINO compiled-model cache directory
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit.bundle import Artifact, Graph
+from edgekit.errors import BackendUnavailableError, BundleError, UsageError
+from edgekit.runtimes.base import BackendBase
+
+INSTALL = 'pip install "edgekit[openvino]"'
+HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError as e:
+        raise BackendUnavailableError(f"OpenVINO is not installed ({e.name or e})", INSTALL) from None
+    return openvino
+
+
+def model_file(path: Path) -> Path:
+    """The .xml (or .onnx) inside a directory artifact, or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.xml")) or sorted(path.glob("*.onnx"))
+        if not found:
+            raise BundleError(f"OpenVINO artifact {path.name} holds no .xml/.onnx model", "re-export the bundle")
+        return found[0]
+    return path
+
+
+def static_shape_map(graph: Graph, example_shapes: Mapping[str, Any] | None,
+                     given: Any) -> dict[str, list[int]] | None:
+    """Concrete shapes for ``reshape`` (pure; tested). ``given`` True/dict/None."""
+    if not given:
+        return None
+    if isinstance(given, Mapping):
+        unknown = sorted(set(given) - {s.name for s in graph.inputs})
+        if unknown:
+            raise UsageError(f"static_shapes names unknown input(s) {unknown}",
+                             f"inputs: {[s.name for s in graph.inputs]}")
+        return {k: [int(v) for v in shape] for k, shape in given.items()}
+    ex = dict(example_shapes or {})
+    out = {}
+    for s in graph.inputs:
+        if s.name in ex:
+            out[s.name] = [int(v) for v in ex[s.name]]
+        else:
+            out[s.name] = [d if isinstance(d, int) else 1 for d in s.shape]
+    return out
+
+
+class OpenVINOBackend(BackendBase):
+    name = "openvino"
+    extra = "openvino"
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            _ov()
+            return True
+        except BackendUnavailableError:
+            return False
+
+    def __init__(self, path: Path, artifact: Artifact, graph: Graph, device: str | None = None,
+                 hint: str = "LATENCY", static_shapes: Any = None, inference_precision: str | None = None,
+                 threads: int | None = None, cache_dir: str | None = None, **options: Any):
+        super().__init__(path, artifact, graph, **options)
+        ov = _ov()
+        core = ov.Core()
+        device = (device or os.environ.get("EDGEKIT_OV_DEVICE") or "CPU").upper()
+        base = device.split(":")[0].split(".")[0]
+        if base not in ("AUTO", "MULTI", "HETERO") and base not in {d.split(".")[0] for d in core.available_devices}:
+            raise BackendUnavailableError(f"OpenVINO device {device!r} is not present here "
+                                          f"(available: {', '.join(core.available_devices)})",
+                                          "choose device='CPU' or 'AUTO', or install the device's driver")
+        hint = hint.upper()
+        if hint not in HINTS:
+            raise UsageError(f"unknown OpenVINO performance hint {hint!r}", f"use one of {', '.join(HINTS)}")
+        model = core.read_model(str(model_file(path)))
+        if static_shapes is None and base == "NPU":
+            static_shapes = True
+        shapes = static_shape_map(graph, artifact.extra.get("example_shapes"), static_shapes)
+        if shapes:
+            model.reshape({self._port_name(model, i, s.name): shapes[s.name]
+                           for i, s in enumerate(graph.inputs) if s.name in shapes})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if inference_precision is None and artifact.precision in ("fp32", "fp16") and base in ("CPU", "AUTO"):
+            inference_precision = "f32"
+        if inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        threads = threads or int(os.environ.get("EDGEKIT_THREADS", "0") or 0)
+        if threads and base == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if cache_dir:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.device, self.hint, self.static_shapes = device, hint, shapes
+        self.note = None
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except RuntimeError as e:
+            if "INFERENCE_PRECISION_HINT" in config or base not in ("CPU", "AUTO"):
+                raise BundleError(f"OpenVINO cannot compile {self.path.name} for {device}: "
+                                  f"{str(e).strip().splitlines()[-1][:200]}", "try device='CPU'") from None
+            # Some int8 graphs have no bf16 kernel on CPUs whose default hint is bf16: compute in f32.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+            self.compiled = core.compile_model(model, device, config)
+            self.note = "compiled with INFERENCE_PRECISION_HINT=f32 (device default failed)"
+        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")) \
+            if base == "CPU" else config.get("INFERENCE_PRECISION_HINT", "device default")
+        self.request = self.compiled.create_infer_request()
+        self.in_index = {s.name: self._find(self.compiled.inputs, i, s.name) for i, s in enumerate(graph.inputs)}
+        self.out_names = [s.name for s in graph.outputs]
+        if len(self.compiled.outputs) != len(self.out_names):
+            raise BundleError(f"OpenVINO model has {len(self.compiled.outputs)} outputs, the manifest "
+                              f"{len(self.out_names)}", "re-export the bundle")
+        self.out_index = [self._find(self.compiled.outputs, i, n) for i, n in enumerate(self.out_names)]
+
+    @staticmethod
+    def _port_name(model: Any, i: int, name: str) -> Any:
+        for port in model.inputs:
+            if name in port.get_names():
+                return name
+        return model.inputs[i]
+
+    @staticmethod
+    def _find(ports: Any, i: int, name: str) -> int:
+        for j, port in enumerate(ports):
+            if name in port.get_names():
+                return j
+        return i  # converted graphs keep the export order
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        req = self.request
+        req.infer({self.in_index[n]: a for n, a in feeds.items()}, share_inputs=True)
+        return {n: req.get_output_tensor(j).data.copy() for n, j in zip(self.out_names, self.out_index)}
+
+    def raw_call(self):
+        req, idx = self.request, self.in_index
+        return lambda feeds: req.infer({idx[n]: a for n, a in feeds.items()}, share_inputs=True)

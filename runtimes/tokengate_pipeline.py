@@ -1,0 +1,220 @@
+"""Torch-free runner for token-gated BERT bundles (pipeline kind ``token_gating``).
+
+The bundle holds one graph per stage: ``embed`` (input_ids -> hidden), ``layer0`` ..
+``layer{L-1}`` (hidden, mask -> hidden, score) and ``head`` (cls hidden -> logits). Between two
+layer graphs this runner decides which tokens survive (mask matching: rank the surviving tokens by
+the attention they received, map each rank to its learned per-position gate) and physically
+gathers the kept tokens, so the next graph really runs on a shorter sequence. [CLS] (position 0)
+is always kept; padding is never kept.
+
+The selection functions here are the single implementation: the PyTorch hard-gated model in
+``edgekit.compress.token_gating`` calls them too, so both take the same decisions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekit.errors import BundleError, InputError, MissingFileError
+from edgekit.runtimes.pipeline import PipelineBase
+
+
+# ----------------------------------------------------------------------------- selection rules
+def rank_tokens(score: np.ndarray, valid: np.ndarray, b: int) -> np.ndarray:
+    """Positions (excluding [CLS] at 0) of the valid tokens of row b, most significant first.
+    Ties break by position, so every implementation agrees."""
+    idx = np.nonzero(valid[b])[0]
+    idx = idx[idx != 0]
+    return idx[np.lexsort((idx, -score[b, idx].astype(np.float64)))]
+
+
+def select_keep(score: np.ndarray, valid: np.ndarray, rule: dict) -> np.ndarray:
+    """Keep mask [B, T] (bool) for one gate, given the significance ``score`` [B, T] and the
+    currently valid tokens ``valid`` [B, T]. ``rule`` is one of
+    {"kind": "gates", "open": [bool]*bins}  - learned per-position gates over relative rank bins
+    {"kind": "ratio", "ratio": r}           - keep the ceil(r*n) most significant tokens (top-k)
+    {"kind": "threshold", "threshold": t}   - keep tokens whose score * n_current >= t (LTP-style)
+    {"kind": "first", "k": k}               - keep the first k valid positions (static truncation)
+    """
+    valid = np.asarray(valid).astype(bool)
+    keep = np.zeros_like(valid)
+    keep[:, 0] = valid[:, 0]
+    kind = rule["kind"]
+    for b in range(valid.shape[0]):
+        order = rank_tokens(score, valid, b)
+        n = order.size
+        if n == 0:
+            continue
+        if kind == "gates":
+            open_ = np.asarray(rule["open"], dtype=bool)
+            bins = (np.arange(n) * open_.size) // n
+            keep[b, order[open_[bins]]] = True
+        elif kind == "ratio":
+            keep[b, order[: int(math.ceil(float(rule["ratio"]) * n - 1e-9))]] = True
+        elif kind == "threshold":
+            ncur = n + 1
+            keep[b, order[score[b, order] * ncur >= float(rule["threshold"])]] = True
+        elif kind == "first":
+            keep[b, np.sort(order)[: int(rule["k"])]] = True
+        else:
+            raise BundleError(f"unknown token-gating rule {kind!r}", "upgrade edgekit")
+    return keep
+
+
+def compact_order(keep: np.ndarray) -> np.ndarray:
+    """Gather indices [B, T'] that move kept tokens to the front (original order), T' = max kept."""
+    t_new = max(int(keep.sum(1).max()), 1)
+    return np.argsort(~keep, axis=1, kind="stable")[:, :t_new]
+
+
+def gather_rows(x: np.ndarray, order: np.ndarray) -> np.ndarray:
+    idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+    return np.take_along_axis(x, idx, axis=1)
+
+
+def layer_flops(n: int, hidden: int, inter: int) -> int:
+    """Multiply-adds x2 of one BERT layer on n tokens (projections, attention, FFN)."""
+    return 2 * (4 * n * hidden * hidden + 2 * n * n * hidden + 2 * n * hidden * inter)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+class TextEncoder:
+    """Raw text -> (input_ids, attention_mask) with the bundle's ``tokenizer.json``."""
+
+    def __init__(self, path: str, max_len: int, pad_id: int = 0):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:  # pragma: no cover
+            from edgekit.errors import BackendUnavailableError
+            raise BackendUnavailableError("raw-text input needs the 'tokenizers' library",
+                                          'pip install "edgekit[text]" (or pip install tokenizers)') from None
+        self.tok = Tokenizer.from_file(str(path))
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.max_len, self.pad_id = int(max_len), int(pad_id)
+
+    def __call__(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise InputError("text input must be a non-empty list of strings", "pass e.g. ['a review']")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise InputError(f"text item {bad[0]} is {type(texts[bad[0]]).__name__}, not str",
+                             "pass strings only")
+        encs = self.tok.encode_batch(list(texts))
+        ids = []
+        for i, e in enumerate(encs):
+            seq = list(e.ids)
+            if len(seq) > self.max_len:
+                if not truncate:
+                    raise InputError(f"text {i} has {len(seq)} tokens, more than max_len={self.max_len}",
+                                     "shorten it or allow truncation (truncate=True)")
+                seq = seq[: self.max_len - 1] + [seq[-1]]  # keep [SEP]
+            ids.append(seq)
+        t = max(len(s) for s in ids)
+        out = np.full((len(ids), t), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), t), dtype=np.int64)
+        for i, s in enumerate(ids):
+            out[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        return {"input_ids": out, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------------------- pipeline
+class TokenGatePipeline(PipelineBase):
+    """Runs embed -> layer graphs with token dropping in between -> head.
+
+    ``run({"input_ids", "attention_mask"})`` or ``run(["text", ...])`` (when the bundle carries
+    tokenizer.json) returns {"logits" [B, C], "tokens_per_layer" [B, L] (int64)}.
+    ``last_kept`` holds, after a run, the original positions kept at each layer input.
+    """
+
+    kind = "token_gating"
+
+    def __init__(self, bundle: Any, backend: str = "auto", precision: str | None = None,
+                 rule_override: list[dict] | None = None, **options: Any):
+        super().__init__(bundle, backend=backend, precision=precision, **options)
+        p = self.params
+        self.num_layers = int(p["num_layers"])
+        self.rules: dict[int, dict] = {int(k): v for k, v in p.get("rules", {}).items()}
+        if rule_override is not None:
+            self.rules = {int(r["layer"]): r for r in rule_override}
+        self.max_len = int(p.get("max_len", 512))
+        self.labels = list(bundle.manifest.metadata.get("labels", []))
+        missing = [g for g in ["embed", "head"] + [f"layer{i}" for i in range(self.num_layers)]
+                   if g not in self.sessions]
+        if missing:
+            raise BundleError(f"token-gating bundle lacks graphs {missing}", "re-export the bundle")
+        self._raw = {g: s.run_raw for g, s in self.sessions.items()}
+        self.encoder = None
+        tok = p.get("tokenizer")
+        if tok:
+            try:
+                self.encoder = TextEncoder(bundle.file(tok), self.max_len, int(p.get("pad_id", 0)))
+            except MissingFileError:
+                self.encoder = None
+        self.last_kept: list[np.ndarray] = []
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        if self.encoder is None:
+            raise InputError("this bundle carries no tokenizer.json, so it cannot take raw text",
+                             "feed input_ids and attention_mask, or re-export with the tokenizer")
+        return self.encoder(texts, truncate=truncate)
+
+    def _feeds(self, feeds: Any) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(feeds, (str, list, tuple)):
+            feeds = self.encode(feeds)
+        if not isinstance(feeds, dict) or "input_ids" not in feeds:
+            raise InputError("token-gating input needs 'input_ids' (and 'attention_mask') or text",
+                             "pass {'input_ids': int64 [B,T], 'attention_mask': [B,T]} or a list of strings")
+        ids = np.asarray(feeds["input_ids"])
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"input_ids must be a non-empty integer [B, T] array, got {ids.dtype} {ids.shape}",
+                             "tokenize first, or pass text")
+        mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids))).reshape(ids.shape)
+        if ids.shape[1] > self.max_len:
+            raise InputError(f"sequence length {ids.shape[1]} exceeds max_len {self.max_len}",
+                             "truncate the input or pass text (truncated automatically)")
+        if not np.all(mask[:, 0] == 1):
+            raise InputError("position 0 ([CLS]) must be a real token in every row", "left-align the batch")
+        return ids.astype(np.int64), mask.astype(bool)
+
+    def run(self, feeds: Any) -> dict[str, np.ndarray]:
+        ids, valid = self._feeds(feeds)
+        raw = self._raw
+        h = raw["embed"]({"input_ids": ids})["hidden"]
+        pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()
+        counts = np.zeros((ids.shape[0], self.num_layers), dtype=np.int64)
+        self.last_kept = []
+        score = None
+        for i in range(self.num_layers):
+            rule = self.rules.get(i)
+            if rule is not None and score is not None:
+                keep = select_keep(score, valid, rule)
+                order = compact_order(keep)
+                h = np.ascontiguousarray(gather_rows(h, order))
+                valid = gather_rows(keep, order)
+                pos = gather_rows(pos, order)
+            counts[:, i] = valid.sum(1)
+            self.last_kept.append(np.where(valid, pos, -1))
+            out = raw[f"layer{i}"]({"hidden": h, "mask": valid.astype(np.int64)})
+            h, score = out["hidden_out"], out["score"]
+        logits = raw["head"]({"cls": np.ascontiguousarray(h[:, 0])})["logits"]
+        return {"logits": logits, "tokens_per_layer": counts}
+
+    def run_text(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        """Raw text in (tokenized with the bundle's tokenizer.json), outputs as ``run``."""
+        return self.run(self.encode(texts, truncate=truncate))
+
+    def classify(self, texts: Sequence[str]) -> list[dict]:
+        out = self.run(self.encode(texts))
+        z = out["logits"] - out["logits"].max(1, keepdims=True)
+        prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        names = self.labels or [str(i) for i in range(prob.shape[1])]
+        return [{"label": names[int(p.argmax())], "prob": float(p.max()),
+                 "tokens_per_layer": out["tokens_per_layer"][i].tolist()} for i, p in enumerate(prob)]

@@ -1,0 +1,46 @@
+"""Shared fixtures: one exported default bundle per session, helpers to run the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run ``python -m edgekit ARGS`` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "edgekit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory) -> Path:
+    """The embedded default model exported to ONNX with a dynamic batch axis."""
+    import edgekit
+    from edgekit.models import registry
+
+    out = tmp_path_factory.mktemp("bundles")
+    return edgekit.export(registry.get("digits-cnn"), targets="onnx", out=out).root
+
+
+@pytest.fixture()
+def bundle_copy(digits_bundle, tmp_path) -> Path:
+    import shutil
+
+    dst = tmp_path / digits_bundle.name
+    shutil.copytree(digits_bundle, dst)
+    return dst
+
+
+@pytest.fixture()
+def no_torch_env(tmp_path) -> dict:
+    """Environment in which `import torch` fails (a shim package that raises ImportError)."""
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('torch is deliberately unavailable in this test')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(shim.parent), str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -1,0 +1,123 @@
+"""Token gating (PyTorch side + shared numpy selection) on a tiny random BERT: fast."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from edgekit.compress.token_gating_train import pad_batch, tiny_model, train, uniform_rules  # noqa: E402
+from edgekit.runtimes.tokengate_pipeline import compact_order, select_keep  # noqa: E402
+
+
+@pytest.fixture()
+def model():
+    torch.set_num_threads(1)
+    return tiny_model(vocab=300).eval()
+
+
+def batch(lengths, seed=0, vocab=300):
+    rng = np.random.default_rng(seed)
+    return pad_batch([[1] + rng.integers(5, vocab, size=n).tolist() + [2] for n in lengths])
+
+
+def test_full_mode_matches_transformers(model):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    bert = BertModel(cfg).eval()
+    from edgekit.compress.token_gating import TokenGatedBert, layer_forward, NEG
+
+    m = TokenGatedBert(bert, bins=4).eval()
+    ids, mask = batch([3, 9, 0])
+    ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    with torch.no_grad():
+        h = m.embed(ids)
+        f = mask.float()
+        for layer in m.layers:
+            h, _ = layer_forward(layer, h, (1 - f) * NEG, f, m.heads)
+    valid = mask.bool()
+    assert torch.allclose(h[valid], ref[valid], atol=1e-5)
+
+
+def test_hard_all_open_equals_full_and_batch_equals_single(model):
+    ids, mask = batch([2, 7, 15, 0])
+    with torch.no_grad():
+        full = model(ids, mask, mode="full")["logits"]
+        hard = model.run_hard(ids, mask, rules={})
+        assert torch.allclose(full, hard["logits"], atol=1e-5)
+        model.gate_logits.data[:, 3:] = -5.0          # keep the top 3/8 of tokens at each gate
+        gated = model.run_hard(ids, mask)
+        for b in range(4):
+            n = int(mask[b].sum())
+            one = model.run_hard(ids[b:b + 1, :n], mask[b:b + 1, :n])
+            assert torch.allclose(one["logits"][0], gated["logits"][b], atol=1e-5)
+            assert (one["tokens_per_layer"][0] == gated["tokens_per_layer"][b]).all()
+    t = gated["tokens_per_layer"]
+    assert (t[:, 0] == mask.sum(1).numpy()).all()       # layer 0 sees every real token
+    assert (np.diff(t, axis=1) <= 0).all() and t[2, -1] < t[2, 0]   # sequences only shrink
+    # physical removal: the last layer's kept positions are a subset, [CLS] always among them
+    for b in range(4):
+        assert gated["kept_positions"][-1][b][0] == 0
+
+
+def test_soft_mode_with_binary_gates_equals_hard(model):
+    model.gate_logits.data[:] = 30.0
+    model.gate_logits.data[:, 4:] = -30.0
+    ids, mask = batch([5, 12, 20])
+    with torch.no_grad():
+        soft = model(ids, mask, mode="soft")
+        hard = model.run_hard(ids, mask)
+    assert torch.allclose(soft["logits"], hard["logits"], atol=1e-4)
+    assert np.allclose(soft["kept"].numpy(), hard["tokens_per_layer"], atol=1e-3)
+
+
+def test_select_keep_cls_padding_and_rules():
+    score = np.array([[0.0, 0.5, 0.1, 0.3, 0.9, 0.0], [0.9, 0.2, 0.8, 0.0, 0.0, 0.0]], dtype=np.float32)
+    valid = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], dtype=bool)
+    keep = select_keep(score, valid, {"kind": "gates", "open": [True, True, False, False]})
+    assert keep[0].tolist() == [True, True, False, False, True, False]   # top-2 of 4 body tokens + CLS
+    assert keep[1].tolist() == [True, False, True, False, False, False]  # top-1 of 2; padding never kept
+    none = select_keep(score, valid, {"kind": "gates", "open": [False] * 4})
+    assert none[:, 0].all() and none.sum() == 2                          # [CLS] survives closed gates
+    assert select_keep(score, valid, {"kind": "ratio", "ratio": 0.5}).sum(1).tolist() == [3, 2]
+    assert select_keep(score, valid, {"kind": "first", "k": 1})[0].tolist() == [True, True] + [False] * 4
+    thr = select_keep(score, valid, {"kind": "threshold", "threshold": 1.0})
+    assert thr[0].tolist() == [True, True, False, True, True, False]     # score * 5 >= 1
+    order = compact_order(keep)
+    assert order.shape == (2, 3) and order[0].tolist() == [0, 1, 4]
+
+
+def test_ties_break_by_position():
+    score = np.zeros((1, 5), dtype=np.float32)
+    keep = select_keep(score, np.ones((1, 5), bool), {"kind": "ratio", "ratio": 0.5})
+    assert keep[0].tolist() == [True, True, True, False, False]
+
+
+def test_knob_trains_gates_and_trades_tokens():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    seqs = [[1] + rng.integers(5, 300, size=int(rng.integers(4, 20))).tolist() + [2] for _ in range(64)]
+    y = np.array([s[1] % 2 for s in seqs])
+    kept = {}
+    for knob in (0.0, 5.0):
+        m = tiny_model(vocab=300, seed=0)
+        train(m, seqs, y, knob=knob, epochs=6, batch=16, gate_lr=0.2, log=None)
+        ids, mask = pad_batch(seqs)
+        kept[knob] = m.run_hard(ids, mask)["tokens_per_layer"].sum()
+        assert m.gate_logits.grad is not None or knob == 0.0
+        g = m.gate_values().detach()
+    assert kept[5.0] < 0.8 * kept[0.0]
+    assert ((g < 0.2) | (g > 0.8)).float().mean() > 0.5   # bi-modal term pushes gates to 0/1
+
+
+def test_flops_and_baseline_rules(model):
+    f = model.flops(np.array([[10, 10, 10], [10, 5, 5]]))
+    assert f[1] < f[0]
+    r = uniform_rules(model, "ratio", 0.5)
+    assert set(r) == set(model.gated_layers) and r[1]["ratio"] == 0.5
+    with pytest.raises(Exception):
+        train(model, [[1, 2]], np.array([0]), knob=-1.0, log=None)
