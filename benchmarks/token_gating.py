@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from token_gating_lib import baseline_curves, latency, matched, parity, plot, robustness  # noqa: E402
+from token_gating_lib import (baseline_curves, latency, matched, onegraph_parity, parity, plot,  # noqa: E402
+                             robustness)
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
 OUT = ROOT / "benchmarks" / "results"
@@ -99,7 +100,10 @@ def main() -> None:
     res["parity"] = {be: parity(gb, m, data["test"], be) for be in ("onnxruntime", "openvino")}
     print("parity", res["parity"], flush=True)
     res["robustness"] = robustness(gb)
-    res["latency"] = latency(gb, ub, m, base, data["test"], a.lat_n, a.lat_batches)
+    from edgekit.compress.token_gating_onegraph import export_onegraph
+    one = str(export_onegraph(m, work / "onegraph.onnx"))
+    res["onegraph_parity"] = onegraph_parity(one, m, data["test"])
+    res["latency"] = latency(gb, ub, m, base, data["test"], a.lat_n, a.lat_batches, onegraph=one)
     print("latency", json.dumps(res["latency"], indent=1), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     import onnxruntime

@@ -63,6 +63,22 @@ def parity(bundle, model, test, backend: str, batch: int = 32) -> dict:
             "top1_agreement": agree / n, "backend": p.backend_name}
 
 
+def onegraph_parity(path: str, model, test, n: int = 300) -> dict:
+    """The one-graph (batch 1) variant vs PyTorch hard gating on the first n test examples."""
+    import onnxruntime as ort
+    from edgekit.compress.token_gating_train import pad_batch
+
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    err, same = 0.0, 0
+    for seq in test[0][:n]:
+        ids, mask = pad_batch([seq])
+        ref = model.run_hard(ids, mask)
+        lo, kept = s.run(None, {"input_ids": ids.numpy()})
+        err = max(err, float(np.abs(lo - ref["logits"].numpy()).max()))
+        same += int(kept[0] == ref["tokens_per_layer"][0, -1])
+    return {"examples": n, "max_abs_logit_err": err, "same_last_layer_count": same / n}
+
+
 def robustness(bundle) -> dict:
     import edgekit
     from edgekit.errors import InputError
@@ -93,7 +109,7 @@ def _time(fn, reps: int = 1) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def latency(gb, ub, m, base, test, n: int, n_batches: int) -> dict:
+def latency(gb, ub, m, base, test, n: int, n_batches: int, onegraph: str | None = None) -> dict:
     """Interleaved timing of gated vs ungated (PyTorch eager and ORT), batch 1 and 32."""
     import torch
 
@@ -106,12 +122,21 @@ def latency(gb, ub, m, base, test, n: int, n_batches: int) -> dict:
     us = edgekit.load(ub.root, backend="onnxruntime", threads=1)
     ung = UngatedGraph(base).eval()
     seqs, _ = test
+    one = None
+    if onegraph:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        one = ort.InferenceSession(onegraph, so, providers=["CPUExecutionProvider"])
 
     def configs(ids, mask):
         fi = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        return {"ort_ungated": lambda: us.run_raw(fi), "ort_gated": lambda: gp.run(fi),
-                "ort_pipeline_all_open": lambda: gp_open.run(fi),
-                "torch_ungated": lambda: ung(ids, mask), "torch_gated": lambda: m.run_hard(ids, mask)}
+        c = {"ort_ungated": lambda: us.run_raw(fi), "ort_gated": lambda: gp.run(fi),
+             "ort_pipeline_all_open": lambda: gp_open.run(fi),
+             "torch_ungated": lambda: ung(ids, mask), "torch_gated": lambda: m.run_hard(ids, mask)}
+        if one is not None and ids.shape[0] == 1:
+            c["ort_onegraph_gated"] = lambda: one.run(None, {"input_ids": fi["input_ids"]})
+        return c
 
     out = {}
     with torch.inference_mode():
@@ -136,6 +161,9 @@ def latency(gb, ub, m, base, test, n: int, n_batches: int) -> dict:
             stats["speedup_torch_mean"] = stats["torch_ungated"]["mean_ms"] / stats["torch_gated"]["mean_ms"]
             stats["multigraph_overhead_ort_mean"] = (stats["ort_pipeline_all_open"]["mean_ms"]
                                                      / stats["ort_ungated"]["mean_ms"])
+            if "ort_onegraph_gated" in stats:
+                stats["speedup_ort_onegraph_mean"] = (stats["ort_ungated"]["mean_ms"]
+                                                      / stats["ort_onegraph_gated"]["mean_ms"])
             stats["timed_calls"] = count
             out[f"batch{bs}"] = stats
     return out

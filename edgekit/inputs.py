@@ -30,6 +30,6 @@ def load_arrays(path: str | Path, inputs: list[TensorSpec]) -> dict[str, np.ndar
                         f"write it with numpy: np.savez('{p.stem}.npz', {inputs[0].name if inputs else 'x'}=array)") from None
     if not feeds:
         raise DataError(f"{p.name} contains no arrays", f"save one array per input: {names}")
-    if len(inputs) == 1 and len(feeds) == 1 and inputs[0].name not in feeds:
-        feeds = {inputs[0].name: next(iter(feeds.values()))}  # np.savez(f, arr) names it arr_0
+    if len(inputs) == 1 and list(feeds) == ["arr_0"]:
+        feeds = {inputs[0].name: feeds["arr_0"]}  # np.savez(f, arr) without a name stores it as arr_0
     return feeds

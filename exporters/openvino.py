@@ -147,6 +147,9 @@ def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
 
 def export(job: ExportJob) -> ExportResult:
     ov = _ov()
+    if job.precision == "int8" and not job.calib:  # before the (slow) conversion
+        raise DataError("int8 OpenVINO export needs calibration data",
+                        "pass --calib DATA (.npz or a directory of .npy) or calib=... in the Python API")
     model, info = convert(job, ov)
     _name_ports(model, job)
     toolchain = {"openvino": ov.get_version().split("-")[0]}

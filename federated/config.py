@@ -24,8 +24,8 @@ class FedConfig:
     attend: float = 0.8  # distillation: weight on teachers vs. retaining the core
     init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
     screen: bool = True  # teacher screening on the server validation set
-    distill_epochs: int = 3
-    distill_lr: float = 1e-3
+    distill_epochs: int = 1
+    distill_lr: float = 1e-4
     temperature: float = 2.0
     server_lr: float = 1.0  # FedBuff server step
     staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none

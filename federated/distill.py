@@ -42,11 +42,11 @@ class Screening:
     val_acc: list[float] = field(default_factory=list)
 
 
-def _robust_high(values: np.ndarray, k: float) -> np.ndarray:
-    """Mask of values far above the median (median + k * scaled MAD)."""
+def _robust_high(values: np.ndarray, k: float, floor: float) -> np.ndarray:
+    """Mask of values far above the median (median + k * max(scaled MAD, floor))."""
     med = np.median(values)
     mad = 1.4826 * np.median(np.abs(values - med))
-    return values > med + k * max(mad, 1e-3 * max(abs(med), 1e-6))
+    return values > med + k * max(mad, floor)
 
 
 def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
@@ -62,7 +62,7 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
     alive = [i for i in range(len(teachers)) if i not in dropped]
     if len(alive) >= 3:
         acc_gap = np.array([max(accs) - accs[i] for i in alive])
-        for j in np.flatnonzero(_robust_high(acc_gap, outlier_k)):
+        for j in np.flatnonzero(_robust_high(acc_gap, outlier_k, 0.05)):
             dropped[alive[j]] = f"validation accuracy {accs[alive[j]]:.3f} is an outlier"
         if core_state is not None:
             dist = []
@@ -70,7 +70,7 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
                 sd = teachers[i].state_dict()
                 dist.append(math.log(1e-12 + math.sqrt(sum(
                     float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in core_state))))
-            for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k)):
+            for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k, 0.25)):
                 dropped.setdefault(alive[j], "weights are far from the other teachers' (outlier)")
     kept = [i for i in range(len(teachers)) if i not in dropped]
     return Screening(kept=kept, dropped=dropped, val_acc=accs)

@@ -67,7 +67,9 @@ def make_profiles(n: int, *, seed: int, horizon: float, malicious: float = 0.0,
     rng = np.random.default_rng(seed + 7919)
     mean_on = mean_on or horizon / 4
     mean_off = mean_off or horizon / 12
-    bad = set(rng.choice(n, size=int(round(malicious * n)), replace=False).tolist()) if malicious else set()
+    # a separate stream: the same seed gives the same speeds and churn with or without attackers
+    pick = np.random.default_rng(seed + 104729)
+    bad = set(pick.choice(n, size=int(round(malicious * n)), replace=False).tolist()) if malicious else set()
     profiles = []
     for i in range(n):
         if churn:

@@ -20,13 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.ppp_proto import COUPLING, check_personal, keep_masks, prototype
+from edgekit.compress.ppp_proto import COUPLING, NotPPPError, check_personal, keep_masks, prototype
 from edgekit.errors import DataError, EdgekitError
 from edgekit.models.ppp_nets import GatedNet, StaticNet
-
-
-class NotPPPError(EdgekitError):
-    """The model / bundle carries no PPP gates."""
 
 
 # ---------------------------------------------------------------- cost
@@ -59,8 +55,8 @@ def gate_probs(gated: GatedNet, x: np.ndarray, batch: int = 256) -> list[np.ndar
     outs: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            gated(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
-            outs.append([p.numpy() for p in gated.last_probs])
+            _, probs = gated.forward_with_probs(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+            outs.append([p.numpy() for p in probs])
     return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
 

@@ -35,11 +35,8 @@ class _WithGates(nn.Module):
         self.net = gated
 
     def forward(self, x):
-        self.net.return_gates = True
-        try:
-            return self.net(x)
-        finally:
-            self.net.return_gates = False
+        logits, probs = self.net.forward_with_probs(x)
+        return (logits, *probs)
 
 
 def _meta(meta: dict) -> dict:

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DataError, UsageError
+from edgekit.errors import DataError, EdgekitError, UsageError
+
+
+class NotPPPError(EdgekitError):
+    """The model / bundle carries no PPP gate information."""
+
 
 # unit kind -> [(parameter name inside the unit, axis sliced by the keep-mask)]; BN-folded names
 # ("*.bias" of a conv exists only after folding). The depthwise conv also has its `group` attribute

@@ -84,8 +84,7 @@ def train_gated(gated: GatedNet, x: np.ndarray, y: np.ndarray, *, epochs: int = 
             proto_mode = rng.random() < proto_prob
             gated.group_ids = _groups(yb, nc, rng) if proto_mode else None
             gated.group_ratio = float(rng.uniform(0.25, 0.7))
-            out = gated(xb)
-            probs = gated.last_probs
+            out, probs = gated.forward_with_probs(xb)
             ce = F.cross_entropy(out, yb)
             use = sum(w * p.mean() for w, p in zip(wts, probs))
             cons = consistency(probs, yb)
@@ -114,6 +113,7 @@ def train_gated(gated: GatedNet, x: np.ndarray, y: np.ndarray, *, epochs: int = 
         if time_limit and time.time() - t0 > time_limit:
             log("time limit reached")
             break
+    opt.zero_grad(set_to_none=True)
     gated.eval()
     return {"history": hist, "steps": step}
 

@@ -29,6 +29,7 @@ class OneGraphGated(nn.Module):
             if r["kind"] != "gates":
                 raise ValueError("the one-graph variant only encodes learned gates")
             self.register_buffer(f"open{k}", torch.tensor(r["open"], dtype=torch.bool))
+        self.eval()  # the exporter restores the wrapper's mode recursively: keep it in eval
 
     def forward(self, input_ids: torch.Tensor):
         m = self.m

@@ -156,15 +156,14 @@ class GatedNet(_Net):
         self.noise = 1.0  # logistic (Gumbel-sigmoid) noise scale during training
         self.group_ids: torch.Tensor | None = None  # training in prototype mode
         self.group_ratio = 0.5
-        self._probs: list[torch.Tensor] = []
         for i, u in enumerate(self.units()):
             u.unit_index = i
 
-    def _gate(self, block, x):
+    def _gate(self, block, x, probs_out: list):
         idx = block.unit_index
         logits = block.gate(x)
         probs = torch.sigmoid(logits)
-        self._probs.append(probs)
+        probs_out.append(probs)
         if self.fixed_masks is not None:
             return self.fixed_masks[idx].to(x.dtype).expand_as(probs)
         if self.training and self.group_ids is not None:
@@ -175,19 +174,23 @@ class GatedNet(_Net):
             return (soft > 0.5).to(soft.dtype) - soft.detach() + soft  # straight-through
         return (probs > 0.5).to(probs.dtype)
 
-    def forward(self, x):
-        self._probs = []
+    def forward_with_probs(self, x):
+        """(logits, [gate probabilities of every unit, each (N, C_k)])."""
+        probs: list[torch.Tensor] = []
+
+        def gate(block, inp):
+            return self._gate(block, inp, probs)
+
         h = self.stem(x)
         for b in self.blocks:
-            h = b(h, self._gate)
-        logits = self.head(h, self._gate)
-        if self.return_gates:
-            return (logits, *self._probs)
-        return logits
+            h = b(h, gate)
+        return self.head(h, gate), probs
 
-    @property
-    def last_probs(self) -> list[torch.Tensor]:
-        return self._probs
+    def forward(self, x):
+        logits, probs = self.forward_with_probs(x)
+        if self.return_gates:
+            return (logits, *probs)
+        return logits
 
 
 def _group_gate(probs, group_ids, ratio):
