@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgekit.errors import EdgekitError
@@ -46,8 +47,13 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*["" if v is None else escape(str(v)) for v in r])  # shapes like [batch, 8] are not markup
     out.print(t)
+
+
+def say(text: str) -> None:
+    """Print plain text (never interpreted as rich markup)."""
+    out.print(text, markup=False, highlight=False)
 
 
 def fmt(v: Any, spec: str = ".3g") -> str:

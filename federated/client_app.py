@@ -83,6 +83,7 @@ def train_clone(msg: Message, context: Context) -> Message:
     content = RecordDict({
         "arrays": state_to_record(state),
         "metrics": MetricRecord({"num-examples": int(len(x)), "base-version": version,
+                                 "partition-id": int(node.get("partition-id", -1)),
                                  "train-loss": metrics["train-loss"], "train-acc": metrics["train-acc"]}),
     })
     return Message(content, reply_to=msg)

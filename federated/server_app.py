@@ -63,7 +63,7 @@ class AsyncServer:
         self.aggregator = make_aggregator(
             "fedbuff" if cfg.method == "fedavg" else cfg.method, model_fn=self.model_fn,
             public_x=s.public_x, val_x=s.val_x, val_y=s.val_y, n_classes=s.n_classes,
-            buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen,
+            buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen, guard=cfg.guard,
             temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
             seed=cfg.seed, server_lr=cfg.server_lr, staleness=cfg.staleness,
             max_wait=cfg.max_wait or None)
@@ -193,6 +193,9 @@ class AsyncServer:
         except Rejected as err:
             return self.reject(node, str(err))
         self.accepted += 1
+        by = self.meta.setdefault("by-partition", {})
+        pid = str(int(m.get("partition-id", -1)))
+        by[pid] = by.get(pid, 0) + 1
         self.save()  # no accepted update is lost if the server dies now
 
     def expire(self) -> None:
@@ -210,6 +213,9 @@ class AsyncServer:
         if not self.aggregator.ready(self.clock.now()):
             return False
         new, info = self.aggregator.aggregate(self.core, self.version)
+        if info.get("guarded"):  # the core did not change: keep its version (no false staleness)
+            self.save()
+            return True
         self.core, self.version = new, self.version + 1
         self.history[self.version] = new
         for v in [v for v in self.history if v < self.version - self.cfg.max_staleness]:
@@ -273,6 +279,7 @@ class AsyncServer:
                   "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],
                   "rejected": dict(self.rejected), "errors": self.meta["errors"],
                   "timeouts": self.meta["timeouts"], "resumed": self.resumed,
+                  "by_partition": self.meta.get("by-partition", {}),
                   "curve": self.meta["curve"]}
         if self.cfg.out:
             write_json_atomic(self.cfg.out, result)

@@ -97,8 +97,9 @@ class ClonedDistillation(AsyncAggregator):
     def __init__(self, model_fn: Callable, public_x: np.ndarray, val_x: np.ndarray,
                  val_y: np.ndarray, n_classes: int, buffer_size: int = 5, attend: float = 0.8,
                  init: str = "delta", screen: bool = True, temperature: float = 2.0,
-                 epochs: int = 3, lr: float = 1e-3, seed: int = 0, **kw):
+                 epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.05, **kw):
         super().__init__(buffer_size, **kw)
+        self.guard = float(guard)
         self.model_fn, self.public_x = model_fn, public_x
         self.val_x, self.val_y, self.n_classes = val_x, val_y, n_classes
         self.attend, self.init, self.screen = float(attend), init, screen
@@ -143,7 +144,11 @@ class ClonedDistillation(AsyncAggregator):
         student = set_state(self.model_fn(), core)
         tot = sum(w)
         if self.init == "delta":  # start one staleness-weighted step along the teachers' updates
-            start = {k: (core[k] + self.attend * sum(wi * self.buffer[i].state[f"d/{k}"]
+            deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in core} for i in kept}
+            norms = {i: float(np.sqrt(sum(float((d ** 2).sum()) for d in deltas[i].values()))) for i in kept}
+            cap = float(np.median(list(norms.values())))  # norm clipping: no update outweighs the median
+            scale = {i: min(1.0, cap / max(norms[i], 1e-12)) for i in kept}
+            start = {k: (core[k] + self.attend * sum(wi * scale[i] * deltas[i][k]
                                                      for wi, i in zip(w, kept)) / tot).astype(core[k].dtype)
                      for k in core}
             set_state(student, start)
@@ -163,12 +168,22 @@ class ClonedDistillation(AsyncAggregator):
                         seed=self.seed + version, retain=retain)
         info.update(stats)
         self.buffer = []
+        if self.screen:  # step guard: never accept a core that got clearly worse on validation
+            from .models import accuracy
+
+            before = accuracy(set_state(self.model_fn(), core), self.val_x, self.val_y)
+            after = accuracy(student, self.val_x, self.val_y)
+            if after < before - self.guard:
+                log.info("step guard: kept the core (validation %.3f -> %.3f)", before, after)
+                info["guarded"] = 1
+                return core, info
         return get_state(student), info
 
 
 def make_aggregator(method: str, **kw) -> AsyncAggregator:
     if method == "fedbuff":
         keep = {k: kw[k] for k in ("buffer_size", "server_lr", "max_wait", "staleness") if k in kw}
+        kw.pop("guard", None)
         return FedBuff(**keep)
     if method == "cloned":
         kw.pop("server_lr", None)

@@ -113,3 +113,14 @@ def test_cli_personalize_bundle_and_bad_data(setup, tmp_path):
     assert r.returncode != 0
     assert "NaN" in (r.stderr + r.stdout) and "Traceback" not in r.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_openvino_regenerated_from_pruned_onnx(setup, tmp_path):
+    pytest.importorskip("openvino")
+    from edgekit.compress.ppp_onnx import personalize_bundle
+
+    _, bundle, users, _ = setup
+    info = personalize_bundle(bundle, users[1][0], tmp_path, keep_ratio=0.5, openvino=True)
+    m = json.loads((Path(info["bundle"]) / "manifest.json").read_text())
+    ov = [a for a in m["artifacts"] if a["target"] == "openvino"]
+    assert ov and ov[0]["status"] == "ok" and ov[0]["validation"]["max_abs_err"] <= 1e-4

@@ -28,6 +28,14 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Export a model to every requested target, validate each artifact against PyTorch, print a table."""
+    from edgekit.exporters.targets import resolve_targets
+    from edgekit.resolve import parse_dynamic, parse_input
+
+    # cheap argument checks first, before torch is imported
+    resolve_targets(target, [p.strip() for p in precision.split(",")])
+    for spec in inputs:
+        parse_input(spec)
+    parse_dynamic(dynamic)
     from edgekit.api import export as do_export
     from edgekit.bench import bench_bundle, example_feeds, torch_eager
     from edgekit.resolve import resolve
@@ -58,7 +66,7 @@ def export(
         print_rows(f"{bundle.root}", rows, eager)
         for r in rows:
             if r.get("reason"):
-                cli.out.print(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
+                cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
     if failed:
         raise typer.Exit(1)
 

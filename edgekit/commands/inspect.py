@@ -27,17 +27,17 @@ def info(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), json
     if json_out:
         cli.emit_json(m.to_dict())
         return
-    cli.out.print(f"[bold]{m.name}[/bold]  ({b.root})  edgekit {m.producer.get('edgekit', '?')}, {m.created}")
+    cli.say(f"{m.name}  ({b.root})  edgekit {m.producer.get('edgekit', '?')}, {m.created}")
     for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
-        cli.out.print(f"  {label}: " + "; ".join(s.describe() for s in specs))
+        cli.say(f"  {label}: " + "; ".join(s.describe() for s in specs))
     if m.pipeline:
-        cli.out.print(f"  pipeline: {m.pipeline.get('kind')} over graphs {', '.join(m.graphs)}")
+        cli.say(f"  pipeline: {m.pipeline.get('kind')} over graphs {', '.join(m.graphs)}")
     meta = {k: v for k, v in m.metadata.items() if k not in ("labels",)}
     if "labels" in m.metadata:
         labels = m.metadata["labels"]
-        cli.out.print(f"  labels ({len(labels)}): {', '.join(map(str, labels[:12]))}{' …' if len(labels) > 12 else ''}")
+        cli.say(f"  labels ({len(labels)}): {', '.join(map(str, labels[:12]))}{' …' if len(labels) > 12 else ''}")
     for k, v in meta.items():
-        cli.out.print(f"  {k}: {v}")
+        cli.say(f"  {k}: {v}")
     cli.table("artifacts", ["graph", "target", "precision", "status", "max abs err", "size MB", "sha256", "note"],
               [[a.graph, a.target, a.precision, a.status, cli.fmt(a.validation.max_abs_err if a.validation else None),
                 cli.fmt(a.bytes / 1e6, ".3f"), a.sha256[:12], a.status_reason or ""] for a in m.artifacts])
@@ -80,15 +80,15 @@ def run(
                                        **({"values": np.asarray(v).tolist()} if np.size(v) <= 4096 else {})}
                                    for k, v in outs.items()}})
         return
-    cli.out.print(f"backend: {getattr(sess, 'backend_name', backend)}")
+    cli.say(f"backend: {getattr(sess, 'backend_name', backend)}")
     for k, v in outs.items():
         a = np.asarray(v)
-        cli.out.print(f"  {k}: {a.dtype}{list(a.shape)}" + (f" = {np.array2string(a, precision=4, threshold=20)}" if a.size <= 20 else ""))
+        cli.say(f"  {k}: {a.dtype}{list(a.shape)}" + (f" = {np.array2string(a, precision=4, threshold=20)}" if a.size <= 20 else ""))
     if preds is not None:
         shown = ", ".join(p["label"] for p in preds[:20])
-        cli.out.print(f"  top-1: {shown}{' …' if len(preds) > 20 else ''}")
+        cli.say(f"  top-1: {shown}{' …' if len(preds) > 20 else ''}")
     if output is not None:
-        cli.out.print(f"  wrote {output}")
+        cli.say(f"  wrote {output}")
 
 
 def _manifest(path: Path):
@@ -201,7 +201,7 @@ def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), 
     if json_out:
         cli.emit_json({"bundle": str(b.root), "checksums": "ok", "artifacts": rows})
     else:
-        cli.out.print(f"checksums: ok ({len(b.manifest.artifacts)} artifacts, {len(b.manifest.files)} files)")
+        cli.say(f"checksums: ok ({len(b.manifest.artifacts)} artifacts, {len(b.manifest.files)} files)")
         cli.table("numeric check vs stored PyTorch reference", ["graph", "target", "precision", "backend", "result",
                                                                 "max abs err", "tolerance", "note"],
                   [[r["graph"], r["target"], r["precision"], r.get("backend", "-"), r["result"],

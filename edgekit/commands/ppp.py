@@ -75,13 +75,14 @@ def resolve_checkpoint(src: str) -> Path:
 
 
 def personalize_any(src: str, data: str, out: str, keep_ratio: float | None = None, threshold: float = 0.5,
-                    name: str | None = None) -> dict:
+                    name: str | None = None, openvino: bool | None = None) -> dict:
     """Dispatch: bundle directory -> torch-free ONNX path; checkpoint -> PyTorch path."""
     p = Path(src)
     if p.is_dir():
         from edgekit.compress.ppp_onnx import personalize_bundle
 
-        return personalize_bundle(p, data, out, keep_ratio=keep_ratio, threshold=threshold, name=name)
+        return personalize_bundle(p, data, out, keep_ratio=keep_ratio, threshold=threshold, name=name,
+                                  openvino=openvino)
     from edgekit.compress.ppp_export import personalize_checkpoint
 
     return personalize_checkpoint(resolve_checkpoint(src), data, out, keep_ratio=keep_ratio,
@@ -123,9 +124,11 @@ def register(app) -> None:
                         keep_ratio: float = typer.Option(None, "--keep-ratio", help="fraction of channels kept per layer"),
                         threshold: float = typer.Option(0.5, help="prototype threshold when no --keep-ratio"),
                         name: str = typer.Option(None, help="bundle name"),
+                        openvino: bool = typer.Option(None, "--openvino/--no-openvino",
+                                                      help="also write OpenVINO IR (bundle input; default: if the bundle has one)"),
                         as_json: bool = typer.Option(False, "--json")):
         """PPP: prune a gated model to a small personal model from a few unlabeled samples."""
-        info = personalize_any(src, data, out, keep_ratio=keep_ratio, threshold=threshold, name=name)
+        info = personalize_any(src, data, out, keep_ratio=keep_ratio, threshold=threshold, name=name, openvino=openvino)
         if as_json:
             typer.echo(json.dumps(info))
         else:

@@ -2,6 +2,7 @@
 
   edgekit vos VIDEO --mask first_mask.png --out masks/ [--tau 0.7]
               [--backend onnxruntime|openvino|torch] [--bundle B.edgekit] [--max-frames N] [--json]
+  edgekit vos-export --out DIR [--target onnx,openvino] [--tau 0.7] [--json]
 
 Writes one 0/255 PNG mask per frame (video size) into --out plus overlay.gif. Without --bundle,
 the built-in model is exported once to a cache folder ($EDGEKIT_CACHE or ~/.cache/edgekit; needs
@@ -78,8 +79,12 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
     frames, info = vio.open_video(video, max_frames)
     m0 = vio.read_mask(mask)
     VOSPipeline.check_mask(m0, (info["height"], info["width"]))  # fail before any export/writing
-    pipe = open_pipeline(backend, bundle, log, threads)
-    writer = vio.MaskWriter(out)
+    writer = vio.MaskWriter(out)  # refuses a non-empty --out before any slow work
+    try:
+        pipe = open_pipeline(backend, bundle, log, threads)
+    except BaseException:
+        writer.abort()
+        raise
     overlays: list = []
     scale = min(1.0, 320 / max(info["height"], info["width"]))
     held = {}
@@ -141,3 +146,25 @@ def register(app: typer.Typer) -> None:
         fps = f"{rep['fps']:.1f} FPS (model loop)" if rep["fps"] else "single frame"
         console.print(f"{rep['frames']} frames, reuse {100 * rep['reuse_rate']:.1f}%, {fps}, "
                       f"backend {rep['backend']} -> {rep['out']}")
+
+    @app.command("vos-export")
+    def vos_export_cmd(
+        out: str = typer.Option(..., "--out", help="folder for vos-skip.edgekit"),
+        target: str = typer.Option("onnx,openvino", "--target", help="comma list: onnx, openvino"),
+        tau: float = typer.Option(0.7, "--tau", help="default reuse threshold stored in the bundle"),
+        as_json: bool = typer.Option(False, "--json", help="print a JSON report"),
+    ) -> None:
+        """Export the built-in skip-path VOS model (4 graphs + vos_skip pipeline) to a bundle."""
+        from edgekit.cli import emit_json, err, out as console
+        from edgekit.models.vos.export import export_bundle
+        if not 0.0 <= tau <= 1.0:
+            raise UsageError(f"--tau must be in [0, 1], got {tau}", "e.g. --tau 0.7; 1 never reuses")
+        log = None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]"))
+        b = export_bundle(out, targets=[t.strip() for t in target.split(",") if t.strip()], tau=tau, progress=log)
+        arts = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status}
+                for a in b.manifest.artifacts]
+        if as_json:
+            emit_json({"bundle": str(b.root), "pipeline": b.manifest.pipeline, "artifacts": arts})
+            return
+        console.print(f"wrote {b.root} ({len(arts)} artifacts: "
+                      + ", ".join(f"{a['graph']}/{a['target']}:{a['status']}" for a in arts) + ")")

@@ -163,8 +163,38 @@ def _validate(pruned, reference, x: np.ndarray, input_name: str, output: str) ->
                               "tolerance_rule": f"{TOLERANCE} x max(1, max|ref|)"})
 
 
+def _openvino_artifact(w, pruned_bytes: bytes, x: np.ndarray, input_name: str, output: str, tmp: Path):
+    """Regenerate an OpenVINO IR from the pruned ONNX (when openvino is installed); validated vs ORT."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    src = tmp / "pruned.onnx"
+    src.write_bytes(pruned_bytes)
+    ir = tmp / "main.openvino"
+    ir.mkdir()
+    ov.save_model(ov.convert_model(str(src)), str(ir / "model.xml"), compress_to_fp16=False)
+    compiled = ov.Core().compile_model(str(ir / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled({input_name: x})[compiled.output(0)]
+    ref = _ort_session(pruned_bytes).run([output], {input_name: x})[0]
+    err, scale = float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
+    val = Validation(passed=err <= TOLERANCE * scale, max_abs_err=err, tolerance=TOLERANCE * scale, cases=len(x),
+                     where=f"openvino CPU on {platform.system()} {platform.machine()}",
+                     detail={"reference": "the pruned ONNX under onnxruntime"})
+    art = Artifact(target="openvino", graph="main", precision="fp32", path="main.openvino",
+                   toolchain={"openvino": ov.__version__, "torch": None}, validation=val,
+                   status="ok" if val.passed else "failed",
+                   status_reason=None if val.passed else f"validation failed: max abs err {err:.3g}",
+                   extra={"produced_by": "edgekit.compress.ppp_onnx", "source": "pruned ONNX"})
+    w.add("main.openvino", ir)
+    w.record(art)
+    return art
+
+
 def personalize_bundle(src, data, out, keep_ratio: float | None = None, threshold: float = 0.5,
-                       name: str | None = None) -> dict:
+                       name: str | None = None, openvino: bool | None = None) -> dict:
+    """``openvino``: also write an OpenVINO IR of the pruned graph (None = when the source bundle has
+    an OpenVINO artifact and openvino is installed)."""
     """Torch-free PPP: gated bundle + personal samples -> new pruned bundle. Returns the info dict."""
     onnx, _ = _onnx()
     t0 = time.perf_counter()
@@ -211,9 +241,19 @@ def personalize_bundle(src, data, out, keep_ratio: float | None = None, threshol
         art = Artifact(target="onnx", graph="main", precision="fp32", path="main.onnx",
                        toolchain={"onnx": onnx.__version__, "onnxruntime": _ort_version(), "torch": None},
                        validation=val, status="ok", extra={"produced_by": "edgekit.compress.ppp_onnx"})
-        w.add("main.onnx", pruned.SerializeToString())
+        blob = pruned.SerializeToString()
+        w.add("main.onnx", blob)
         w.record(art)
         manifest.artifacts.append(art)
+        if openvino is None:
+            openvino = any(a.target == "openvino" for a in bundle.manifest.artifacts)
+        if openvino:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="ppp-ov-") as t:
+                ov_art = _openvino_artifact(w, blob, x[:16], in_spec.name, gmap["output"], Path(t))
+            if ov_art is not None:
+                manifest.artifacts.append(ov_art)
         dest = w.commit(manifest)
     return {"bundle": str(dest), **info, "max_abs_err": val.max_abs_err}
 

@@ -227,3 +227,30 @@ def build_gated(cfg: dict | str, num_classes: int) -> GatedNet:
     if isinstance(cfg, str):
         cfg = {"fashion": FASHION_CFG, "kws": KWS_CFG, "tiny": TINY_CFG}[cfg]
     return GatedNet(cfg, num_classes)
+
+
+def _builtin(task: str, fname: str, description: str):
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgekit.compress.ppp import load_checkpoint
+    from edgekit.source import ModelSource
+
+    gated, meta = load_checkpoint(Path(__file__).resolve().parent / "weights" / fname)
+    shape = tuple(gated.cfg["input_shape"])
+    md = {k: meta[k] for k in ("labels", "preprocessing", "dataset", "test_acc") if k in meta}
+    md.update({"task": "classification", "ppp": {"personalize": f"edgekit ppp export builtin:ppp-{task} --out DIR, "
+                                                 "then edgekit personalize DIR/... --data personal.npz"}})
+    return ModelSource(module=gated, example_inputs={"x": np.zeros((1, *shape), np.float32)}, output_names=["logits"],
+                       dynamic={"x": {0: "batch"}}, metadata=md, description=description, name=f"ppp-{task}")
+
+
+def builtin_fashion():
+    return _builtin("fashion", "ppp_fashion.safetensors",
+                    "PPP gated ResNet-style net, Fashion-MNIST 28x28, 10 classes (dynamic channel gates)")
+
+
+def builtin_kws():
+    return _builtin("kws", "ppp_kws.safetensors",
+                    "PPP gated CNN, keyword spotting (10 words, 40x49 log-mel, synthetic voices)")

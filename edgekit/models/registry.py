@@ -12,10 +12,14 @@ DEFAULT = "digits-cnn"
 
 BUILTINS: dict[str, str] = {
     "digits-cnn": "edgekit.models.digits:builtin",
+    "ppp-fashion": "edgekit.models.ppp_nets:builtin_fashion",
+    "ppp-kws": "edgekit.models.ppp_nets:builtin_kws",
 }
 
 DESCRIPTIONS: dict[str, str] = {
     "digits-cnn": "small CNN, 8x8 handwritten digits (sklearn load_digits), 10 classes — the embedded default",
+    "ppp-fashion": "PPP gated ResNet-style net, Fashion-MNIST, 10 classes (personalize: `edgekit ppp export`)",
+    "ppp-kws": "PPP gated CNN, keyword spotting, 10 words, synthetic voices (personalize: `edgekit ppp export`)",
 }
 
 

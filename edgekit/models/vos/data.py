@@ -148,12 +148,12 @@ def make_video(seed: int, frames: int = 24, size: tuple[int, int] = (128, 128)):
             return np.clip(col[None, None] + noise, 0, 1)
         return _crop(rng, ims[rng.integers(len(ims))], rng.integers(40, 160))
 
-    radius = rng.uniform(0.09, 0.22) * min(H, W)
+    radius = rng.uniform(0.12, 0.28) * min(H, W)
     target = _Object(rng, H, W, frames, radius, texture())
     distract = []
     for _ in range(int(rng.choice([0, 1, 2], p=[0.3, 0.45, 0.25]))):
         tex = target.tex if rng.random() < 0.35 else texture()  # look-alike distractor
-        o = _Object(rng, H, W, frames, rng.uniform(0.06, 0.18) * min(H, W), tex)
+        o = _Object(rng, H, W, frames, rng.uniform(0.08, 0.2) * min(H, W), tex)
         o.front = rng.random() < 0.4  # in front of the target: occludes it
         distract.append(o)
 

@@ -87,7 +87,13 @@ def _perturbed_prev(m8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     amp = 0.5 + torch.rand(B, 1, 1, 1, generator=gen) * 1.2
     noise = torch.randn(m8.shape, generator=gen)
     noise = F.avg_pool2d(noise, 3, 1, 1) * 3.0
-    return mask_to_score8(m8) * amp + noise
+    score = mask_to_score8(m8) * amp + noise
+    # drift the loop may produce: a shifted map (30%) or a washed-out one (10%)
+    shift = torch.rand(B, generator=gen) < 0.3
+    dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    score = torch.where(shift[:, None, None, None], torch.roll(score, (dy, dx), (2, 3)), score)
+    fade = (torch.rand(B, 1, 1, 1, generator=gen) < 0.1).float()
+    return score * (1 - 0.8 * fade)
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

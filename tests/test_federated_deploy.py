@@ -1,0 +1,99 @@
+"""Deployment mode with real Flower processes on loopback (127.0.0.1 only):
+a SuperLink, 3 SuperNodes, the edgekit ServerApp submitted with `flwr run`. Mid-run one client is
+SIGKILLed and a new one joins; then the ServerApp process is SIGKILLed and the run is submitted
+again: it resumes from the checkpoint and completes. Every process is killed at the end."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("flwr")
+pytest.importorskip("torch")
+pytest.importorskip("psutil")
+
+from edgekit.federated import checkpoint as ckpt  # noqa: E402
+from edgekit.federated import deploy  # noqa: E402
+from edgekit.federated.config import FedConfig  # noqa: E402
+
+LIMIT = float(os.environ.get("EDGEKIT_FED_DEPLOY_LIMIT", "420"))  # hard bound on the whole test
+
+
+def _wait(pred, timeout, what, procs=()):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"process {p.args[:2]} died while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _state(d):
+    try:
+        return ckpt.load(d)
+    except ckpt.CheckpointError:
+        return None
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr CLI not installed")
+def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
+    t0 = time.monotonic()
+    port = deploy.free_port()
+    address = f"127.0.0.1:{port}"
+    home = deploy.write_flwr_home(tmp_path / "flwr-home", address)
+    env = {"FLWR_HOME": str(home)}
+    procs = []
+    try:
+        link = deploy.start_superlink(port, log_path=tmp_path / "superlink.log", env=env)
+        procs.append(link)
+        deploy.wait_port("127.0.0.1", port, 30, link)
+        nodes = [deploy.start_supernode(address, i, 4, log_path=tmp_path / f"node{i}.log", env=env)
+                 for i in range(3)]
+        procs += nodes
+        ckdir = tmp_path / "ckpt"
+        cfg = FedConfig(method="cloned", max_versions=6, buffer_size=2, deadline=40.0, poll=0.3,
+                        min_nodes=3, lr=0.1, checkpoint_dir=str(ckdir), out=str(tmp_path / "result.json"))
+        app = deploy.write_app_dir(tmp_path / "app", cfg.to_run_config())
+        deploy.submit_run(app, home)
+
+        # 1. two updates accepted -> SIGKILL client 0 (its in-flight clone never returns)
+        _wait(lambda: (s := _state(ckdir)) and s.accepted >= 2, LIMIT / 3, "first updates", [link])
+        os.killpg(nodes[0].pid, signal.SIGKILL)
+        # 2. a new client joins mid-run
+        newcomer = deploy.start_supernode(address, 3, 4, log_path=tmp_path / "node3.log", env=env)
+        procs.append(newcomer)
+        # 3. once the newcomer has contributed, SIGKILL the ServerApp process itself
+        _wait(lambda: (s := _state(ckdir)) and s.meta.get("by-partition", {}).get("3", 0) >= 1,
+              LIMIT / 3, "an update from the new client", [link, newcomer])
+        pids = _wait(lambda: deploy.serverapp_pids(link), 10, "the flwr-serverapp process")
+        before = _state(ckdir)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert not (tmp_path / "result.json").exists()
+        after_kill = _state(ckdir)  # what survived the crash
+        assert after_kill.accepted >= before.accepted and after_kill.version >= before.version
+
+        # 4. restart: a new run of the same app resumes from the checkpoint and finishes
+        deploy.submit_run(app, home)
+        result = deploy.wait_for_file(tmp_path / "result.json", max(30.0, LIMIT - (time.monotonic() - t0)),
+                                      procs=[link])
+        assert result["resumed"] is True
+        assert result["version"] == cfg.max_versions
+        assert result["accepted"] >= after_kill.accepted  # no accepted update lost
+        assert result["by_partition"].get("3", 0) >= 1
+        assert result["curve"][-1]["acc"] > result["curve"][0]["acc"]
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}),
+              f"test wall time {time.monotonic() - t0:.1f}s")
+    finally:
+        for p in reversed(procs):
+            deploy.stop(p, timeout=5)
+        for p in procs:
+            assert p.poll() is not None
