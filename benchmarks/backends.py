@@ -114,9 +114,14 @@ def bench_model(name, module, example, dynamic, calib, eval_x, precisions, targe
                 sess = Session(impl, bundle.graph("main").inputs, bundle.graph("main").outputs, a)
                 outs = np.concatenate([sess.run({"x": eval_x[i:i + 16]})[bundle.manifest.outputs[0].name]
                                        for i in range(0, len(eval_x), 16)])
+                flips = outs.argmax(-1) != ref_eval.argmax(-1)
+                prob = np.exp(ref_eval - ref_eval.max(-1, keepdims=True))
+                conf = (prob / prob.sum(-1, keepdims=True)).max(-1)  # PyTorch's top-1 probability
                 row.update(backend=backend, eval_max_abs_err=float(np.abs(outs - ref_eval).max()),
                            eval_output_scale=float(np.abs(ref_eval).max()),
-                           top1_agreement=float((outs.argmax(-1) == ref_eval.argmax(-1)).mean()))
+                           top1_agreement=float((~flips).mean()), top1_flips=int(flips.sum()),
+                           flips_max_torch_confidence=float(conf[flips].max()) if flips.any() else None,
+                           eval_median_torch_confidence=float(np.median(conf)))
                 runners[f"{a.target}/{a.precision}"] = sess.run
             except EdgekitError as e:
                 row["not_run_here"] = str(e)

@@ -70,8 +70,10 @@ def main() -> None:
         pick = next(r for r in res["gated"] if abs(r["knob"] - a.point) < 1e-9)
     res["operating_point"] = {"knob": pick["knob"], "chosen_on": "dev" if a.point is None else "--point"}
     # knob monotonicity on dev
-    gs = sorted(res["gated"], key=lambda r: r["knob"])
-    res["monotone_dev"] = {
+    from collections import Counter
+    recipe = Counter(r["steps"] for r in res["gated"]).most_common(1)[0][0]   # one training recipe
+    gs = sorted([r for r in res["gated"] if r["steps"] == recipe], key=lambda r: r["knob"])
+    res["monotone_dev"] = {"steps": recipe, "knobs": [r["knob"] for r in gs],
         "flops_nonincreasing": all(x["dev"]["flops"] >= y["dev"]["flops"] for x, y in zip(gs, gs[1:])),
         "accuracy_nonincreasing": all(x["dev"]["accuracy"] >= y["dev"]["accuracy"] for x, y in zip(gs, gs[1:]))}
     # baselines on test (ungated fine-tuned weights, no learned gates)

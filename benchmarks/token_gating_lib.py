@@ -184,7 +184,7 @@ def plot(res: dict, path) -> None:
     ax.plot([r["test"]["flops"] / 1e6 for r in g], [100 * r["test"]["accuracy"] for r in g], "s-", c="k",
             label="learned token gates (knob sweep)")
     for r in g:
-        ax.annotate(f"{r['knob']:g}", (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
+        ax.annotate(f"knob {r['knob']:g}" + ("" if r["steps"] == res["monotone_dev"]["steps"] else f" ({r['steps']} steps)"), (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     u = res["ungated"]["test"]
     ax.plot([u["flops"] / 1e6], [100 * u["accuracy"]], "*", ms=12, c="r", label="ungated fine-tuned")
@@ -194,7 +194,7 @@ def plot(res: dict, path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("MiniLM-L6, rotten tomatoes (test)")
     ax.legend(fontsize=7)
-    ks = sorted(res["gated"], key=lambda r: r["knob"])
+    ks = sorted([r for r in res["gated"] if r["steps"] == res["monotone_dev"]["steps"]], key=lambda r: r["knob"])
     bx.plot([r["knob"] for r in ks], [100 * r["dev"]["accuracy"] for r in ks], "o-", c="k", label="dev accuracy")
     bx.set_xlabel("knob")
     bx.set_ylabel("dev accuracy (%)")
@@ -202,7 +202,7 @@ def plot(res: dict, path) -> None:
     b2 = bx.twinx()
     b2.plot([r["knob"] for r in ks], [r["dev"]["flops"] / 1e6 for r in ks], "s--", c="tab:blue", label="dev FLOPs")
     b2.set_ylabel("dev FLOPs per example (M)", color="tab:blue")
-    bx.set_title("knob trade-off (dev)")
+    bx.set_title(f"knob trade-off (dev, {res['monotone_dev']['steps']} gated steps each)")
     fig.tight_layout()
     tmp = str(path) + ".tmp.png"
     fig.savefig(tmp, dpi=120)

@@ -126,6 +126,9 @@ def torch_eager(module: Any, feeds: dict[str, np.ndarray], warmup: int = 20, ite
 
     from edgekit.exporters.adapter import adapt, to_tensors
 
+    import gc
+
+    gc.collect()  # backend sessions left in reference cycles keep thread pools that starve torch's OpenMP
     names = list(feeds)
     m = adapt(module, names)
     args = to_tensors(feeds, names)

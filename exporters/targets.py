@@ -39,7 +39,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "edgekit.exporters.openvino", needs_onnx=True, description="OpenVINO IR (xml+bin), NNCF int8"),
     Target("coreml", ".mlpackage", ("fp32", "fp16", "int8"), "coreml", "coreml", ("coremltools", "torch"),
            "edgekit.exporters.coreml", description="Core ML mlprogram"),
-    Target("tensorrt", ".trt.onnx", ("fp32", "fp16", "int8"), "tensorrt", "tensorrt", ("onnx",),
+    Target("tensorrt", ".tensorrt", ("fp32", "fp16", "int8"), "tensorrt", "tensorrt", ("onnx",),
            "edgekit.exporters.tensorrt", needs_onnx=True,
            description="TensorRT-ready ONNX + op check; engine built on the target device"),
 )}

@@ -1,14 +1,8 @@
 """edgekit.federated: asynchronous cloned/buffered-distillation edge learning on Flower.
 
-Light on purpose: importing this package imports neither torch nor flwr. See
-``server_app`` (ServerApp), ``client_app`` (ClientApp), ``simulate`` (virtual clock),
-``deploy`` (SuperLink/SuperNode processes) and docs/federated.md.
+Light on purpose: importing this package imports neither torch nor flwr. Modules:
+``server_app`` (Flower ServerApp, the async loop), ``client_app`` (Flower ClientApp),
+``distill`` (buffered distillation, teacher screening), ``strategies`` (aggregators, FedAvg),
+``simulate`` (virtual-clock engine), ``deploy`` (SuperLink/SuperNode processes),
+``checkpoint`` (atomic server state). See docs/federated.md.
 """
-__all__ = ["simulate"]
-
-
-def simulate(*args, **kwargs):
-    """Run one virtual-clock simulation (see :func:`edgekit.federated.simulate.simulate`)."""
-    from .simulate import simulate as _simulate
-
-    return _simulate(*args, **kwargs)

@@ -21,10 +21,11 @@ class FedConfig:
     epochs: int = 2  # local epochs per clone
     batch_size: int = 32
     buffer_size: int = 5  # K: teachers (or deltas) per core update
-    attend: float = 0.8  # distillation: weight on teachers vs. retaining the core
+    attend: float = 1.0  # distillation: weight on teachers vs. retaining the core (paper: amplify)
     init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
     screen: bool = True  # teacher screening on the server validation set (+ step guard)
-    guard: float = 0.05  # keep the core if a step lowers validation accuracy by more than this
+    clip: bool = True  # clip each teacher's update to the buffer's median norm
+    guard: float = 0.1  # keep the core if a step lowers validation accuracy by more than this
     distill_epochs: int = 1
     distill_lr: float = 1e-4
     temperature: float = 2.0

@@ -64,6 +64,7 @@ class AsyncServer:
             "fedbuff" if cfg.method == "fedavg" else cfg.method, model_fn=self.model_fn,
             public_x=s.public_x, val_x=s.val_x, val_y=s.val_y, n_classes=s.n_classes,
             buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen, guard=cfg.guard,
+            clip=cfg.clip,
             temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
             seed=cfg.seed, server_lr=cfg.server_lr, staleness=cfg.staleness,
             max_wait=cfg.max_wait or None)

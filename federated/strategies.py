@@ -95,11 +95,12 @@ class ClonedDistillation(AsyncAggregator):
     name = "cloned"
 
     def __init__(self, model_fn: Callable, public_x: np.ndarray, val_x: np.ndarray,
-                 val_y: np.ndarray, n_classes: int, buffer_size: int = 5, attend: float = 0.8,
+                 val_y: np.ndarray, n_classes: int, buffer_size: int = 5, attend: float = 1.0,
                  init: str = "delta", screen: bool = True, temperature: float = 2.0,
-                 epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.05, **kw):
+                 epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.1,
+                 clip: bool = True, **kw):
         super().__init__(buffer_size, **kw)
-        self.guard = float(guard)
+        self.guard, self.clip = float(guard), bool(clip)
         self.model_fn, self.public_x = model_fn, public_x
         self.val_x, self.val_y, self.n_classes = val_x, val_y, n_classes
         self.attend, self.init, self.screen = float(attend), init, screen
@@ -147,7 +148,7 @@ class ClonedDistillation(AsyncAggregator):
             deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in core} for i in kept}
             norms = {i: float(np.sqrt(sum(float((d ** 2).sum()) for d in deltas[i].values()))) for i in kept}
             cap = float(np.median(list(norms.values())))  # norm clipping: no update outweighs the median
-            scale = {i: min(1.0, cap / max(norms[i], 1e-12)) for i in kept}
+            scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
             start = {k: (core[k] + self.attend * sum(wi * scale[i] * deltas[i][k]
                                                      for wi, i in zip(w, kept)) / tot).astype(core[k].dtype)
                      for k in core}
@@ -184,6 +185,7 @@ def make_aggregator(method: str, **kw) -> AsyncAggregator:
     if method == "fedbuff":
         keep = {k: kw[k] for k in ("buffer_size", "server_lr", "max_wait", "staleness") if k in kw}
         kw.pop("guard", None)
+        kw.pop("clip", None)
         return FedBuff(**keep)
     if method == "cloned":
         kw.pop("server_lr", None)

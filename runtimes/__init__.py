@@ -19,7 +19,7 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tensorrt": ("edgekit.runtimes.tensorrt:TensorRTBackend", ("tensorrt",), "tensorrt"),
     "coreml": ("edgekit.runtimes.coreml:CoreMLBackend", ("coreml",), "coreml"),
     "openvino": ("edgekit.runtimes.openvino:OpenVINOBackend", ("openvino", "onnx"), "openvino"),
-    "onnxruntime": ("edgekit.runtimes.ort:OrtBackend", ("onnx",), "edgekit"),
+    "onnxruntime": ("edgekit.runtimes.ort:OrtBackend", ("onnx",), ""),
 }
 ALIASES = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
 PRECISION_ORDER = ("fp32", "fp16", "int8")
@@ -40,7 +40,7 @@ def backend_class(name: str) -> type[BackendBase]:
             raise BackendUnavailableError(f"backend {name!r} is not part of this edgekit build",
                                           "upgrade edgekit") from None
         raise BackendUnavailableError(f"backend {name!r} needs {e.name}, which is not installed",
-                                      f'pip install "edgekit[{extra}]"') from None
+                                      f'pip install "edgekit[{extra}]"' if extra else f"pip install {e.name}") from None
 
 
 def available_backends() -> list[str]:
@@ -91,8 +91,7 @@ def _pick(bundle: Bundle, graph: str, backend: str, precision: str | None) -> tu
                           + (f" at precision {precision}" if precision else "") + f" (it has: {have})",
                           f"re-export with --target {BACKENDS[name][1][0]}" + (f" --precision {precision}" if precision else ""))
     if not cls.available():
-        raise BackendUnavailableError(f"backend {name!r} cannot run on this machine",
-                                      f'pip install "edgekit[{BACKENDS[name][2]}]"')
+        raise BackendUnavailableError(*cls.unavailable_reason())
     return name, found[0]
 
 

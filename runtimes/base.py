@@ -28,6 +28,11 @@ class BackendBase:
     def available() -> bool:  # pragma: no cover - overridden
         return False
 
+    @classmethod
+    def unavailable_reason(cls) -> tuple[str, str]:
+        """(problem, fix) when ``available()`` is False; backends with other causes override it."""
+        return f"backend {cls.name!r} cannot run on this machine", f'pip install "edgekit[{cls.extra}]"'
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 

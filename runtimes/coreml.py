@@ -121,6 +121,13 @@ class CoreMLBackend(BackendBase):
     name = "coreml"
     extra = "coreml"
 
+    @classmethod
+    def unavailable_reason(cls) -> tuple[str, str]:
+        if sys.platform != "darwin":
+            return (f"Core ML predictions need macOS; this machine is {sys.platform}",
+                    "run the coreml artifact on a Mac/iPhone, or use the onnx/openvino artifacts here")
+        return super().unavailable_reason()
+
     @staticmethod
     def available() -> bool:
         if sys.platform != "darwin":

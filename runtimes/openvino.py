@@ -97,7 +97,8 @@ class OpenVINOBackend(BackendBase):
         model = core.read_model(str(model_file(path)))
         if static_shapes is None and base == "NPU":
             static_shapes = True
-        shapes = static_shape_map(graph, artifact.extra.get("example_shapes"), static_shapes)
+        examples = artifact.extra.get("example_shapes") or graph.metadata.get("example_shapes")
+        shapes = static_shape_map(graph, examples, static_shapes)
         if shapes:
             model.reshape({self._port_name(model, i, s.name): shapes[s.name]
                            for i, s in enumerate(graph.inputs) if s.name in shapes})
@@ -126,6 +127,7 @@ class OpenVINOBackend(BackendBase):
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")) \
             if base == "CPU" else config.get("INFERENCE_PRECISION_HINT", "device default")
         self.request = self.compiled.create_infer_request()
+        self.version = f"{ov.get_version().split('-')[0]} {device}"
         self.in_index = {s.name: self._find(self.compiled.inputs, i, s.name) for i, s in enumerate(graph.inputs)}
         self.out_names = [s.name for s in graph.outputs]
         if len(self.compiled.outputs) != len(self.out_names):

@@ -23,7 +23,11 @@ def _ort():
 
 class OrtBackend(BackendBase):
     name = "onnxruntime"
-    extra = "edgekit"
+    extra = ""
+
+    @classmethod
+    def unavailable_reason(cls) -> tuple[str, str]:
+        return "onnxruntime cannot be imported", "pip install onnxruntime (a core dependency of edgekit)"
 
     @staticmethod
     def available() -> bool:

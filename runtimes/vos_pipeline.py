@@ -95,6 +95,7 @@ class VOSPipeline:
     def __init__(self, bundle: Any = None, backend: str = "auto", precision: str | None = None, **options: Any):
         base = _load_base()(bundle, backend=backend, precision=precision, **options)
         self.bundle, self.backend_name = bundle, base.backend_name
+        self.inputs, self.outputs = base.inputs, base.outputs
         missing = [g for g in GRAPHS if g not in base.sessions]
         if missing:
             from edgekit.errors import BundleError
@@ -106,6 +107,7 @@ class VOSPipeline:
     def from_sessions(cls, sessions: dict[str, Any], params: dict) -> "VOSPipeline":
         self = cls.__new__(cls)
         self.bundle, self.backend_name = None, next(iter(sessions.values())).backend_name
+        self.inputs, self.outputs = [], []
         self._setup(sessions, params)
         return self
 

@@ -1,6 +1,6 @@
 """Train the built-in skip-path VOS model (heads only; frozen EfficientNet-Lite0 backbone).
 
-    OMP_NUM_THREADS=1 python scripts/train_vos.py [--steps 1500] [--videos 240] [--out PATH]
+    OMP_NUM_THREADS=1 python scripts/train_vos.py [--steps 1800] [--videos 240] [--out PATH]
 
 Writes edgekit/models/weights/vos_skip_heads.safetensors (fp32, a few hundred KB).
 """
@@ -19,7 +19,7 @@ from edgekit.models.vos.train import save_heads, train  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--videos", type=int, default=240)
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--batch", type=int, default=24)

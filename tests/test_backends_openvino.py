@@ -156,3 +156,15 @@ def test_static_shape_map_pure():
     assert static_shape_map(g, None, None) is None
     assert static_shape_map(g, {"ids": [2, 16]}, True) == {"ids": [2, 16], "m": [1, 4]}
     assert static_shape_map(g, None, {"ids": (1, 8)}) == {"ids": [1, 8]}
+
+
+def test_cli_without_openvino_prints_one_line(cnn_bundle, tmp_path):
+    import subprocess
+
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 1, 12, 12), np.float32))
+    code = ("import sys; sys.modules['openvino'] = None; from edgekit.cli import main; "
+            f"main(['run', {str(cnn_bundle.root)!r}, '--backend', 'openvino', '-i', {str(tmp_path / 'x.npz')!r}])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("edgekit:")]
+    assert len(lines) == 1 and 'pip install "edgekit[openvino]"' in lines[0], p.stderr

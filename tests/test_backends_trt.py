@@ -194,3 +194,13 @@ def test_trt_artifact_layout_and_status(tmp_path):
         main(["trt-check", str(b.root), "--json"])
     assert e.value.code == 0
     assert Bundle.load(b.root).find(target="tensorrt") is not None
+
+
+def test_backend_runtimes_stay_torch_free():
+    import subprocess
+
+    code = ("import sys, edgekit.runtimes.openvino, edgekit.runtimes.coreml, edgekit.runtimes.tensorrt, "
+            "edgekit.runtimes.trt_cache, edgekit.commands.backends; "
+            "bad = [m for m in ('torch', 'openvino', 'coremltools', 'tensorrt', 'onnx') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -43,6 +43,7 @@ def _state(d):
         return None
 
 
+@pytest.mark.slow  # ~2.5-3 min on a loaded 2-core machine (Flower starts a process per message)
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr CLI not installed")
 def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
     t0 = time.monotonic()

@@ -23,17 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from edgekit.compress.ppp_export import export_gated
-    from edgekit.compress.ppp_train import train_gated
     from edgekit.data.fashion_mnist import load_digits
-    from edgekit.models.ppp_nets import build_gated
 
     torch.set_num_threads(1)
-    x, y = load_digits("train")
     xt, yt = load_digits("test")
-    torch.manual_seed(1)
-    g = build_gated("tiny", 10)
-    g.cfg["input_shape"] = [1, 8, 8]
-    train_gated(g, x, y, epochs=8, lr=1e-2, log=lambda *_: None)
+    g, _ = ppp.load_checkpoint(REPO / "edgekit/models/weights/ppp_digits.safetensors")
     tmp = tmp_path_factory.mktemp("ppp_onnx")
     bundle = export_gated(g, {"labels": [str(i) for i in range(10)]}, tmp, name="tiny-gated").root
     users = {}

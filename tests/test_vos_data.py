@@ -5,6 +5,8 @@ import pytest
 from edgekit.errors import DataError
 from edgekit.models.vos.data import make_video, split_seeds
 
+pytest.importorskip("skimage")
+
 
 def test_deterministic_and_shapes():
     v1, m1 = make_video(5, frames=12, size=(64, 80))

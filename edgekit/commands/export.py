@@ -23,6 +23,8 @@ def export(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="directory to write NAME.edgekit into"),
     name: Optional[str] = typer.Option(None, "--name", help="bundle name (default: the model's)"),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18)"),
+    option: list[str] = typer.Option([], "--option", help="TARGET.KEY=VALUE exporter option (repeatable), e.g. "
+                                      "coreml.minimum_deployment_target=iOS17, tensorrt.trt_version=11"),
     bench: bool = typer.Option(True, "--bench/--no-bench", help="measure p50/p90 latency of each artifact"),
     iters: int = typer.Option(100, "--iters", help="timed runs per artifact for the latency columns"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -36,21 +38,22 @@ def export(
     for spec in inputs:
         parse_input(spec)
     parse_dynamic(dynamic)
+    options = parse_options(option)
     from edgekit.api import export as do_export
-    from edgekit.bench import bench_bundle, example_feeds, torch_eager
+    from edgekit.bench import bench_bundle, torch_eager
     from edgekit.resolve import resolve
 
     with cli.status("resolving model", quiet=json_out) as st:
         src = resolve(model, inputs, dynamic)
-        bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
-                           opset=opset, progress=st.update)
-        rows = []
         eager = None
-        if bench:
-            rows = bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
-            if src.module is not None:
-                st.update("benchmarking PyTorch eager")
-                eager = torch_eager(src.module, example_feeds(bundle), warmup=max(5, iters // 10), iters=iters)
+        if bench and src.module is not None:
+            # PyTorch first, before any backend library is loaded: their idle thread pools would starve
+            # torch's OpenMP threads and make eager look far slower than it is
+            st.update("benchmarking PyTorch eager")
+            eager = torch_eager(src.module, src.example_inputs, warmup=max(5, iters // 10), iters=iters)
+        bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
+                           opset=opset, options=options, progress=st.update)
+        rows = bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update) if bench else []
     if not bench:
         rows = [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
                  "max_abs_err": a.validation.max_abs_err if a.validation else None,
@@ -69,6 +72,29 @@ def export(
                 cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
     if failed:
         raise typer.Exit(1)
+
+
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """``TARGET.KEY=VALUE`` -> {target: {key: value}}; values parse as JSON when they can (numbers, lists)."""
+    import json
+
+    from edgekit.errors import UsageError
+    from edgekit.exporters.targets import TARGETS
+
+    out: dict[str, dict] = {}
+    for item in items:
+        head, sep, value = item.partition("=")
+        target, dot, key = head.partition(".")
+        if not sep or not dot or not key:
+            raise UsageError(f"cannot parse --option {item!r}", "use TARGET.KEY=VALUE, e.g. coreml.minimum_deployment_target=iOS17")
+        if target not in TARGETS:
+            raise UsageError(f"--option {item!r} names unknown target {target!r}", f"targets: {', '.join(TARGETS)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(target, {})[key] = parsed
+    return out
 
 
 def print_rows(title: str, rows: list[dict], eager: dict | None) -> None:

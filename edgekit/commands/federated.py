@@ -18,6 +18,16 @@ fed = typer.Typer(name="federated", no_args_is_help=True,
                   help="Asynchronous cloned/buffered-distillation edge learning on Flower.")
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM runs the same clean-up as Ctrl-C (stop the Flower processes we started)."""
+    import signal
+
+    def _raise(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def _curve_table(result: dict) -> None:
     from edgekit.cli import fmt, table
 
@@ -43,7 +53,7 @@ def simulate_cmd(
     horizon: float = typer.Option(1500.0, help="virtual time budget (a median node needs 10 units per epoch)"),
     alpha: float = typer.Option(0.5, help="Dirichlet non-IID concentration"),
     buffer_size: int = typer.Option(5, help="K updates per core update"),
-    attend: float = typer.Option(0.8, help="distillation: attend to teachers (1) vs retain the core (0)"),
+    attend: float = typer.Option(1.0, help="distillation: attend to teachers (1) vs retain the core (0)"),
     no_churn: bool = typer.Option(False, "--no-churn", help="all nodes stay online"),
     out: Optional[Path] = typer.Option(None, help="also write the result JSON here"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -84,7 +94,7 @@ def server_cmd(
     max_time: float = typer.Option(0.0, help="stop after this many seconds (0: no limit)"),
     deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take"),
     buffer_size: int = typer.Option(5),
-    attend: float = typer.Option(0.8),
+    attend: float = typer.Option(1.0),
     min_nodes: int = typer.Option(1, help="wait for this many nodes before starting"),
     checkpoint_dir: Path = typer.Option(Path("federated-ckpt"), help="atomic checkpoint; a restart resumes from it"),
     out: Path = typer.Option(Path("federated-result.json"), help="result JSON written when the run ends"),
@@ -112,6 +122,7 @@ def server_cmd(
                                   root_certificates=ssl_ca_certfile)
     env = {"FLWR_HOME": str(home)}
     link = None
+    _sigterm_as_interrupt()
     try:
         if superlink is None:
             link = deploy.start_superlink(port, host=host, insecure=insecure, ssl_certfile=ssl_certfile,
@@ -157,6 +168,7 @@ def client_cmd(
                                   insecure=insecure, root_certificates=root_certificates,
                                   auth_private_key=auth_private_key, node_config=node_config,
                                   log_path=None if not as_json else os.devnull)
+    _sigterm_as_interrupt()
     if as_json:
         from edgekit.cli import emit_json
 

@@ -127,9 +127,10 @@ def bench(
 
     b = Bundle.load(bundle)
     with cli.status("benchmarking", quiet=json_out) as st:
+        # PyTorch first, before any backend session exists (idle runtime threads would skew it)
+        eager = _torch_eager(b, example_feeds(b, batch=batch), warmup, iters) if torch_ref else None
         rows = bench_bundle(b, batch=batch, iters=iters, warmup=warmup,
                             targets=target.split(",") if target else None, progress=st.update)
-        eager = _torch_eager(b, example_feeds(b, batch=batch), warmup, iters) if torch_ref else None
     for r in rows:
         if eager and "session" in r:
             r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
@@ -139,17 +140,19 @@ def bench(
     body = []
     for r in rows:
         s, raw = r.get("session") or {}, r.get("raw") or {}
-        body.append([r["target"], r["precision"], r.get("backend", "-"), r["status"], r.get("batch"),
-                     cli.fmt(s.get("p50_ms"), ".4f"), cli.fmt(s.get("p90_ms"), ".4f"), cli.fmt(s.get("p99_ms"), ".4f"),
+        body.append([r["target"], r["precision"], r.get("backend", "-"), r["status"],
+                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
+                     cli.fmt(r.get("size_mb"), ".3f"), r.get("batch"), cli.fmt(s.get("p50_ms"), ".4f"), cli.fmt(s.get("p90_ms"), ".4f"), cli.fmt(s.get("p99_ms"), ".4f"),
                      cli.fmt(s.get("throughput_per_s"), ".1f"), cli.fmt(raw.get("p50_ms"), ".4f"),
-                     (f"{r['overhead_us']:.1f} µs ({r['overhead_pct']:.1f}%)" if "overhead_us" in r else r.get("bench_error", "-")),
+                     (f"{r['overhead_us']:.1f} µs ({r['overhead_pct']:.1f}%)" if "overhead_us" in r
+                      else "not runnable here" if "bench_error" in r else "-"),
                      cli.fmt(r.get("speedup_vs_torch"), ".2f")])
     if eager:
-        body.append(["pytorch (eager)", "fp32", "torch", "reference", eager.get("runs") and rows[0].get("batch"),
+        body.append(["pytorch (eager)", "fp32", "torch", "reference", "0", "1.000", "-", rows[0].get("batch") if rows else "-",
                      cli.fmt(eager["p50_ms"], ".4f"), cli.fmt(eager["p90_ms"], ".4f"), cli.fmt(eager["p99_ms"], ".4f"),
                      cli.fmt(eager["throughput_per_s"], ".1f"), "-", "-", "1.00"])
     cli.table(f"{b.root.name}: {iters} timed runs after {warmup} warm-up", [
-        "target", "precision", "backend", "status", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s",
+        "target", "precision", "backend", "status", "max abs err", "top-1 agree", "size MB", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s",
         "raw p50 ms", "runtime overhead", "vs torch"], body)
 
 

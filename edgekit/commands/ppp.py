@@ -13,7 +13,7 @@ from edgekit.errors import UsageError
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 TASKS = {"fashion": {"cfg": "fashion", "epochs": 6, "file": "ppp_fashion.safetensors"},
-         "digits": {"cfg": "tiny", "epochs": 40, "file": "ppp_digits.safetensors"},
+         "digits": {"cfg": "tiny", "epochs": 30, "file": "ppp_digits.safetensors", "kw": {"lr": 1e-2}},
          "kws": {"cfg": "kws", "epochs": 30, "file": "ppp_kws.safetensors"}}
 
 
@@ -54,7 +54,7 @@ def train_builtin(task: str, epochs: int | None = None, seed: int = 0, out=None,
     torch.manual_seed(seed)
     gated = build_gated(spec["cfg"], len(meta["labels"]))
     gated.cfg["input_shape"] = list(x.shape[1:])
-    kw = meta.pop("train_kwargs", {})
+    kw = dict(spec.get("kw", {}))
     hist = train_gated(gated, x, y, epochs=epochs or spec["epochs"], seed=seed, log=log, x_val=xt, y_val=yt, **kw)
     meta.update({"task": task, "seed": seed, "epochs": epochs or spec["epochs"], "input_name": "x",
                  "test_acc": round(evaluate(gated, xt, yt), 4), "history": hist["history"]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,7 @@ def save_checkpoint(gated: GatedNet, path, meta: dict) -> Path:
     tmp = path.with_suffix(".tmp")
     state = {k: v.contiguous() for k, v in gated.state_dict().items() if "num_batches_tracked" not in k}
     save_file(state, str(tmp), metadata={"edgekit_ppp": json.dumps({**meta, "cfg": gated.cfg})})
+    os.chmod(tmp, 0o644)
     tmp.replace(path)
     return path
 

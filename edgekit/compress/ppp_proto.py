@@ -83,9 +83,15 @@ def prototype(probs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(p, dtype=np.float64).mean(axis=0) for p in probs]
 
 
-def keep_masks(proto: list[np.ndarray], keep_ratio: float | None = None, threshold: float = 0.5) -> list[np.ndarray]:
+CHANNEL_MULTIPLE = 8  # kept counts are rounded up to a multiple of this (SIMD-friendly conv kernels)
+
+
+def keep_masks(proto: list[np.ndarray], keep_ratio: float | None = None, threshold: float = 0.5,
+               multiple: int = CHANNEL_MULTIPLE) -> list[np.ndarray]:
     """keep-ratio r: per unit the ceil(r*C) channels with the highest prototype value (ties -> lower
-    index); otherwise channels whose prototype exceeds ``threshold``. At least one channel per unit."""
+    index); otherwise channels whose prototype exceeds ``threshold``. The count is rounded up to a
+    multiple of ``multiple`` (ONNX Runtime's blocked conv kernels want multiples of 8/16; odd counts
+    can be slower than the unpruned layer) and is at least one."""
     if keep_ratio is not None and not (0.0 < keep_ratio <= 1.0):
         raise UsageError(f"keep ratio {keep_ratio} is outside (0, 1]", "use e.g. --keep-ratio 0.5")
     masks = []
@@ -96,6 +102,8 @@ def keep_masks(proto: list[np.ndarray], keep_ratio: float | None = None, thresho
             k = max(1, min(c, int(math.ceil(keep_ratio * c - 1e-9))))
         else:
             k = max(1, int((p > threshold).sum()))
+        if multiple > 1:
+            k = min(c, int(math.ceil(k / multiple)) * multiple)
         order = np.lexsort((np.arange(c), -p))
         m = np.zeros(c, dtype=bool)
         m[order[:k]] = True

@@ -12,8 +12,11 @@ token when m is 0/1 - so soft training and hard inference compute the same funct
 At inference the gates are hard (theta > 0) and closed tokens are gathered out of the hidden
 states; the selection code is shared with the torch-free runtime (runtimes/tokengate_pipeline.py).
 
-Loss = task CE + knob * (expected fraction of token-layers kept)       # L0-style sparsity
-              + bimodal * mean_g g (1 - g)                               # pushes gates to 0/1
+Gates are hard-concrete (Louizos et al. 2018, the L0 relaxation): in training each gate is sampled
+per example, stretched and clipped, so most samples are exactly 0 or 1 and the network trains
+under real token removal; g = P(gate open) is the differentiable gate value.
+Loss = task CE + knob * E[fraction of token-layers computed]   # L0-style sparsity (uses g)
+              + bimodal * mean_g g (1 - g)                       # pushes gates to 0/1
 ``knob`` is the ONE user-facing trade-off: how many loss units one would pay to run the whole
 encoder on every token; larger knob -> fewer tokens -> fewer FLOPs, lower accuracy.
 """
@@ -30,6 +33,7 @@ from edgekit.errors import UsageError
 from edgekit.runtimes.tokengate_pipeline import compact_order, layer_flops, select_keep
 
 NEG = -1e9
+HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1     # hard-concrete temperature and stretch
 
 
 def bert_parts(bert: nn.Module) -> tuple[nn.Module, nn.ModuleList, Any]:
@@ -132,16 +136,28 @@ class TokenGatedBert(nn.Module):
 
     # ------------------------------------------------------------------ gates
     def gate_values(self) -> torch.Tensor:
-        return torch.sigmoid(self.gate_logits)
+        """P(gate open) of the hard-concrete gates (the differentiable gate value g)."""
+        return torch.sigmoid(self.gate_logits - HC_BETA * math.log(-HC_GAMMA / HC_ZETA))
+
+    def gate_sample(self, shape: tuple) -> torch.Tensor:
+        """Hard-concrete gates: sampled in training, deterministic in eval (0/1 at |theta| >> 0)."""
+        a = self.gate_logits
+        if self.training:
+            u = torch.rand(shape + tuple(a.shape), device=a.device).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + a) / HC_BETA)
+        else:  # eval: the hard gate of inference (open iff g = P(open) > 1/2)
+            return (self.gate_values() > 0.5).float().expand(shape + tuple(a.shape))
+        return (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
 
     def rules(self) -> dict[int, dict]:
         """Hard gates: {layer: {"kind": "gates", "open": [...]}} (JSON-able)."""
-        open_ = (self.gate_logits.detach() > 0).cpu().numpy()
+        open_ = (self.gate_values().detach() > 0.5).cpu().numpy()   # g = P(open) > 1/2
         return {l: {"kind": "gates", "layer": l, "open": open_[i].tolist()}
                 for i, l in enumerate(self.gated_layers)}
 
-    def _soft_gate(self, score: torch.Tensor, m: torch.Tensor, gi: int) -> torch.Tensor:
-        """Mask matching with soft survivors m [B,T]: soft rank among survivors -> bin -> gate."""
+    def _soft_gate(self, score: torch.Tensor, m: torch.Tensor, gi: int, z: torch.Tensor):
+        """Mask matching with survivors m [B,T]: rank among survivors -> bin -> (sampled gate z
+        [B,T], open probability [B,T])."""
         t = score.shape[1]
         body = m.clone()
         body[:, 0] = 0.0
@@ -151,9 +167,10 @@ class TokenGatedBert(nn.Module):
         rank = (ahead.float() * body[:, None, :]).sum(-1)          # [B,T]: survivors ranked above i
         n = body.sum(1, keepdim=True).clamp_min(1.0)
         bin_ = torch.clamp((rank * self.bins / n).floor().long(), 0, self.bins - 1)
-        g = self.gate_values()[gi][bin_]
-        g = torch.where(idx[None] == 0, torch.ones_like(g), g)
-        return g
+        g = torch.gather(z[:, gi], 1, bin_)
+        p = self.gate_values()[gi][bin_]
+        cls = idx[None] == 0
+        return torch.where(cls, torch.ones_like(g), g), torch.where(cls, torch.ones_like(p), p)
 
     # ------------------------------------------------------------------ forward passes
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -163,13 +180,16 @@ class TokenGatedBert(nn.Module):
         if mode == "hard":
             return self.run_hard(input_ids, attention_mask)
         m = attention_mask.float()
+        m_exp = m                     # expected survival (product of open probabilities)
         h = self.embed(input_ids)
+        z = self.gate_sample((input_ids.shape[0],))
         kept = []  # expected surviving tokens per layer [B]
         score = None
         for i, layer in enumerate(self.layers):
             if mode == "soft" and i in self.gated_layers and score is not None:
-                m = m * self._soft_gate(score.detach(), m, self.gated_layers.index(i))
-            kept.append(m.sum(1))
+                g, p = self._soft_gate(score.detach(), m, self.gated_layers.index(i), z)
+                m, m_exp = m * g, m_exp * p
+            kept.append(m_exp.sum(1))
             # log-mask on the keys: m=1 -> 0, m -> 0 -> token removed (NEG below 1e-4, as in hard mode)
             bias = torch.where(m >= 1e-4, torch.log(m.clamp_min(1e-4)), torch.full_like(m, NEG))
             h, score = layer_forward(layer, h, bias, m, self.heads)

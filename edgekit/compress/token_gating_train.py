@@ -67,9 +67,11 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
 def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, knob: float | None,
           epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.05,
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
-          max_seconds: float | None = None) -> dict[str, Any]:
-    """Fine-tune. knob=None -> ungated (mode "full"); else soft gates with
-    loss = CE + knob * sparsity + bimodal_weight(t) * bimodal, bimodal ramped 0 -> ``bimodal``."""
+          max_seconds: float | None = None, gate_init: float | None = 1.0) -> dict[str, Any]:
+    """Fine-tune. knob=None -> ungated (mode "full"); else hard-concrete gates with
+    loss = CE + knob * sparsity + w(t) * bimodal, where w(t) is 0 for the first half of the steps
+    and ramps to ``bimodal`` over the second half (gates first find their place, then binarise).
+    ``gate_init`` resets the gate logits first (None keeps them)."""
     if knob is not None and knob < 0:
         raise UsageError(f"knob must be >= 0, got {knob}", "use e.g. --knob 0.5 (larger = fewer tokens)")
     if len(seqs) != len(labels) or not len(seqs):
@@ -77,6 +79,9 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     gated = knob is not None
+    if gated and gate_init is not None:
+        with torch.no_grad():
+            model.gate_logits.fill_(float(gate_init))
     body = [p for n, p in model.named_parameters() if n != "gate_logits"]
     groups = [{"params": body, "lr": lr}]
     if gated:
@@ -97,7 +102,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
         loss = ce
         if gated:
             reg = model.regularizers(out["kept"], mask)
-            loss = ce + knob * reg["sparsity"] + bimodal * min(1.0, 2 * step / steps) * reg["bimodal"]
+            loss = ce + knob * reg["sparsity"] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(body, 1.0)
