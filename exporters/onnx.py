@@ -30,7 +30,12 @@ def _grow(args: tuple, names: list[str], dynamic: dict) -> tuple:
 
 
 def _dynamo(job: ExportJob, args: tuple, path, opset: int) -> None:
+    import logging
+
     import torch
+
+    # torch.onnx logs a warning per torchvision op it cannot register; irrelevant unless torchvision is used
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
     dims: dict[str, object] = {}
     shapes = []

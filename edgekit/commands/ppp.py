@@ -14,7 +14,8 @@ from edgekit.errors import UsageError
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 TASKS = {"fashion": {"cfg": "fashion", "epochs": 6, "file": "ppp_fashion.safetensors"},
          "digits": {"cfg": "tiny", "epochs": 30, "file": "ppp_digits.safetensors", "kw": {"lr": 1e-2}},
-         "kws": {"cfg": "kws", "epochs": 30, "file": "ppp_kws.safetensors"}}
+         "kws": {"cfg": "kws", "epochs": 30, "file": "ppp_kws.safetensors",
+                 "kw": {"augment": "specaug", "weight_decay": 5e-2}}}
 
 
 def task_data(task: str):
@@ -57,7 +58,7 @@ def train_builtin(task: str, epochs: int | None = None, seed: int = 0, out=None,
     kw = dict(spec.get("kw", {}))
     hist = train_gated(gated, x, y, epochs=epochs or spec["epochs"], seed=seed, log=log, x_val=xt, y_val=yt, **kw)
     meta.update({"task": task, "seed": seed, "epochs": epochs or spec["epochs"], "input_name": "x",
-                 "test_acc": round(evaluate(gated, xt, yt), 4), "history": hist["history"]})
+                 "test_acc": round(evaluate(gated, xt, yt), 4), "history": hist["history"], "train_kwargs": kw})
     out = Path(out) if out else WEIGHTS / spec["file"]
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(gated, out, meta)

@@ -29,7 +29,7 @@ def cache_dir() -> Path:
 
 def builtin_bundle(log=None) -> Path:
     """Path of the exported built-in VOS bundle, exporting it on first use (keyed by the weights)."""
-    from edgekit.models.vos.model import WEIGHTS
+    from edgekit.models.vos import WEIGHTS  # torch-free
     if not WEIGHTS.exists():
         raise UsageError(f"built-in VOS weights missing at {WEIGHTS}", "run: python scripts/train_vos.py")
     digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:12]

@@ -57,8 +57,26 @@ def consistency(probs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     return total / (len(probs) * len(classes))
 
 
+def spec_augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment-style: random time shift (+-6 frames), one frequency and one time mask, gain."""
+    xb = xb.clone()
+    n, _, f, t = xb.shape
+    shift = int(torch.randint(-6, 7, (1,), generator=gen))
+    xb = torch.roll(xb, shift, dims=3)
+    for i in range(n):
+        f0, fw = int(torch.randint(0, f, (1,), generator=gen)), int(torch.randint(0, 7, (1,), generator=gen))
+        t0, tw = int(torch.randint(0, t, (1,), generator=gen)), int(torch.randint(0, 9, (1,), generator=gen))
+        xb[i, :, f0:f0 + fw] = 0.0
+        xb[i, :, :, t0:t0 + tw] = 0.0
+    return xb + 0.3 * torch.randn(n, 1, 1, 1, generator=gen)
+
+
+AUGMENT = {"specaug": spec_augment}
+
+
 def train_gated(gated: GatedNet, x: np.ndarray, y: np.ndarray, *, epochs: int = 3, batch: int = 128,
                 lr: float = 3e-3, target: float = 0.45, budget: float = 4.0, consist: float = 4.0,
+                augment: str | None = None, weight_decay: float = 1e-4,
                 proto_prob: float = 0.5, seed: int = 0, log=print, time_limit: float | None = None,
                 x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> dict:
     torch.manual_seed(seed)
@@ -69,7 +87,9 @@ def train_gated(gated: GatedNet, x: np.ndarray, y: np.ndarray, *, epochs: int = 
     wts = wts / wts.sum()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps = epochs * math.ceil(len(x) / batch)
-    opt = torch.optim.AdamW(gated.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(gated.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    aug = AUGMENT[augment] if augment else None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     t0 = time.time()
     step = 0
@@ -81,6 +101,8 @@ def train_gated(gated: GatedNet, x: np.ndarray, y: np.ndarray, *, epochs: int = 
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
             xb, yb = xt[idx], yt[idx]
+            if aug is not None:
+                xb = aug(xb, gen)
             proto_mode = rng.random() < proto_prob
             gated.group_ids = _groups(yb, nc, rng) if proto_mode else None
             gated.group_ratio = float(rng.uniform(0.25, 0.7))

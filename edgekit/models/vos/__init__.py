@@ -2,3 +2,6 @@
 
 Torch-free modules: data, metrics, io. model/train/export need torch.
 """
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "vos_skip_heads.safetensors"

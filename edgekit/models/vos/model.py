@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgekit.errors import DataError
+from edgekit.models.vos import WEIGHTS
 
 EMB, KEY = 32, 64
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "vos_skip_heads.safetensors"
 DEFAULT_SIZE = (128, 128)
 
 
