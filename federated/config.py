@@ -25,7 +25,7 @@ class FedConfig:
     init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
     screen: bool = True  # teacher screening on the server validation set (+ step guard)
     clip: bool = True  # clip each teacher's update to the buffer's median norm
-    guard: float = 0.1  # keep the core if a step lowers validation accuracy by more than this
+    guard: float = 0.03  # keep the core if a step lowers validation accuracy by more than this
     distill_epochs: int = 1
     distill_lr: float = 1e-4
     temperature: float = 2.0

@@ -97,7 +97,7 @@ class ClonedDistillation(AsyncAggregator):
     def __init__(self, model_fn: Callable, public_x: np.ndarray, val_x: np.ndarray,
                  val_y: np.ndarray, n_classes: int, buffer_size: int = 5, attend: float = 1.0,
                  init: str = "delta", screen: bool = True, temperature: float = 2.0,
-                 epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.1,
+                 epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.03,
                  clip: bool = True, **kw):
         super().__init__(buffer_size, **kw)
         self.guard, self.clip = float(guard), bool(clip)

@@ -118,3 +118,28 @@ def test_openvino_regenerated_from_pruned_onnx(setup, tmp_path):
     m = json.loads((Path(info["bundle"]) / "manifest.json").read_text())
     ov = [a for a in m["artifacts"] if a["target"] == "openvino"]
     assert ov and ov[0]["status"] == "ok" and ov[0]["validation"]["max_abs_err"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_torch_free_equals_pytorch_path_fashion(tmp_path):
+    from edgekit.compress.ppp_export import export_gated
+    from edgekit.data import fashion_mnist as fm
+
+    if not fm.available():
+        pytest.skip("dataset-fashion-mnist not installed")
+    g, meta = ppp.load_checkpoint(REPO / "edgekit/models/weights/ppp_fashion.safetensors")
+    xt, yt = fm.load("test")
+    bundle = export_gated(g, meta, tmp_path, name="fashion-gated").root
+    for classes in [(0, 5, 9), (2, 4)]:
+        sel = np.flatnonzero(np.isin(yt, classes))
+        data = tmp_path / f"u{len(classes)}.npz"
+        np.savez(data, x=xt[sel[:32]])
+        info = _torch_free(bundle, data, tmp_path / f"out{len(classes)}", 0.4)
+        res = ppp.personalize(g, xt[sel[:32]], keep_ratio=0.4)
+        prov = json.loads((Path(info["bundle"]) / "manifest.json").read_text())["metadata"]["provenance"]
+        assert prov["keep_masks"] == [np.flatnonzero(m).tolist() for m in res.masks]
+        sess = ort.InferenceSession(str(Path(info["bundle"]) / "main.onnx"), providers=["CPUExecutionProvider"])
+        x = xt[sel[32:332]]
+        with torch.no_grad():
+            ref = res.module(torch.from_numpy(x)).numpy()
+        assert np.abs(sess.run(["logits"], {"x": x})[0] - ref).max() <= 1e-5

@@ -24,7 +24,6 @@ import numpy as np
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Graph, Manifest, Validation
 from edgekit.compress.ppp_proto import NotPPPError, keep_masks, load_personal, prototype
 from edgekit.errors import BundleError, ValidationFailed
-from edgekit.specs import TensorSpec
 
 GATES_FILE = "ppp_gates.json"
 TOLERANCE = 1e-4
@@ -263,8 +262,3 @@ def _ort_version() -> str:
 
     return onnxruntime.__version__
 
-
-def is_torch_free() -> bool:
-    import sys
-
-    return "torch" not in sys.modules
