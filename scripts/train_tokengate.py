@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--bins", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-test", action="store_true")
+    ap.add_argument("--hard-steps", type=int, default=0, help="gated: then N steps with gates frozen hard")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -63,10 +64,14 @@ def main(argv=None) -> dict:
         epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
         info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
                        seed=a.seed)
+        if a.hard_steps:
+            T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
+                    lr=a.lr or 2e-5, seed=a.seed + 1)
         ck = CACHE / f"gated_k{a.knob:g}.pt"
         rules = None
     res = {"what": a.what, "knob": a.knob if a.what == "gated" else None, "max_len": a.max_len,
            "train_seconds": time.time() - t0, "steps": info["steps"], "seed": a.seed,
+           "hard_steps": a.hard_steps if a.what == "gated" else 0,
            "dev": T.evaluate(model, *d["dev"], rules=rules)}
     if a.eval_test:
         res["test"] = T.evaluate(model, *d["test"], rules=rules)

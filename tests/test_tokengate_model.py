@@ -120,3 +120,17 @@ def test_flops_and_baseline_rules(model):
     assert set(r) == set(model.gated_layers) and r[1]["ratio"] == 0.5
     with pytest.raises(Exception):
         train(model, [[1, 2]], np.array([0]), knob=-1.0, log=None)
+
+
+def test_frozen_gate_finetune_keeps_gates_and_trains_under_hard_removal():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    seqs = [[1] + rng.integers(5, 300, size=int(rng.integers(4, 20))).tolist() + [2] for _ in range(32)]
+    y = np.array([s[1] % 2 for s in seqs])
+    m = tiny_model(vocab=300, seed=0)
+    m.gate_logits.data[:, 4:] = -5.0
+    before = m.gate_logits.detach().clone()
+    w0 = m.head.out.weight.detach().clone()
+    train(m, seqs, y, knob=None, freeze_gates=True, epochs=2, batch=16, log=None)
+    assert torch.equal(m.gate_logits, before) and not torch.equal(m.head.out.weight, w0)
+    assert m.frozen_gates is False and not m.training

@@ -21,7 +21,7 @@ CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate")
 
 def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, base: str | None = None,
                      max_len: int = 64, ungated_epochs: float = 1.0, model: str = "minilm",
-                     limit: int | None = None, seed: int = 0, log=print) -> dict:
+                     limit: int | None = None, seed: int = 0, hard_steps: int = 0, log=print) -> dict:
     """Train a gated checkpoint; returns a summary dict (dev accuracy, tokens per layer, FLOPs)."""
     import torch
 
@@ -54,10 +54,13 @@ def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, b
             T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len})
     info = T.train(m, *data["train"], knob=knob, epochs=steps * 32 / len(data["train"][0]), lr=2e-5,
                    seed=seed, log=log)
+    if hard_steps:  # phase 2: gates fixed and hard, encoder adapts to the removal it will see
+        T.train(m, *data["train"], knob=None, freeze_gates=True, epochs=hard_steps * 32 / len(data["train"][0]),
+                lr=2e-5, seed=seed + 1, log=log)
     res = T.evaluate(m, *data["dev"])
     path = Path(out) if out else CACHE / f"gated_k{knob:g}.pt"
     meta = {"knob": knob, "max_len": max_len, "model": model, "labels": LABELS, "tokenizer": str(tok),
-            "dev": res, "steps": info["steps"]}
+            "dev": res, "steps": info["steps"], "hard_steps": hard_steps}
     T.save_model(m, path, meta=meta)
     return {"checkpoint": str(path), **meta}
 
@@ -90,10 +93,13 @@ def register(app) -> None:
                   model: str = typer.Option("minilm", help="minilm (real weights) | tiny (random, quick demo)"),
                   limit: int = typer.Option(None, help="use only the first N train/dev examples"),
                   seed: int = typer.Option(0),
+                  hard_steps: int = typer.Option(0, "--hard-steps",
+                                                 help="then fine-tune N steps with the gates frozen hard"),
                   as_json: bool = typer.Option(False, "--json")):
         """Fine-tune with trainable token gates on rotten-tomatoes (fresh vs rotten)."""
         res = train_checkpoint(knob, steps=steps, out=out, base=base, max_len=max_len, model=model,
-                               limit=limit, seed=seed, log=(lambda *_: None) if as_json else print)
+                               limit=limit, seed=seed, hard_steps=hard_steps,
+                               log=(lambda *_: None) if as_json else print)
         if as_json:
             typer.echo(json.dumps(res))
         else:

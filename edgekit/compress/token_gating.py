@@ -65,7 +65,8 @@ def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, qma
     """One BertLayer on h [B,T,D] with additive key bias [B,T]; returns (hidden, score [B,T]).
     score[k] = attention received by key k, mean over heads and over queries weighted by qmask."""
     sa, so = layer.attention.self, layer.attention.output
-    b, t, d = h.shape
+    b, t = h.shape[0], h.shape[1]
+    d = sa.query.out_features            # a Python constant, so tracing exporters see no shape math
     dh = d // heads
 
     def split(x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,7 @@ class TokenGatedBert(nn.Module):
                              f"choose from 1..{n - 1}")
         self.bins = int(bins)
         self.gate_logits = nn.Parameter(torch.full((len(self.gated_layers), self.bins), float(init_gate)))
+        self.frozen_gates = False   # True: train the encoder under the hard inference gates
 
     # ------------------------------------------------------------------ gates
     def gate_values(self) -> torch.Tensor:
@@ -142,7 +144,7 @@ class TokenGatedBert(nn.Module):
     def gate_sample(self, shape: tuple) -> torch.Tensor:
         """Hard-concrete gates: sampled in training, deterministic in eval (0/1 at |theta| >> 0)."""
         a = self.gate_logits
-        if self.training:
+        if self.training and not self.frozen_gates:
             u = torch.rand(shape + tuple(a.shape), device=a.device).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + a) / HC_BETA)
         else:  # eval: the hard gate of inference (open iff g = P(open) > 1/2)

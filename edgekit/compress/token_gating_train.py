@@ -67,24 +67,29 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
 def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, knob: float | None,
           epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.05,
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
-          max_seconds: float | None = None, gate_init: float | None = 1.0) -> dict[str, Any]:
+          max_seconds: float | None = None, gate_init: float | None = 1.0,
+          freeze_gates: bool = False) -> dict[str, Any]:
     """Fine-tune. knob=None -> ungated (mode "full"); else hard-concrete gates with
     loss = CE + knob * sparsity + w(t) * bimodal, where w(t) is 0 for the first half of the steps
     and ramps to ``bimodal`` over the second half (gates first find their place, then binarise).
-    ``gate_init`` resets the gate logits first (None keeps them)."""
+    ``gate_init`` resets the gate logits first (None keeps them). ``freeze_gates``: keep the
+    learned gates fixed and hard (as at inference) and fine-tune only the encoder and head."""
     if knob is not None and knob < 0:
         raise UsageError(f"knob must be >= 0, got {knob}", "use e.g. --knob 0.5 (larger = fewer tokens)")
     if len(seqs) != len(labels) or not len(seqs):
         raise DataError("texts and labels must be non-empty and of equal length", "check the data")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    gated = knob is not None
+    gated = knob is not None or freeze_gates
+    model.frozen_gates = bool(freeze_gates)
+    if freeze_gates:
+        knob, gate_init, bimodal = 0.0, None, 0.0
     if gated and gate_init is not None:
         with torch.no_grad():
             model.gate_logits.fill_(float(gate_init))
     body = [p for n, p in model.named_parameters() if n != "gate_logits"]
     groups = [{"params": body, "lr": lr}]
-    if gated:
+    if gated and not freeze_gates:
         groups.append({"params": [model.gate_logits], "lr": gate_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = max(1, int(epochs * len(seqs) / batch))
@@ -120,6 +125,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
                 log(f"stopping at step {step}: time budget {max_seconds}s reached")
             break
     model.eval()
+    model.frozen_gates = False
     return {"steps": step + 1, "seconds": time.time() - t0, "history": hist[-20:]}
 
 

@@ -90,5 +90,6 @@ def load_split(split: str) -> tuple[list[str], np.ndarray]:
 if __name__ == "__main__":  # regenerate the committed split (deterministic)
     t, _ = load_all()
     SPLIT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(SPLIT_PATH, **make_split(len(t)), n_rows=np.int64(len(t)))
+    np.savez_compressed(SPLIT_PATH, **{k: v.astype(np.int32) for k, v in make_split(len(t)).items()},
+                        n_rows=np.int64(len(t)))
     print({k: len(v) for k, v in make_split(len(t)).items()})
