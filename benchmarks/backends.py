@@ -26,6 +26,8 @@ os.environ.setdefault("EDGEKIT_THREADS", "1")  # every runtime single-threaded: 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
+from edgekit.bench import time_calls  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 0
 
@@ -61,16 +63,6 @@ def natural_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
         if rng.random() < 0.5:
             a = a[:, ::-1]
         out[i] = ((a - 127.0) / 128.0).transpose(2, 0, 1)
-    return out
-
-
-def _timed(fn, arg, iters: int) -> np.ndarray:
-    out = np.empty(iters, np.int64)
-    pc = time.perf_counter_ns
-    for i in range(iters):
-        t0 = pc()
-        fn(arg)
-        out[i] = pc() - t0
     return out
 
 
@@ -132,10 +124,10 @@ def bench_model(name, module, example, dynamic, calib, eval_x, precisions, targe
     times = {k: [] for k in runners}
     with torch.inference_mode():
         for fn in runners.values():
-            _timed(fn, x1, max(3, iters // 10))  # warm-up
+            time_calls(fn, x1, warmup=0, iters=max(3, iters // 10))  # warm-up
         for _ in range(rounds):
             for k, fn in runners.items():
-                times[k].append(_timed(fn, x1, max(1, iters // rounds)))
+                times[k].append(time_calls(fn, x1, warmup=0, iters=max(1, iters // rounds)))
     lat = {}
     for k, ns in times.items():
         ms = np.concatenate(ns) / 1e6

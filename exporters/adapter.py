@@ -3,6 +3,7 @@ positional tensor inputs in a fixed order, and a flat tuple of tensor outputs.""
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import numpy as np
@@ -75,3 +76,35 @@ def reference(module: Any, cases: list[dict[str, np.ndarray]], input_names: list
             outs = module(*to_tensors(feeds, input_names))
             refs.append({n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)})
     return refs
+
+
+def dim_symbol(name: str) -> str:
+    """A valid torch.export Dim name for a manifest symbol ("batch", "seq-len" -> "seq_len")."""
+    s = re.sub(r"\W", "_", name)
+    return s if s[:1].isalpha() else "d_" + s
+
+
+def export_args(example_inputs: dict, names: list[str], dynamic: dict | None) -> tuple[tuple, tuple | None]:
+    """Example args for torch.export and its ``dynamic_shapes``.
+
+    torch.export specialises dims of size 0/1, so dynamic axes are traced at size >= 2. The adapted
+    module's forward takes ``*args``, so the per-input specs are nested under that one parameter.
+    """
+    import torch
+
+    args = []
+    for n in names:
+        a = example_inputs[n]
+        for axis in (dynamic or {}).get(n, {}):
+            if a.shape[int(axis)] < 2:
+                a = torch.cat([a, a], dim=int(axis))
+        args.append(a)
+    if not dynamic:
+        return tuple(args), None
+    dims: dict[str, Any] = {}
+    shapes = []
+    for n in names:
+        axes = dynamic.get(n)
+        shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(dim_symbol(sym), min=1))
+                       for ax, sym in axes.items()} if axes else None)
+    return tuple(args), (tuple(shapes),)

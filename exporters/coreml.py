@@ -22,19 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailableError, ExportError
+from edgekit.errors import ExportError
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.runtimes.coreml import _ct
 
 INSTALL = 'pip install "edgekit[coreml]"'
 NOT_MAC = "numeric check needs macOS"
-
-
-def _ct():
-    try:
-        import coremltools
-    except ImportError as e:
-        raise BackendUnavailableError(f"coremltools is not installed ({e.name or e})", INSTALL) from None
-    return coremltools
 
 
 def _target(ct: Any, name: str) -> Any:

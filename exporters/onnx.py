@@ -6,47 +6,22 @@ import re
 import shutil
 
 from edgekit.errors import ExportError
+from edgekit.exporters.adapter import export_args
 from edgekit.exporters.job import ExportJob, ExportResult
 
 DEFAULT_OPSET = 18
 
 
-def _sym(name: str) -> str:
-    s = re.sub(r"\W", "_", name)
-    return s if s[:1].isalpha() else "d_" + s
-
-
-def _grow(args: tuple, names: list[str], dynamic: dict) -> tuple:
-    """torch.export specialises dims of size 0/1: trace dynamic axes at size >= 2."""
-    import torch
-
-    out = []
-    for n, a in zip(names, args):
-        for axis in (dynamic or {}).get(n, {}):
-            if a.shape[axis] < 2:
-                a = torch.cat([a, a], dim=axis)
-        out.append(a)
-    return tuple(out)
-
-
-def _dynamo(job: ExportJob, args: tuple, path, opset: int) -> None:
+def _dynamo(job: ExportJob, args: tuple, shapes: tuple | None, path, opset: int) -> None:
     import logging
 
     import torch
 
     # torch.onnx logs a warning per torchvision op it cannot register; irrelevant unless torchvision is used
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-
-    dims: dict[str, object] = {}
-    shapes = []
-    for n in job.input_names:
-        axes = (job.dynamic or {}).get(n)
-        shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(_sym(sym), min=1))
-                       for ax, sym in axes.items()} if axes else None)
     torch.onnx.export(job.module, args, str(path), input_names=job.input_names,
                       output_names=job.output_names, opset_version=opset, dynamo=True,
-                      dynamic_shapes=(tuple(shapes),) if job.dynamic else None, external_data=False,
-                      verbose=False, optimize=True)
+                      dynamic_shapes=shapes, external_data=False, verbose=False, optimize=True)
 
 
 def _torchscript(job: ExportJob, args: tuple, path, opset: int) -> None:
@@ -110,12 +85,12 @@ def export(job: ExportJob) -> ExportResult:
         shutil.copyfile(job.onnx_path, path)
         extra["exporter"] = "source-onnx"
     else:
-        args = _grow(tuple(job.example_inputs[n] for n in job.input_names), job.input_names, job.dynamic)
+        args, shapes = export_args(job.example_inputs, job.input_names, job.dynamic)
         want = job.options.get("exporter", "dynamo")
         try:
             if want != "dynamo":
                 raise RuntimeError(f"exporter {want!r} requested")
-            _dynamo(job, args, path, opset)
+            _dynamo(job, args, shapes, path, opset)
             extra["exporter"] = "dynamo"
         except Exception as e:  # any failure of the new exporter: fall back, keep the reason
             reason = _reason(e)

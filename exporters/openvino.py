@@ -13,56 +13,23 @@ with attention (MatMul + Softmax).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BackendUnavailableError, DataError, ExportError
+from edgekit.exporters.adapter import export_args
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.runtimes.openvino import _ov
 
 INSTALL = 'pip install "edgekit[openvino]"'
 SOURCES = ("exported_program", "module", "onnx")
 
 
-def _ov():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError(f"OpenVINO is not installed ({e.name or e})", INSTALL) from None
-    return openvino
-
-
-def _grow_args(job: ExportJob) -> tuple:
-    """torch.export specialises dims of size 1: trace dynamic axes at size >= 2."""
-    import torch
-
-    out = []
-    for n in job.input_names:
-        a = job.example_inputs[n]
-        for axis in (job.dynamic or {}).get(n, {}):
-            if a.shape[int(axis)] < 2:
-                a = torch.cat([a, a], dim=int(axis))
-        out.append(a)
-    return tuple(out)
-
-
-def _sym(name: str) -> str:
-    s = re.sub(r"\W", "_", name)
-    return s if s[:1].isalpha() else "d_" + s
-
-
 def _from_exported_program(job: ExportJob, ov: Any) -> Any:
     import torch
 
-    args = _grow_args(job)
-    dims: dict[str, Any] = {}
-    shapes = []
-    for n in job.input_names:
-        axes = (job.dynamic or {}).get(n)
-        shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(_sym(sym), min=1))
-                       for ax, sym in axes.items()} if axes else None)
-    # the adapted module's forward(*args): dynamic_shapes nests the per-input specs under *args
-    ep = torch.export.export(job.module, args, dynamic_shapes=(tuple(shapes),) if job.dynamic else None)
+    args, shapes = export_args(job.example_inputs, job.input_names, job.dynamic)
+    ep = torch.export.export(job.module, args, dynamic_shapes=shapes)
     return ov.convert_model(ep)
 
 

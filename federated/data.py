@@ -13,7 +13,6 @@ Every data set is split once, deterministically from ``seed``, into disjoint par
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.data.fashion_mnist import read_idx
 from edgekit.errors import DataError
 
 log = logging.getLogger("edgekit.federated")
@@ -48,14 +48,6 @@ def fashion_available() -> bool:
     return (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     if name == "digits":  # sklearn's bundled CSV, read without importing sklearn (fast start)
         import importlib.util
@@ -67,10 +59,10 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarr
         d = np.loadtxt(csv, delimiter=",", dtype=np.float32)
         return d[:, :-1] / 16.0, d[:, -1].astype(np.int64), None, None
     if name == "fashion-mnist":
-        tr_x = _read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(-1, 784)
-        tr_y = _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
-        te_x = _read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(-1, 784)
-        te_y = _read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+        tr_x = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(-1, 784)
+        tr_y = read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+        te_x = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(-1, 784)
+        te_y = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
         f = lambda a: (a.astype(np.float32) / 255.0 - 0.2860) / 0.3530  # noqa: E731
         return f(tr_x), tr_y.astype(np.int64), f(te_x), te_y.astype(np.int64)
     raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")

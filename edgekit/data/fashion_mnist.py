@@ -27,7 +27,7 @@ def available() -> bool:
     return (ROOT / "train-images-idx3-ubyte.gz").exists()
 
 
-def _idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
@@ -40,8 +40,8 @@ def load(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"Fashion-MNIST not found under {ROOT}",
                         "apt-get install dataset-fashion-mnist, or set EDGEKIT_FASHION_MNIST")
     pre = "train" if split == "train" else "t10k"
-    x = _idx(ROOT / f"{pre}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y = _idx(ROOT / f"{pre}-labels-idx1-ubyte.gz").astype(np.int64)
+    x = read_idx(ROOT / f"{pre}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    y = read_idx(ROOT / f"{pre}-labels-idx1-ubyte.gz").astype(np.int64)
     return ((x - MEAN) / STD)[:, None], y
 
 
