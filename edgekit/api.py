@@ -64,8 +64,17 @@ def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
 
     from edgekit.exporters.adapter import to_tensors
 
+    from edgekit.exporters.adapter import flatten_outputs
+
     with torch.inference_mode():
-        n_out = len(adapt(module, list(ex))(*to_tensors(ex, list(ex))))
+        raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
+    if isinstance(raw, dict):  # dicts and transformers ModelOutputs: name outputs after their keys
+        names = []
+        for key, value in raw.items():
+            n = len(flatten_outputs(value)) if value is not None else 0
+            names += [str(key)] if n == 1 else [f"{key}_{i}" for i in range(n)]
+        return names
+    n_out = len(flatten_outputs(raw))
     return ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
 
 

@@ -92,7 +92,9 @@ class _Plain:
 def _register_commands() -> None:
     import edgekit.commands as pkg
 
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+    core = ("export", "inspect")  # the bundle commands first in --help, then the features
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: (i.name not in core, core.index(i.name)
+                                                                          if i.name in core else 0, i.name)):
         mod = importlib.import_module(f"edgekit.commands.{info.name}")
         reg = getattr(mod, "register", None)
         if callable(reg):

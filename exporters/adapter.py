@@ -47,9 +47,12 @@ def adapt(module: Any, input_names: list[str]):
             super().__init__()
             self.inner = module
 
+        def raw(self, *args):
+            """The wrapped model's own output structure (dicts keep their keys)."""
+            return self.inner(**dict(zip(input_names, args))) if by_kw else self.inner(*args)
+
         def forward(self, *args):
-            out = self.inner(**dict(zip(input_names, args))) if by_kw else self.inner(*args)
-            return flatten_outputs(out)
+            return flatten_outputs(self.raw(*args))
 
     wrapped = Adapted()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 
 from edgekit.errors import ExportError
 from edgekit.exporters.adapter import export_args
@@ -98,7 +99,15 @@ def export(job: ExportJob) -> ExportResult:
             notes.append(f"dynamo exporter not used ({reason}); used the TorchScript exporter")
             path.unlink(missing_ok=True)
             try:
-                _torchscript(job, args, path, opset)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    _torchscript(job, args, path, opset)
+                traced = sorted({str(w.message).split(".")[0][:160] for w in caught
+                                 if w.category.__name__ == "TracerWarning"})
+                if traced:
+                    extra["tracer_warnings"] = traced
+                    notes.append(f"TorchScript tracing baked in Python control flow/values ({len(traced)} tracer "
+                                 "warning(s)): the graph may only be valid for inputs like the example")
             except Exception as e2:
                 raise ExportError(f"ONNX export failed with both exporters: dynamo: {reason}; "
                                   f"torchscript: {_reason(e2)}",

@@ -104,3 +104,20 @@ def test_models_and_info(digits_bundle):
     r = run_cli("info", digits_bundle)
     assert r.returncode == 0 and "x: float32[batch, 1, 8, 8]" in r.stdout
     assert json.loads(run_cli("info", digits_bundle, "--json").stdout)["name"] == "digits-cnn"
+
+
+def test_dict_outputs_are_named_by_key(tmp_path):
+    from tests.fixtures.models import DictOut
+
+    b = edgekit.export(DictOut().eval(), torch.randn(3, 3), targets="onnx", out=tmp_path)
+    assert [s.name for s in b.manifest.outputs] == ["scores", "probs"]
+    assert set(edgekit.load(b.root).run({"x": np.ones((3, 3), np.float32)})) == {"scores", "probs"}
+
+
+def test_traced_control_flow_is_flagged(tmp_path):
+    from tests.fixtures.models import DataDependent
+
+    b = edgekit.export(DataDependent().eval(), torch.rand(2, 4), targets="onnx", out=tmp_path)
+    a = b.find("onnx")
+    assert a.extra["exporter"] == "torchscript" and a.extra["fallback_reason"]
+    assert any("valid for inputs like the example" in n for n in a.extra["notes"])

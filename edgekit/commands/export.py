@@ -54,6 +54,7 @@ def export(
         bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
                            opset=opset, options=options, progress=st.update)
         rows = bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update) if bench else []
+    notes = {(a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts if a.graph == "main"}
     if not bench:
         rows = [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
                  "max_abs_err": a.validation.max_abs_err if a.validation else None,
@@ -70,6 +71,8 @@ def export(
         for r in rows:
             if r.get("reason"):
                 cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
+            for note in notes.get((r["target"], r["precision"]), []):
+                cli.say(f"  {r['target']}/{r['precision']}: note: {note}")
     if failed:
         raise typer.Exit(1)
 
