@@ -188,6 +188,8 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
     classifier = metadata.get("task") == "classification"
     options = options or {}
     explicit = not (isinstance(targets, str) and targets.strip() == "all")
+    asked = [n.strip().lower() for n in (targets.split(",") if isinstance(targets, str) else targets)]
+    onnx_asked = "onnx" in asked or "all" in asked
     with BundleWriter(out, name) as w, tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
         manifest = Manifest(name=name, inputs=[], outputs=[], graphs={}, metadata=metadata, pipeline=pipeline)
         calib_list = None
@@ -208,7 +210,9 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
                 calib_list = _calibration(calib, in_specs)
             ctx = _GraphCtx(w, manifest, gname, graph, module, src, calib_list, opset, options, Path(tmp),
                             cases, refs, dropped, classifier, explicit, say)
-            plan = [(t, p) for t in rows for p in precisions if p in t.precisions]
+            # an ONNX target added only as the base of others is built at fp32 alone
+            plan = [(t, p) for t in rows for p in precisions if p in t.precisions
+                    and (t.name != "onnx" or onnx_asked)]
             if any(t.name == "onnx" for t in rows) and not any(t.name == "onnx" and p == "fp32" for t, p in plan):
                 plan.insert(0, (rows[0], "fp32"))  # the fp32 ONNX is the portable base of the others
             for t, p in plan:
