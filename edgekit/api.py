@@ -244,7 +244,10 @@ class _GraphCtx:
         self.calib_list, self.opset, self.options, self.tmp = calib_list, opset, options, tmp
         self.cases, self.refs, self.dropped, self.classifier = cases, refs, dropped, classifier
         self.explicit, self.say = explicit, say
-        self.tensors = {n: _torch(a) for n, a in src.example_inputs.items()} if module is not None else {}
+        try:  # exporters read shapes (and ONNX-sourced ones the values) from these, module or not
+            self.tensors = {n: _torch(a) for n, a in src.example_inputs.items()}
+        except ImportError:
+            self.tensors = {}
         self.onnx_fp32: Path | None = Path(src.onnx_path) if src.onnx_path else None
 
     def export_one(self, t: Target, p: str) -> None:

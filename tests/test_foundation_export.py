@@ -74,9 +74,9 @@ def test_cli_model_forms(tmp_path):
     assert r.returncode == 0, r.stderr
     onnx_file = tmp_path / "tiny_mlp.edgekit" / "main.onnx"
     # FILE.onnx: re-export an ONNX file (no PyTorch reference: validated against ORT on the source)
-    r = run_cli("export", onnx_file, "--target", "onnx", "--out", tmp_path / "again", "--no-bench", "--json")
+    r = run_cli("export", onnx_file, "--target", "onnx,openvino", "--out", tmp_path / "again", "--no-bench", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["artifacts"][0]["status"] == "ok"
+    assert [a["status"] for a in json.loads(r.stdout)["artifacts"]] == ["ok", "ok"]
     # FILE.pt2
     ep = torch.export.export(tiny_mlp(), (torch.randn(2, 6),))
     torch.export.save(ep, tmp_path / "mlp.pt2")
