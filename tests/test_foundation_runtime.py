@@ -143,3 +143,30 @@ def test_bench_reports_overhead(digits_bundle):
     for k in ("p50_ms", "p90_ms", "p99_ms", "throughput_per_s"):
         assert row["session"][k] > 0 and row["raw"][k] > 0
     assert {"overhead_us", "overhead_pct", "overhead_budget_us", "overhead_ok"} <= set(row)
+
+
+def test_validate_catches_a_numerically_wrong_artifact(bundle_copy):
+    """`edgekit validate` re-runs the artifact: a consistent manifest with wrong weights still fails."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    p = bundle_copy / "main.onnx"
+    m = onnx.load(str(p))
+    init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(init).copy()
+    init.CopyFrom(numpy_helper.from_array(w * 1.5, init.name))
+    onnx.save(m, str(p))
+    man = json.loads((bundle_copy / "manifest.json").read_text())
+    man["artifacts"][0]["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()  # checksums agree
+    (bundle_copy / "manifest.json").write_text(json.dumps(man))
+    r = run_cli("validate", bundle_copy, "--json")
+    assert r.returncode == 1 and "failed validation" in r.stderr
+    assert json.loads(r.stdout)["artifacts"][0]["result"] == "FAIL"
+
+
+def test_bench_batch_option(digits_bundle):
+    r = run_cli("bench", digits_bundle, "--batch", "7", "--iters", "10", "--warmup", "2", "--json", "--no-torch")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["artifacts"][0]["batch"] == 7
