@@ -87,6 +87,11 @@ def export(model: Any, example_inputs: Any = None, *, targets: Any = ("onnx",), 
     """Export one PyTorch module (or a ModelSource) to ``out/NAME.edgekit`` and validate every artifact."""
     from edgekit.source import ModelSource
 
+    if isinstance(model, ModelSource) and model.exporter is not None:
+        if precision != "fp32":
+            raise UsageError(f"{model.name} is a multi-graph model and exports at fp32 only",
+                             "drop --precision (its graphs are validated against PyTorch at fp32)")
+        return model.exporter(out=Path(out), targets=targets, name=name, progress=progress)
     if isinstance(model, ModelSource):
         src = model
         meta = {**src.metadata, **(metadata or {})}

@@ -161,7 +161,14 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
         if not p.is_file():
             raise MissingFileError(f"model file {model!r} does not exist", "check the path")
         return _onnx_source(p, inputs, dyn) if model.endswith(".onnx") else _pt2_source(p, inputs, dyn)
+    if model.endswith(".pt"):  # a token-gating checkpoint from `edgekit tokengate train`
+        if not p.is_file():
+            raise MissingFileError(f"checkpoint {model!r} does not exist", "check the path")
+        from edgekit.models.pipelines import tokengate_checkpoint
+
+        return tokengate_checkpoint(model)
     if re.fullmatch(r"[\w.]+:\w+", model):
         return _callable_source(model, inputs, dyn)
     raise UsageError(f"cannot understand MODEL {model!r}",
-                     "use builtin:NAME, FILE.pt2, FILE.onnx or package.module:function (or nothing for the default)")
+                     "use builtin:NAME, FILE.pt2, FILE.onnx, a token-gating FILE.pt or package.module:function "
+                     "(or nothing for the default)")

@@ -20,3 +20,5 @@ class ModelSource:
     description: str = ""
     name: str = "model"
     onnx_path: str | None = None  # set when the source is an ONNX file (no PyTorch reference)
+    # multi-graph models (pipelines) export themselves: exporter(out, targets, name, progress) -> Bundle
+    exporter: Callable[..., Any] | None = None

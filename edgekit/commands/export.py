@@ -53,13 +53,17 @@ def export(
             eager = torch_eager(src.module, src.example_inputs, warmup=max(5, iters // 10), iters=iters)
         bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
                            opset=opset, options=options, progress=st.update)
-        rows = bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update) if bench else []
+        single = "main" in bundle.manifest.graphs and not bundle.manifest.pipeline
+        rows = (bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
+                if bench and single else [])
     notes = {(a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts if a.graph == "main"}
-    if not bench:
-        rows = [{"target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
+    if bundle.manifest.pipeline:
+        notes = {}
+    if not rows:  # --no-bench, or a multi-graph bundle (benchmark those with their own commands)
+        rows = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
                  "max_abs_err": a.validation.max_abs_err if a.validation else None,
                  "top1_agreement": (a.validation.detail or {}).get("top1_agreement") if a.validation else None,
-                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts if a.graph == "main"]
+                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts]
     for r in rows:
         if eager and "session" in r:
             r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
@@ -102,9 +106,10 @@ def parse_options(items: list[str]) -> dict[str, dict]:
 
 def print_rows(title: str, rows: list[dict], eager: dict | None) -> None:
     body = []
+    graphs = {r.get("graph", "main") for r in rows}
     for r in rows:
         s = r.get("session") or {}
-        body.append([r["target"], r["precision"], r["status"], cli.fmt(r.get("max_abs_err")),
+        body.append([r["target"] if graphs == {"main"} else f"{r['graph']}/{r['target']}", r["precision"], r["status"], cli.fmt(r.get("max_abs_err")),
                      cli.fmt(r.get("top1_agreement"), ".3f"), cli.fmt(r.get("size_mb"), ".3f"),
                      cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f"),
                      cli.fmt(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch") else "")])

@@ -14,12 +14,19 @@ BUILTINS: dict[str, str] = {
     "digits-cnn": "edgekit.models.digits:builtin",
     "ppp-fashion": "edgekit.models.ppp_nets:builtin_fashion",
     "ppp-kws": "edgekit.models.ppp_nets:builtin_kws",
+    # multi-graph models (they export themselves into pipeline bundles)
+    "ppp-fashion-gated": "edgekit.models.pipelines:ppp_fashion_gated",
+    "ppp-kws-gated": "edgekit.models.pipelines:ppp_kws_gated",
+    "vos-skip": "edgekit.models.pipelines:vos_skip",
 }
 
 DESCRIPTIONS: dict[str, str] = {
     "digits-cnn": "small CNN, 8x8 handwritten digits (sklearn load_digits), 10 classes — the embedded default",
     "ppp-fashion": "PPP gated ResNet-style net, Fashion-MNIST, 10 classes (personalize: `edgekit ppp export`)",
     "ppp-kws": "PPP gated CNN, keyword spotting, 10 words, synthetic voices (personalize: `edgekit ppp export`)",
+    "ppp-fashion-gated": "PPP Fashion-MNIST model as a personalizable bundle (gate outputs + static graph + gate map)",
+    "ppp-kws-gated": "PPP keyword-spotting model as a personalizable bundle (gate outputs + static graph + gate map)",
+    "vos-skip": "skip-path video object segmentation: stem/gate/heavy/light graphs + vos_skip pipeline",
 }
 
 
