@@ -23,7 +23,7 @@ from edgekit.errors import EdgekitError
 app = typer.Typer(name="edgekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Take PyTorch models to edge devices: export, validate, run and benchmark bundles.")
 # a pipe or CI log is no terminal: give tables room instead of rich's 80-column default
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 DEBUG = False
 

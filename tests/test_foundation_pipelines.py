@@ -31,3 +31,12 @@ def test_pt_that_is_not_a_tokengate_checkpoint(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("models", "--json")
     assert {"vos-skip", "ppp-fashion-gated"} <= {m["name"] for m in json.loads(r.stdout)}
+
+
+def test_bench_and_validate_every_graph_of_a_multi_graph_bundle(tmp_path):
+    b = edgekit.export(registry.get("ppp-fashion-gated"), targets="onnx", out=tmp_path)
+    r = run_cli("bench", b.root, "--graph", "static", "--iters", "5", "--warmup", "1", "--json", "--no-torch")
+    assert r.returncode == 0, r.stderr
+    assert [a["graph"] for a in json.loads(r.stdout)["artifacts"]] == ["static"]
+    r = run_cli("validate", b.root, "--json")
+    assert r.returncode == 0 and {a["graph"] for a in json.loads(r.stdout)["artifacts"]} == {"main", "static"}

@@ -119,6 +119,7 @@ def bench(
     iters: int = typer.Option(200, "--iters", help="timed runs per artifact"),
     warmup: int = typer.Option(20, "--warmup", help="untimed warm-up runs"),
     torch_ref: bool = typer.Option(True, "--torch/--no-torch", help="also time PyTorch eager when the model is a built-in and torch is installed"),
+    graph: Optional[str] = typer.Option(None, "--graph", help="graph to time (default: main, or every graph of a multi-graph bundle)"),
     json_out: bool = JSON,
 ) -> None:
     """Latency of every artifact runnable here: session vs raw backend call (runtime overhead), p50/p90/p99."""
@@ -126,11 +127,18 @@ def bench(
     from edgekit.bundle import Bundle
 
     b = Bundle.load(bundle)
+    graphs = [graph] if graph else ["main"] if "main" in b.manifest.graphs else list(b.manifest.graphs)
+    for g in graphs:
+        b.graph(g)  # unknown graph -> one clear error
     with cli.status("benchmarking", quiet=json_out) as st:
         # PyTorch first, before any backend session exists (idle runtime threads would skew it)
-        eager = _torch_eager(b, example_feeds(b, batch=batch), warmup, iters) if torch_ref else None
-        rows = bench_bundle(b, batch=batch, iters=iters, warmup=warmup,
-                            targets=target.split(",") if target else None, progress=st.update)
+        eager = (_torch_eager(b, example_feeds(b, batch=batch), warmup, iters)
+                 if torch_ref and graphs == ["main"] else None)
+        rows = []
+        for g in graphs:
+            for r in bench_bundle(b, graph=g, batch=batch, iters=iters, warmup=warmup,
+                                  targets=target.split(",") if target else None, progress=st.update):
+                rows.append({"graph": g, **r})
     for r in rows:
         if eager and "session" in r:
             r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
@@ -140,8 +148,8 @@ def bench(
     body = []
     for r in rows:
         s, raw = r.get("session") or {}, r.get("raw") or {}
-        body.append([r["target"], r["precision"], r.get("backend", "-"), r["status"],
-                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
+        body.append([r["target"] if graphs == ["main"] else f"{r['graph']}/{r['target']}", r["precision"],
+                     r.get("backend", "-"), r["status"], cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
                      cli.fmt(r.get("size_mb"), ".3f"), r.get("batch"), cli.fmt(s.get("p50_ms"), ".4f"), cli.fmt(s.get("p90_ms"), ".4f"), cli.fmt(s.get("p99_ms"), ".4f"),
                      cli.fmt(s.get("throughput_per_s"), ".1f"), cli.fmt(raw.get("p50_ms"), ".4f"),
                      (f"{r['overhead_us']:.1f} µs ({r['overhead_pct']:.1f}%)" if "overhead_us" in r
