@@ -192,9 +192,9 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
     metadata = dict(metadata or {})
     classifier = metadata.get("task") == "classification"
     options = options or {}
-    explicit = not (isinstance(targets, str) and targets.strip() == "all")
     asked = [n.strip().lower() for n in (targets.split(",") if isinstance(targets, str) else targets)]
-    onnx_asked = "onnx" in asked or "all" in asked
+    explicit = asked != ["all"]  # with "all", one target failing must not stop the others
+    onnx_asked = "onnx" in asked or not explicit
     with BundleWriter(out, name) as w, tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
         manifest = Manifest(name=name, inputs=[], outputs=[], graphs={}, metadata=metadata, pipeline=pipeline)
         calib_list = None
