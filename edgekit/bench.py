@@ -124,9 +124,9 @@ def torch_eager(module: Any, feeds: dict[str, np.ndarray], warmup: int = 20, ite
     """Latency of the PyTorch module itself (eager, inference mode) on the same inputs."""
     import torch
 
-    from edgekit.exporters.adapter import adapt, to_tensors
-
     import gc
+
+    from edgekit.exporters.adapter import adapt, to_tensors
 
     gc.collect()  # backend sessions left in reference cycles keep thread pools that starve torch's OpenMP
     names = list(feeds)

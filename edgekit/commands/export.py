@@ -56,9 +56,7 @@ def export(
         single = "main" in bundle.manifest.graphs and not bundle.manifest.pipeline
         rows = (bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
                 if bench and single else [])
-    notes = {(a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts if a.graph == "main"}
-    if bundle.manifest.pipeline:
-        notes = {}
+    notes = {(a.graph, a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts}
     if not rows:  # --no-bench, or a multi-graph bundle (benchmark those with their own commands)
         rows = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
                  "max_abs_err": a.validation.max_abs_err if a.validation else None,
@@ -75,7 +73,7 @@ def export(
         for r in rows:
             if r.get("reason"):
                 cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
-            for note in notes.get((r["target"], r["precision"]), []):
+            for note in notes.get((r.get("graph", "main"), r["target"], r["precision"]), []):
                 cli.say(f"  {r['target']}/{r['precision']}: note: {note}")
     if failed:
         raise typer.Exit(1)
