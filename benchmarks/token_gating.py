@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import platform
 import sys
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from token_gating_lib import (baseline_curves, latency, matched, onegraph_parity, parity, plot,  # noqa: E402
+from token_gating_lib import (baseline_curves, latency, matched, matmul_scaling, parity, plot,  # noqa: E402
                              robustness)
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
@@ -37,6 +38,11 @@ def main() -> None:
     ap.add_argument("--lat-n", type=int, default=200, help="examples timed at batch 1")
     ap.add_argument("--lat-batches", type=int, default=12, help="batches of 32 timed")
     ap.add_argument("--point", type=float, default=None, help="knob of the operating point (default: picked on dev)")
+    ap.add_argument("--lat-extra", default="", help="comma-separated checkpoint names (e.g. gated_k1.8.pt) "
+                    "whose bundles are also timed in the same latency rounds")
+    ap.add_argument("--tag", default=None, help="only checkpoints gated_k<knob><tag>.pt (default: all)")
+    ap.add_argument("--only-control", action="store_true",
+                    help="evaluate CACHE/ungated_more.pt and add it to the existing results JSON")
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
@@ -47,66 +53,105 @@ def main() -> None:
     tok = T.minilm_path() / "tokenizer.json"
     texts = {s: load_split(s) for s in ("dev", "test")}
     data = {s: (T.encode_all(texts[s][0], tok, 64), texts[s][1]) for s in texts}
+    if a.only_control:
+        res = json.loads((OUT / "token_gating.json").read_text())
+        um, um_meta = T.load_model(CACHE / "ungated_more.pt")
+        res["ungated_more_control"] = {"steps_after_ungated": um_meta.get("steps"), "kd": um_meta.get("kd"),
+                                       **{s: T.evaluate(um, *data[s], rules={}) for s in data}}
+        print("ungated_more", {s: round(res["ungated_more_control"][s]["accuracy"], 4) for s in data}, flush=True)
+        tmp = OUT / "token_gating.json.tmp"
+        tmp.write_text(json.dumps(res, indent=1, default=float))
+        os.replace(tmp, OUT / "token_gating.json")
+        return
     base, base_meta = T.load_model(CACHE / "ungated.pt")
+    # "flops": the last layer computes only [CLS] (exact); "flops_plain_last_layer": every row
     res: dict = {"ungated": {s: T.evaluate(base, *data[s], rules={}) for s in data}, "gated": []}
     print("ungated", {s: round(v["accuracy"], 4) for s, v in res["ungated"].items()}, flush=True)
-    ckpts = sorted(CACHE.glob("gated_k*.pt"), key=lambda p: float(p.stem[7:]))
+    if (CACHE / "ungated_more.pt").exists() and not (CACHE / "ungated_more.pt.tmp").exists():   # training-budget control: ungated, trained as long as gated
+        um, um_meta = T.load_model(CACHE / "ungated_more.pt")
+        res["ungated_more_control"] = {"steps_after_ungated": um_meta.get("steps"), "kd": um_meta.get("kd"),
+                                       **{s: T.evaluate(um, *data[s], rules={}) for s in data}}
+        print("ungated_more", {s: round(res["ungated_more_control"][s]["accuracy"], 4) for s in data}, flush=True)
+    pat = re.compile(r"gated_k([0-9.]+)" + (re.escape(a.tag) if a.tag is not None else ".*") + "$")
+    ckpts = sorted([p for p in CACHE.glob("gated_k*.pt") if pat.match(p.stem)],
+                   key=lambda p: float(pat.match(p.stem).group(1)))
     models = {}
     for ck in ckpts:
         m, meta = T.load_model(ck)
         k = float(meta["knob"])
-        models[k] = m
-        row = {"knob": k, "steps": meta.get("steps"), "rules": {str(l): r["open"] for l, r in m.rules().items()}}
+        models[ck.name] = m
+        row = {"knob": k, "checkpoint": ck.name, "steps": meta.get("steps"), "hard_steps": meta.get("hard_steps", 0),
+               "recipe": meta.get("recipe", f"{meta.get('steps')} gate steps"), "kd": meta.get("kd", 0),
+               "phase1_dev": meta.get("phase1_dev"), "rules": {str(l): r["open"] for l, r in m.rules().items()}}
         for s in data:
             row[s] = T.evaluate(m, *data[s])
         res["gated"].append(row)
         print("knob", k, {s: (round(row[s]["accuracy"], 4), round(row[s]["flops"] / 1e6, 1)) for s in data}, flush=True)
-    f0 = res["ungated"]["dev"]["flops"]
-    dev_acc0 = res["ungated"]["dev"]["accuracy"]
-    if a.point is None:  # most FLOPs saved while within 1 point of ungated on dev
-        ok = [r for r in res["gated"] if r["dev"]["accuracy"] >= dev_acc0 - 0.01]
-        pick = min(ok, key=lambda r: r["dev"]["flops"]) if ok else min(res["gated"], key=lambda r: -r["dev"]["accuracy"])
+    f0 = res["ungated"]["dev"]["flops_plain_last_layer"]
+    for r in res["gated"]:
+        r["dev_flops_reduction"] = f0 / r["dev"]["flops"]
+    if a.point is None:  # pre-declared rule, on dev: the most accurate point with >= 2x fewer FLOPs
+        ok = [r for r in res["gated"] if r["dev_flops_reduction"] >= 2.0]
+        pick = (max(ok, key=lambda r: (r["dev"]["accuracy"], -r["dev"]["flops"])) if ok
+                else max(res["gated"], key=lambda r: r["dev_flops_reduction"]))
     else:
-        pick = next(r for r in res["gated"] if abs(r["knob"] - a.point) < 1e-9)
-    res["operating_point"] = {"knob": pick["knob"], "chosen_on": "dev" if a.point is None else "--point"}
+        pick = max((r for r in res["gated"] if abs(r["knob"] - a.point) < 1e-9), key=lambda r: r["dev"]["accuracy"])
+    res["operating_point"] = {"knob": pick["knob"], "checkpoint": pick["checkpoint"], "recipe": pick["recipe"], "chosen_on": "dev" if a.point is None else "--point",
+                              "rule": "highest dev accuracy among knobs with >= 2x fewer dev FLOPs than ungated"}
     # knob monotonicity on dev
     from collections import Counter
-    recipe = Counter(r["steps"] for r in res["gated"]).most_common(1)[0][0]   # one training recipe
-    gs = sorted([r for r in res["gated"] if r["steps"] == recipe], key=lambda r: r["knob"])
-    res["monotone_dev"] = {"steps": recipe, "knobs": [r["knob"] for r in gs],
+    recipe = Counter(r["recipe"] for r in res["gated"]).most_common(1)[0][0]   # one training recipe
+    gs = sorted([r for r in res["gated"] if r["recipe"] == recipe], key=lambda r: r["knob"])
+    res["monotone_dev"] = {"recipe": recipe, "knobs": [r["knob"] for r in gs],
         "flops_nonincreasing": all(x["dev"]["flops"] >= y["dev"]["flops"] for x, y in zip(gs, gs[1:])),
         "accuracy_nonincreasing": all(x["dev"]["accuracy"] >= y["dev"]["accuracy"] for x, y in zip(gs, gs[1:]))}
     # baselines on test (ungated fine-tuned weights, no learned gates)
     print("baselines ...", flush=True)
     res["baselines"] = baseline_curves(base, data["test"], T)
+    u = res["ungated"]["test"]
+    res["ungated_cls_last_row"] = {"test_accuracy": u["accuracy"], "test_flops": u["flops"],
+                                   "test_flops_reduction": u["flops_plain_last_layer"] / u["flops"]}
     for r in res["gated"]:
         r["test_matched_baselines"] = matched(res["baselines"], r["test"]["flops"])
-        r["test_flops_reduction"] = res["ungated"]["test"]["flops"] / r["test"]["flops"]
-        r["dev_flops_reduction"] = f0 / r["dev"]["flops"]
+        r["test_flops_reduction"] = u["flops_plain_last_layer"] / r["test"]["flops"]
+        r["test_flops_reduction_vs_ungated_cls_last"] = u["flops"] / r["test"]["flops"]
     # export operating point + ungated, parity and latency
-    m = models[pick["knob"]]
+    m = models[pick["checkpoint"]]
     import shutil
     import tempfile
     from edgekit.compress.token_gating_export import export_gated, export_ungated
     work = Path(tempfile.mkdtemp(prefix="tg-bench-"))
     t0 = time.time()
+    from edgekit.compress.token_gating_export import export_ungated_single_bundle
     gb = export_gated(m, work, "gated", targets=("onnx", "openvino"), max_len=64, tokenizer_json=tok, labels=LABELS)
     ub = export_ungated(base, work, "ungated", targets=("onnx",), labels=LABELS)
+    ubc = export_ungated(base, work, "ungated_cls", targets=("onnx",), labels=LABELS, cls_last=True)
+    u1 = export_ungated_single_bundle(base, work, "ungated_b1")
+    u1c = export_ungated_single_bundle(base, work, "ungated_b1_cls", cls_last=True)
     res["export"] = {"seconds": time.time() - t0, "gated_artifacts": [
         {"graph": x.graph, "target": x.target, "status": x.status,
          "max_abs_err": x.validation.max_abs_err if x.validation else None} for x in gb.manifest.artifacts],
-        "ungated_status": [x.status for x in ub.manifest.artifacts],
+        "ungated_status": [x.status for b in (ub, ubc, u1, u1c) for x in b.manifest.artifacts],
+        "gated_graphs": list(gb.manifest.graphs),
         "gated_onnx_bytes": sum(x.bytes for x in gb.manifest.artifacts if x.target == "onnx"),
         "ungated_onnx_bytes": sum(x.bytes for x in ub.manifest.artifacts if x.target == "onnx")}
     print("exported", res["export"]["seconds"], flush=True)
-    res["parity"] = {be: parity(gb, m, data["test"], be) for be in ("onnxruntime", "openvino")}
-    print("parity", res["parity"], flush=True)
+    res["parity"] = {f"{be}_batch{bs}": parity(gb, m, data["test"], be, bs)
+                     for be in ("onnxruntime", "openvino") for bs in (32, 1)}
+    print("parity", json.dumps(res["parity"], indent=1), flush=True)
     res["robustness"] = robustness(gb)
-    from edgekit.compress.token_gating_onegraph import export_onegraph
-    one = str(export_onegraph(m, work / "onegraph.onnx"))
-    res["onegraph_parity"] = onegraph_parity(one, m, data["test"])
-    res["latency"] = latency(gb, ub, m, base, data["test"], a.lat_n, a.lat_batches, onegraph=one)
+    extra = {}
+    for name in [x for x in a.lat_extra.split(",") if x]:
+        key = Path(name).stem
+        extra[key] = export_gated(models[name], work, key, targets=("onnx",), max_len=64, tokenizer_json=tok,
+                                  labels=LABELS)
+    res["latency"] = latency(gb, {"plain": ub, "cls_last": ubc, "b1": u1, "b1_cls_last": u1c}, m, base,
+                             data["test"], a.lat_n, a.lat_batches, extra=extra)
+    res["latency"]["extra_points"] = {k: next(r for r in res["gated"] if r["checkpoint"] == k + ".pt")["knob"]
+                                      for k in extra}
     print("latency", json.dumps(res["latency"], indent=1), flush=True)
+    res["matmul_scaling"] = matmul_scaling()
+    print("matmul scaling", res["matmul_scaling"], flush=True)
     shutil.rmtree(work, ignore_errors=True)
     import onnxruntime
     import openvino

@@ -34,6 +34,7 @@ class ServerState:
     buffer: list[Update] = field(default_factory=list)
     accepted: int = 0  # updates accepted so far (buffered or already aggregated)
     meta: dict = field(default_factory=dict)  # method, curve, counters ...
+    aux: State = field(default_factory=dict)  # aggregator state, e.g. the server momentum buffer
 
 
 def checkpoint_path(directory: str | os.PathLike) -> Path:
@@ -44,6 +45,7 @@ def save(directory: str | os.PathLike, st: ServerState) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {f"core/{k}": v for k, v in st.core.items()}
+    arrays.update({f"aux/{k}": v for k, v in st.aux.items()})
     for i, u in enumerate(st.buffer):
         arrays.update({f"buf{i}/{k}": v for k, v in u.state.items()})
     header = {"format": FORMAT, "version": st.version, "accepted": st.accepted,
@@ -83,10 +85,11 @@ def load(directory: str | os.PathLike) -> ServerState | None:
     if header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {p} has format {header.get('format')!r}, expected {FORMAT}")
     core = {k[5:]: v for k, v in data.items() if k.startswith("core/")}
+    aux = {k[4:]: v for k, v in data.items() if k.startswith("aux/")}
     buffer = []
     for i, m in enumerate(header["buffer"]):
         pre = f"buf{i}/"
         state = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
         buffer.append(Update(state=state, **m))
     return ServerState(core=core, version=int(header["version"]), buffer=buffer,
-                       accepted=int(header.get("accepted", 0)), meta=header.get("meta", {}))
+                       accepted=int(header.get("accepted", 0)), meta=header.get("meta", {}), aux=aux)

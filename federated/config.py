@@ -27,9 +27,15 @@ class FedConfig:
     clip: bool = True  # clip each teacher's update to the buffer's median norm
     guard: float = 0.03  # keep the core if a step lowers validation accuracy by more than this
     distill_epochs: int = 1
-    distill_lr: float = 1e-4
+    distill_lr: float = 0.05  # SGD (momentum 0.9) on the public split
     temperature: float = 2.0
-    server_lr: float = 1.0  # FedBuff server step
+    server_lr: float = 1.0  # server step on the buffered (weighted mean) update, both async methods
+    server_momentum: float = 0.0  # heavy-ball momentum on that step (0: plain FedBuff step)
+    example_weighting: bool = True  # cloned: weight updates by examples (False: uniform, as FedBuff)
+    ema: float = 0.9  # async: serve (and evaluate) an EMA of the core over versions (0: the core)
+    fedavg_ema: float = 0.0  # the same for FedAvg, per round (0: Flower's latest aggregate)
+    teacher_window: int = 0  # cloned: distil from the last N kept teachers (0: the buffer only)
+    distill_accept: bool = True  # keep the distilled core only if it beats the undistilled start on val
     staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none
     max_staleness: int = 20  # older updates are rejected
     deadline: float = 60.0  # seconds a dispatched clone may take (also FedAvg round timeout)
@@ -48,6 +54,13 @@ class FedConfig:
             raise UsageError("buffer-size must be >= 1")
         if not 0.0 <= self.attend <= 1.0:
             raise UsageError(f"attend must be in [0, 1], got {self.attend}")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise UsageError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
+        for name in ("ema", "fedavg_ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.server_lr <= 0:
+            raise UsageError(f"server-lr must be > 0, got {self.server_lr}")
         if self.deadline <= 0:
             raise UsageError("deadline must be > 0 seconds")
 

@@ -12,6 +12,7 @@ than chance, an accuracy outlier, or a weight-distance outlier (scaled / replace
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -49,16 +50,37 @@ def _robust_high(values: np.ndarray, k: float, floor: float) -> np.ndarray:
     return values > med + k * max(mad, floor)
 
 
+@torch.no_grad()
+def _precision(model: nn.Module, x: np.ndarray, y: np.ndarray, min_support: int = 5) -> float:
+    """Mean precision over the classes the model predicts at least ``min_support`` times."""
+    model.eval()
+    pred = model(torch.from_numpy(np.asarray(x, np.float32))).argmax(1).numpy()
+    vals = [float((y[pred == c] == c).mean()) for c in np.unique(pred) if (pred == c).sum() >= min_support]
+    return float(np.mean(vals)) if vals else float((pred == y).mean())
+
+
 def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
                     n_classes: int, *, core_state: State | None = None, chance_margin: float = 0.02,
                     outlier_k: float = 4.0) -> Screening:
     """Decide which teachers may teach. Never drops everything because of outlier rules alone."""
     accs = [accuracy(t, val_x, val_y) for t in teachers]
+    precs = [_precision(t, val_x, val_y) for t in teachers]
     chance = 1.0 / n_classes
+    # early on, while the core itself is at chance, only clearly-below-chance teachers (label
+    # flippers) are dropped here; random models are caught by the weight-distance rule below
+    bar = chance + chance_margin
+    if core_state is not None:
+        core = copy.deepcopy(teachers[0]).eval()
+        core.load_state_dict({k: torch.from_numpy(np.asarray(v).copy()) for k, v in core_state.items()})
+        if _precision(core, val_x, val_y) <= chance + chance_margin:
+            bar = chance - chance_margin
     dropped: dict[int, str] = {}
-    for i, a in enumerate(accs):
-        if a <= chance + chance_margin:
-            dropped[i] = f"validation accuracy {a:.3f} is not better than chance ({chance:.3f})"
+    for i, (a, pr) in enumerate(zip(accs, precs)):
+        # a non-IID teacher that knows 2 classes has ~20% accuracy but its predictions are
+        # still mostly right; label flippers and random models are wrong whatever they predict
+        if pr <= bar:
+            dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is not better than "
+                          f"chance ({chance:.3f})")
     alive = [i for i in range(len(teachers)) if i not in dropped]
     if len(alive) >= 3:
         acc_gap = np.array([max(accs) - accs[i] for i in alive])
@@ -76,12 +98,19 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
     return Screening(kept=kept, dropped=dropped, val_acc=accs)
 
 
-def distill(student: nn.Module, teachers: list[nn.Module], weights: list[float],
+@torch.no_grad()
+def soft_labels(model: nn.Module, public_x: np.ndarray, temperature: float = 2.0) -> torch.Tensor:
+    """A teacher's softened predictions on the public split (cached by the aggregator)."""
+    return F.softmax(model.eval()(torch.from_numpy(np.asarray(public_x, np.float32))) / temperature, dim=1)
+
+
+def distill(student: nn.Module, teachers: list, weights: list[float],
             public_x: np.ndarray, *, attend: float = 0.8, temperature: float = 2.0,
             epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-            retain: nn.Module | None = None) -> dict:
+            retain: nn.Module | None = None, optimizer: str = "sgd") -> dict:
     """Distil the weighted teacher ensemble into ``student`` in place; returns loss stats.
 
+    ``teachers`` are modules or precomputed :func:`soft_labels` (same temperature).
     The retain target is ``retain``'s predictions (default: the student's before this step)."""
     if not 0.0 <= attend <= 1.0:
         raise ValueError(f"attend must be in [0, 1], got {attend}")
@@ -90,9 +119,18 @@ def distill(student: nn.Module, teachers: list[nn.Module], weights: list[float],
     w = w / w.sum()
     T = float(temperature)
     with torch.no_grad():
-        p_teach = sum(wi * F.softmax(t.eval()(x) / T, dim=1) for wi, t in zip(w, teachers))
+        p_teach = sum(wi * (t if isinstance(t, torch.Tensor) else soft_labels(t, public_x, T))
+                      for wi, t in zip(w, teachers))
         p_self = F.softmax((retain if retain is not None else student).eval()(x) / T, dim=1)
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    # SGD (momentum 0.9) by default: its steps scale with the KL gradient, so a student that
+    # already agrees with the teachers barely moves. A fresh Adam moves every weight by ~lr per
+    # step whatever the gradient, which measurably damaged the core model on every update.
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(student.parameters(), lr=lr)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     g = torch.Generator().manual_seed(seed)
     student.train()
     last = 0.0

@@ -66,12 +66,15 @@ class AsyncServer:
             buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen, guard=cfg.guard,
             clip=cfg.clip,
             temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
-            seed=cfg.seed, server_lr=cfg.server_lr, staleness=cfg.staleness,
+            seed=cfg.seed, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum,
+            staleness=cfg.staleness, distill_accept=cfg.distill_accept,
+            example_weighting=cfg.example_weighting, teacher_window=cfg.teacher_window,
             max_wait=cfg.max_wait or None)
         self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
                            "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
         self.resumed = False
+        self.served: dict | None = None  # EMA of the core (cfg.ema > 0): the model that is served
         if cfg.checkpoint_dir:
             st = ckpt.load(cfg.checkpoint_dir)
             if st is not None:
@@ -85,6 +88,9 @@ class AsyncServer:
                     raise ckpt.CheckpointError(f"checkpoint does not fit the model: {why}")
                 self.core, self.version, self.accepted = st.core, st.version, st.accepted
                 self.aggregator.buffer, self.meta = st.buffer, {**self.meta, **st.meta}
+                mom = {k[9:]: v for k, v in st.aux.items() if k.startswith("momentum/")}
+                self.aggregator.momentum = mom or None
+                self.served = {k[7:]: v for k, v in st.aux.items() if k.startswith("served/")} or None
                 self.resumed = True
                 log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
                          self.version, len(st.buffer), self.accepted)
@@ -100,23 +106,47 @@ class AsyncServer:
     def elapsed(self) -> float:
         return self.clock.now() - self._t0
 
-    def accuracy(self) -> float:
+    def accuracy(self, split: str = "test") -> float:
         from .models import accuracy, set_state
 
-        return accuracy(set_state(self.model_fn(), self.core), self.data.test_x, self.data.test_y)
+        x, y = (self.data.val_x, self.data.val_y) if split == "val" else (self.data.test_x, self.data.test_y)
+        return accuracy(set_state(self.model_fn(), self.serving()), x, y)
+
+    @property
+    def ema(self) -> float:
+        return self.cfg.fedavg_ema if self.cfg.method == "fedavg" else self.cfg.ema
+
+    def serving(self) -> dict:
+        """The model the server serves and evaluates: the core, or its EMA over versions."""
+        return self.served if (self.ema > 0 and self.served is not None) else self.core
+
+    def _update_served(self) -> None:
+        if self.ema <= 0:
+            return
+        if self.served is None:
+            self.served = {k: v.copy() for k, v in self.core.items()}
+        else:
+            b = self.ema
+            self.served = {k: (b * self.served[k] + (1 - b) * v).astype(v.dtype) for k, v in self.core.items()}
 
     def _record(self, used: int) -> None:
+        """One curve point. ``acc`` is test accuracy (reported only); ``val`` is the server's
+        validation accuracy, the only number hyper-parameters are chosen on."""
         m = self.meta
         m["curve"].append({"t": round(self.elapsed(), 3), "version": self.version,
-                           "acc": round(self.accuracy(), 4), "accepted": self.accepted,
+                           "acc": round(self.accuracy(), 4), "val": round(self.accuracy("val"), 4),
+                           "accepted": self.accepted,
                            "bytes": m["bytes-down"] + m["bytes-up"], "used": used})
 
     def save(self) -> None:
         self.meta["elapsed"] = self.elapsed()
         self.meta["rejected"] = dict(self.rejected)
         if self.cfg.checkpoint_dir:
+            mom = getattr(self.aggregator, "momentum", None) or {}
+            aux = {f"momentum/{k}": v for k, v in mom.items()}
+            aux.update({f"served/{k}": v for k, v in (self.served or {}).items()})
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(
-                self.core, self.version, list(self.aggregator.buffer), self.accepted, self.meta))
+                self.core, self.version, list(self.aggregator.buffer), self.accepted, self.meta, aux=aux))
 
     def reject(self, node: int, why: str) -> None:
         log.warning("rejected update from node %s: %s", node, why)
@@ -127,12 +157,30 @@ class AsyncServer:
         return self.version >= c.max_versions or (c.max_time > 0 and self.elapsed() >= c.max_time)
 
     # ----------------------------------------------------------------- async loop
+    def _grid_call(self, fn, *args, default):
+        """A Grid call; a failure (SuperLink hiccup, a node killed mid-transfer) is logged and
+        retried on the next pass instead of ending the run. Persistent failure still raises."""
+        try:
+            out = fn(*args)
+        except Exception as err:  # noqa: BLE001 - Flower raises several transport error types
+            self._grid_errors = getattr(self, "_grid_errors", 0) + 1
+            if self._grid_errors > self.GRID_ERRORS_MAX:
+                raise
+            log.warning("grid %s failed (%d in a row), retrying: %s: %s", fn.__name__,
+                        self._grid_errors, type(err).__name__, err)
+            self.clock.sleep(max(self.cfg.poll, 1.0))
+            return default
+        self._grid_errors = 0
+        return out
+
+    GRID_ERRORS_MAX = 60
+
     def dispatch(self) -> int:
         from .models import state_to_record
 
         now = self.clock.now()
         busy = {n for n, _, _ in self.inflight.values()}
-        nodes = [n for n in self.grid.get_node_ids()
+        nodes = [n for n in self._grid_call(self.grid.get_node_ids, default=[])
                  if n not in busy and self.backoff.get(n, (0.0, 0))[0] <= now]
         if not nodes:
             return 0
@@ -143,7 +191,7 @@ class AsyncServer:
                                   "config": ConfigRecord(self.cfg.client_config(self.version))})
             msgs.append(Message(content, dst_node_id=int(n), message_type="train",
                                 ttl=max(2 * self.cfg.deadline, 10.0), group_id=str(self.version)))
-        ids = list(self.grid.push_messages(msgs))
+        ids = list(self._grid_call(self.grid.push_messages, msgs, default=[]))
         for n, mid in zip(nodes, ids):
             if mid:
                 self.inflight[mid] = (int(n), self.version, now + self.cfg.deadline)
@@ -154,7 +202,7 @@ class AsyncServer:
         if not self.inflight:
             return 0
         got = 0
-        for reply in self.grid.pull_messages(list(self.inflight)):
+        for reply in self._grid_call(self.grid.pull_messages, list(self.inflight), default=[]):
             key = reply.metadata.reply_to_message_id
             if key not in self.inflight:
                 continue
@@ -214,10 +262,14 @@ class AsyncServer:
         if not self.aggregator.ready(self.clock.now()):
             return False
         new, info = self.aggregator.aggregate(self.core, self.version)
+        stats = self.meta.setdefault("agg-stats", {})
+        for k in ("dropped", "guarded", "distilled-kept", "distilled-discarded"):
+            stats[k] = stats.get(k, 0) + int(info.get(k, 0))
         if info.get("guarded"):  # the core did not change: keep its version (no false staleness)
             self.save()
             return True
         self.core, self.version = new, self.version + 1
+        self._update_served()
         self.history[self.version] = new
         for v in [v for v in self.history if v < self.version - self.cfg.max_staleness]:
             del self.history[v]
@@ -262,6 +314,7 @@ class AsyncServer:
                                  train_config=ConfigRecord(self.cfg.client_config(self.version)))
             if res.arrays is not None and len(res.arrays):
                 self.core = record_to_state(res.arrays)
+            self._update_served()  # the same serving EMA option as the async methods (per round)
             n = grid.replies
             grid.replies = 0
             self.version += 1
@@ -281,6 +334,7 @@ class AsyncServer:
                   "rejected": dict(self.rejected), "errors": self.meta["errors"],
                   "timeouts": self.meta["timeouts"], "resumed": self.resumed,
                   "by_partition": self.meta.get("by-partition", {}),
+                  "agg_stats": self.meta.get("agg-stats", {}),
                   "curve": self.meta["curve"]}
         if self.cfg.out:
             write_json_atomic(self.cfg.out, result)

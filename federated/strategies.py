@@ -57,18 +57,32 @@ class AsyncAggregator:
         return bool(self.buffer) and self.max_wait is not None and \
             now - self.buffer[0].arrived >= self.max_wait
 
+    server_momentum = 0.0
+    momentum: State | None = None  # server momentum buffer (checkpointed with the core)
+
+    def momentum_step(self, step: State) -> State:
+        """Heavy-ball server momentum: m <- beta * m + step; returns m (or step if beta = 0)."""
+        if self.server_momentum <= 0:
+            return step
+        if self.momentum is None or set(self.momentum) != set(step):
+            self.momentum = {k: np.zeros_like(v) for k, v in step.items()}
+        self.momentum = {k: (self.server_momentum * self.momentum[k] + step[k]).astype(step[k].dtype)
+                         for k in step}
+        return self.momentum
+
     def aggregate(self, core: State, version: int) -> tuple[State, dict]:
         raise NotImplementedError
 
 
 class FedBuff(AsyncAggregator):
-    """w <- w + eta * mean_i s(tau_i) * (w_i - w_base_i)."""
+    """w <- w + eta * m,  m <- beta * m + mean_i s(tau_i) * (w_i - w_base_i)   (beta=0: FedBuff)."""
 
     name = "fedbuff"
 
-    def __init__(self, buffer_size: int = 5, server_lr: float = 1.0, **kw):
+    def __init__(self, buffer_size: int = 5, server_lr: float = 1.0, server_momentum: float = 0.0,
+                 **kw):
         super().__init__(buffer_size, **kw)
-        self.server_lr = float(server_lr)
+        self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
 
     def add(self, update: Update, history: dict[int, State]) -> None:
         base = history.get(update.base_version)
@@ -82,15 +96,25 @@ class FedBuff(AsyncAggregator):
         from .distill import staleness_weight
 
         s = [staleness_weight(version - u.base_version, self.staleness) for u in self.buffer]
-        new = {k: (v + self.server_lr * sum(si * u.state[k] for si, u in zip(s, self.buffer))
-                   / len(self.buffer)).astype(v.dtype) for k, v in core.items()}
+        step = {k: sum(si * u.state[k] for si, u in zip(s, self.buffer)) / len(self.buffer)
+                for k in core}
+        m = self.momentum_step(step)
+        new = {k: (v + self.server_lr * m[k]).astype(v.dtype) for k, v in core.items()}
         info = {"used": len(self.buffer), "dropped": 0}
         self.buffer = []
         return new, info
 
-
 class ClonedDistillation(AsyncAggregator):
-    """Buffered distillation of K teacher clones into the core model, with screening."""
+    """Buffered distillation of K teacher clones into the core model, with screening.
+
+    1. screen the buffered teachers on the server validation set (drop chance-level / outliers);
+    2. start the student one server step along the kept teachers' staleness- and size-weighted,
+       norm-clipped updates (init="delta"; FedDF-style start), optionally with server momentum;
+    3. distil the teachers' ensemble into the student on the public unlabeled split;
+    4. keep the distilled student only if it beats the undistilled start on validation
+       (``distill_accept``) -- distillation can then never make a step worse on validation;
+    5. step guard: keep the core if the step lowered validation accuracy by more than ``guard``.
+    """
 
     name = "cloned"
 
@@ -98,13 +122,22 @@ class ClonedDistillation(AsyncAggregator):
                  val_y: np.ndarray, n_classes: int, buffer_size: int = 5, attend: float = 1.0,
                  init: str = "delta", screen: bool = True, temperature: float = 2.0,
                  epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.03,
-                 clip: bool = True, **kw):
+                 clip: bool = True, server_lr: float = 1.0, server_momentum: float = 0.0,
+                 distill_accept: bool = True, example_weighting: bool = True,
+                 teacher_window: int = 0, **kw):
         super().__init__(buffer_size, **kw)
+        # buffered distillation over a sliding window of the last ``teacher_window`` kept teachers
+        # (their soft labels on the public split are cached; 0: only the current buffer)
+        self.teacher_window = int(teacher_window)
+        self.window: list[tuple[int, float, object]] = []  # (base version, examples, soft labels)
+        self.example_weighting = bool(example_weighting)
         self.guard, self.clip = float(guard), bool(clip)
         self.model_fn, self.public_x = model_fn, public_x
         self.val_x, self.val_y, self.n_classes = val_x, val_y, n_classes
         self.attend, self.init, self.screen = float(attend), init, screen
-        self.temperature, self.epochs, self.lr, self.seed = temperature, epochs, lr, seed
+        self.temperature, self.epochs, self.lr, self.seed = temperature, int(epochs), lr, seed
+        self.server_lr, self.server_momentum = float(server_lr), float(server_momentum)
+        self.distill_accept = bool(distill_accept)
         if init not in ("core", "average", "delta"):
             raise ValueError(f"init must be 'core', 'average' or 'delta', got {init!r}")
 
@@ -122,6 +155,11 @@ class ClonedDistillation(AsyncAggregator):
     def _teacher(self, u: Update) -> State:
         return {k[2:]: v for k, v in u.state.items() if k.startswith("t/")} if self.init == "delta" \
             else u.state
+
+    def _val(self, state: State) -> float:
+        from .models import accuracy, set_state
+
+        return accuracy(set_state(self.model_fn(), state), self.val_x, self.val_y)
 
     def aggregate(self, core: State, version: int) -> tuple[State, dict]:
         from .distill import distill, screen_teachers, staleness_weight
@@ -142,53 +180,72 @@ class ClonedDistillation(AsyncAggregator):
             return core, info
         w = [self.buffer[i].num_examples * staleness_weight(version - self.buffer[i].base_version,
                                                            self.staleness) for i in kept]
-        student = set_state(self.model_fn(), core)
         tot = sum(w)
-        if self.init == "delta":  # start one staleness-weighted step along the teachers' updates
+        if self.init == "delta":  # one (momentum) server step along the teachers' updates
             deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in core} for i in kept}
             norms = {i: float(np.sqrt(sum(float((d ** 2).sum()) for d in deltas[i].values()))) for i in kept}
             cap = float(np.median(list(norms.values())))  # norm clipping: no update outweighs the median
             scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
-            start = {k: (core[k] + self.attend * sum(wi * scale[i] * deltas[i][k]
-                                                     for wi, i in zip(w, kept)) / tot).astype(core[k].dtype)
-                     for k in core}
-            set_state(student, start)
-            retain = set_state(self.model_fn(), core)
+            # staleness is an absolute discount (as in FedBuff): sum_i s_i r_i d_i / sum_i r_i, with
+            # r_i = examples (example_weighting) or 1; old updates shrink the step, not just its mix
+            r = [float(self.buffer[i].num_examples) if self.example_weighting else 1.0 for i in kept]
+            s_w = [staleness_weight(version - self.buffer[i].base_version, self.staleness) for i in kept]
+            step = {k: sum(ri * si * scale[i] * deltas[i][k] for ri, si, i in zip(r, s_w, kept)) / sum(r)
+                    for k in core}
+            m = self.momentum_step(step)
+            start = {k: (core[k] + self.server_lr * m[k]).astype(core[k].dtype) for k in core}
         elif self.init == "average":  # FedDF-style start: weighted average of the kept teachers
             avg = {k: sum(wi * self._teacher(self.buffer[i])[k] for wi, i in zip(w, kept)) / tot
                    for k in core}
-            # the student starts between the core (retain) and the teachers' average (attend)
-            start = {k: (self.attend * avg[k] + (1 - self.attend) * core[k]).astype(core[k].dtype)
-                     for k in core}
-            set_state(student, start)
-            retain = set_state(self.model_fn(), core)
+            start = {k: avg[k].astype(core[k].dtype) for k in core}
         else:
-            retain = None
-        stats = distill(student, [teachers[i] for i in kept], w, self.public_x, attend=self.attend,
-                        temperature=self.temperature, epochs=self.epochs, lr=self.lr,
-                        seed=self.seed + version, retain=retain)
-        info.update(stats)
+            start = core
+        self.buffer_meta = [(u.base_version, float(u.num_examples)) for u in self.buffer]
         self.buffer = []
-        if self.screen:  # step guard: never accept a core that got clearly worse on validation
-            from .models import accuracy
+        new = start
+        t_list, t_w = [teachers[i] for i in kept], w
+        if self.epochs > 0 and self.teacher_window > 0:
+            from .distill import soft_labels
 
-            before = accuracy(set_state(self.model_fn(), core), self.val_x, self.val_y)
-            after = accuracy(student, self.val_x, self.val_y)
-            if after < before - self.guard:
+            T = self.temperature
+            self.window += [(self.buffer_meta[i][0], self.buffer_meta[i][1],
+                             soft_labels(teachers[i], self.public_x, T)) for i in kept]
+            self.window = self.window[-self.teacher_window:]
+            t_list = [p for _, _, p in self.window]
+            t_w = [n * staleness_weight(version - b, self.staleness) for b, n, _ in self.window]
+        if self.epochs > 0:
+            student = set_state(self.model_fn(), start)
+            retain = set_state(self.model_fn(), core)  # the core's own knowledge
+            info.update(distill(student, t_list, t_w, self.public_x,
+                                attend=self.attend, temperature=self.temperature, epochs=self.epochs,
+                                lr=self.lr, seed=self.seed + version, retain=retain))
+            distilled = get_state(student)
+            if self.distill_accept:  # distillation may only help (judged on validation, never test)
+                v_start, v_dist = self._val(start), self._val(distilled)
+                keep = v_dist > v_start
+                info["distilled-kept" if keep else "distilled-discarded"] = 1
+                if keep:
+                    new = distilled
+            else:
+                new = distilled
+        if self.screen:  # step guard: never accept a core that got clearly worse on validation
+            before, after = self._val(core), self._val(new)
+            # tolerance: ``guard``, or 2 binomial standard errors if the validation set is small
+            tol = max(self.guard, 2.0 * float(np.sqrt(max(before * (1 - before), 1e-4) / len(self.val_y))))
+            if after < before - tol:
                 log.info("step guard: kept the core (validation %.3f -> %.3f)", before, after)
                 info["guarded"] = 1
+                self.momentum = None  # a rejected direction should not keep pushing
                 return core, info
-        return get_state(student), info
+        return new, info
 
 
 def make_aggregator(method: str, **kw) -> AsyncAggregator:
     if method == "fedbuff":
-        keep = {k: kw[k] for k in ("buffer_size", "server_lr", "max_wait", "staleness") if k in kw}
-        kw.pop("guard", None)
-        kw.pop("clip", None)
+        keep = {k: kw[k] for k in ("buffer_size", "server_lr", "server_momentum", "max_wait",
+                                   "staleness") if k in kw}
         return FedBuff(**keep)
     if method == "cloned":
-        kw.pop("server_lr", None)
         return ClonedDistillation(**kw)
     raise ValueError(f"unknown async method {method!r}")
 

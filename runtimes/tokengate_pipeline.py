@@ -79,6 +79,11 @@ def layer_flops(n: int, hidden: int, inter: int) -> int:
     return 2 * (4 * n * hidden * hidden + 2 * n * n * hidden + 2 * n * hidden * inter)
 
 
+def last_layer_cls_flops(n: int, hidden: int, inter: int) -> int:
+    """The last layer when only [CLS] is read: K, V over n tokens; Q, attention, O, FFN for 1 row."""
+    return 2 * (2 * n * hidden * hidden + 2 * hidden * hidden + 2 * n * hidden + 2 * hidden * inter)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 class TextEncoder:
     """Raw text -> (input_ids, attention_mask) with the bundle's ``tokenizer.json``."""
@@ -130,12 +135,14 @@ class TokenGatePipeline(PipelineBase):
     ``run({"input_ids", "attention_mask"})`` or ``run(["text", ...])`` (when the bundle carries
     tokenizer.json) returns {"logits" [B, C], "tokens_per_layer" [B, L] (int64)}.
     ``last_kept`` holds, after a run, the original positions kept at each layer input.
+    A single unpadded row runs through the bundle's one-graph ``single`` when it has one (faster at
+    batch 1, see docs/token_gating.md); pass ``single=False`` to always use the layer pipeline.
     """
 
     kind = "token_gating"
 
     def __init__(self, bundle: Any, backend: str = "auto", precision: str | None = None,
-                 rule_override: list[dict] | None = None, **options: Any):
+                 rule_override: list[dict] | None = None, single: bool = True, **options: Any):
         super().__init__(bundle, backend=backend, precision=precision, **options)
         p = self.params
         self.num_layers = int(p["num_layers"])
@@ -144,11 +151,17 @@ class TokenGatePipeline(PipelineBase):
             self.rules = {int(r["layer"]): r for r in rule_override}
         self.max_len = int(p.get("max_len", 512))
         self.labels = list(bundle.manifest.metadata.get("labels", []))
-        missing = [g for g in ["embed", "head"] + [f"layer{i}" for i in range(self.num_layers)]
-                   if g not in self.sessions]
+        # cls_last bundles: layer0..layer{L-2} + "last" (last layer, [CLS] row only, + head)
+        self.cls_last = bool(p.get("cls_last", False))
+        body = self.num_layers - 1 if self.cls_last else self.num_layers
+        need = ["embed"] + [f"layer{i}" for i in range(body)] + (["last"] if self.cls_last else ["head"])
+        missing = [g for g in need if g not in self.sessions]
         if missing:
             raise BundleError(f"token-gating bundle lacks graphs {missing}", "re-export the bundle")
         self._raw = {g: s.run_raw for g, s in self.sessions.items()}
+        # batch-1 fast path: the whole gated encoder as one graph (data-dependent gathers inside)
+        graph1 = p.get("single")
+        self.single = graph1 if (single and graph1 and graph1 in self.sessions and rule_override is None) else None
         self.encoder = None
         tok = p.get("tokenizer")
         if tok:
@@ -186,6 +199,22 @@ class TokenGatePipeline(PipelineBase):
 
     def run(self, feeds: Any) -> dict[str, np.ndarray]:
         ids, valid = self._feeds(feeds)
+        if self.single is not None and ids.shape[0] == 1:
+            n = int(valid[0].sum())
+            if n >= 2 and valid[0, :n].all():       # one row, padding (if any) only at the end
+                return self._run_single(ids[:, :n])
+        return self._run_pipeline(ids, valid)
+
+    def _run_single(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._raw[self.single]({"input_ids": ids})
+        kept = [np.arange(ids.shape[1], dtype=np.int64)]      # layer 0 sees every token
+        for i in range(1, self.num_layers):
+            kept.append(np.asarray(out[f"kept{i}"], dtype=np.int64).reshape(-1) if f"kept{i}" in out else kept[-1])
+        self.last_kept = [k[None] for k in kept]
+        counts = np.array([[k.size for k in kept]], dtype=np.int64)
+        return {"logits": out["logits"], "tokens_per_layer": counts}
+
+    def _run_pipeline(self, ids: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         raw = self._raw
         h = raw["embed"]({"input_ids": ids})["hidden"]
         pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()
@@ -202,6 +231,9 @@ class TokenGatePipeline(PipelineBase):
                 pos = gather_rows(pos, order)
             counts[:, i] = valid.sum(1)
             self.last_kept.append(np.where(valid, pos, -1))
+            if self.cls_last and i == self.num_layers - 1:
+                return {"logits": raw["last"]({"hidden": h, "mask": valid.astype(np.int64)})["logits"],
+                        "tokens_per_layer": counts}
             out = raw[f"layer{i}"]({"hidden": h, "mask": valid.astype(np.int64)})
             h, score = out["hidden_out"], out["score"]
         logits = raw["head"]({"cls": np.ascontiguousarray(h[:, 0])})["logits"]

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,7 +36,9 @@ def data(max_len: int):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ungated", "gated"])
+    ap.add_argument("what", choices=["ungated", "gated", "ungated_more"],
+                    help="ungated_more: continue the ungated model for --steps steps with the gated runs' "
+                         "optimiser settings and KD (a training-budget control) -> CACHE/ungated_more.pt")
     ap.add_argument("--knob", type=float, default=0.5)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=0, help="gated: optimisation steps (0 = --epochs)")
@@ -45,6 +49,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-test", action="store_true")
     ap.add_argument("--hard-steps", type=int, default=0, help="gated: then N steps with gates frozen hard")
+    ap.add_argument("--hard-lr", type=float, default=3e-5, help="gated: learning rate of the frozen-gate phase")
+    ap.add_argument("--kd", type=float, default=0.0,
+                    help="gated: distil from the ungated model, loss = CE + KD * T^2 * KL (0 = off)")
+    ap.add_argument("--kd-temp", type=float, default=2.0)
+    ap.add_argument("--bimodal", type=float, default=20.0,
+                    help="gated: weight of the bi-modal term mean g(1-g), ramped in over the second half")
+    ap.add_argument("--tag", default="", help="gated: checkpoint name suffix")
+    ap.add_argument("--from-phase1", action="store_true",
+                    help="gated: skip gate training, start from CACHE/phase1_k<knob>.pt (saved by an earlier run)")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -59,25 +72,58 @@ def main(argv=None) -> dict:
         info = T.train(model, xs, ys, knob=None, epochs=a.epochs, lr=a.lr or 5e-5, seed=a.seed)
         ck = CACHE / "ungated.pt"
         rules = {}
+    elif a.what == "ungated_more":
+        T.load_state(model, CACHE / "ungated.pt")
+        tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
+        teacher = np.load(tpath) if tpath.exists() else T.teacher_logits(model, xs)
+        info = T.train(model, xs, ys, knob=None, epochs=a.steps * 32 / len(xs), lr=a.hard_lr, seed=a.seed + 1,
+                       teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
+        ck = CACHE / "ungated_more.pt"
+        rules = {}
     else:
         T.load_state(model, CACHE / "ungated.pt")
+        teacher = None
+        if a.kd:
+            tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
+            if tpath.exists():
+                teacher = np.load(tpath)
+            else:
+                teacher = T.teacher_logits(model, xs)
+                np.save(tpath, teacher)
         epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
-        info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
-                       seed=a.seed)
+        p1 = CACHE / f"phase1_k{a.knob:g}.pt"
+        if a.from_phase1:
+            T.load_state(model, p1)
+            info = {"steps": T.load_model(p1)[1]["steps"]}
+        else:
+            info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
+                           seed=a.seed, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp, bimodal=a.bimodal)
+            T.save_model(model, p1, meta={"knob": a.knob, "steps": info["steps"], "phase": 1})
+        phase1_dev = T.evaluate(model, *d["dev"]) if a.hard_steps else None
+        if phase1_dev:
+            print("after gate training (hard gates), dev:", round(phase1_dev["accuracy"], 4),
+                  [round(x, 1) for x in phase1_dev["tokens_per_layer"]], f"{phase1_dev['flops'] / 1e6:.0f} MFLOPs",
+                  flush=True)
         if a.hard_steps:
             T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
-                    lr=a.lr or 2e-5, seed=a.seed + 1)
-        ck = CACHE / f"gated_k{a.knob:g}.pt"
+                    lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
+        ck = CACHE / f"gated_k{a.knob:g}{a.tag}.pt"
         rules = None
     res = {"what": a.what, "knob": a.knob if a.what == "gated" else None, "max_len": a.max_len,
            "train_seconds": time.time() - t0, "steps": info["steps"], "seed": a.seed,
-           "hard_steps": a.hard_steps if a.what == "gated" else 0,
+           "hard_steps": a.hard_steps if a.what == "gated" else 0, "kd": a.kd,
            "dev": T.evaluate(model, *d["dev"], rules=rules)}
+    if a.what == "gated":
+        res.update(kd=a.kd, kd_temp=a.kd_temp, bimodal=a.bimodal, hard_lr=a.hard_lr, gate_lr=a.gate_lr,
+                   recipe=f"{info['steps']} gate steps + {a.hard_steps} frozen-gate steps, KD {a.kd:g}, "
+                          f"bimodal {a.bimodal:g}",
+                   phase1_dev=phase1_dev)
     if a.eval_test:
         res["test"] = T.evaluate(model, *d["test"], rules=rules)
     if a.what == "gated":
         res["rules"] = {str(k): v for k, v in model.rules().items()}
-    T.save_model(model, ck, meta={k: v for k, v in res.items() if k != "rules"})
+    from edgekit.data.rotten_tomatoes import LABELS
+    T.save_model(model, ck, meta={**{k: v for k, v in res.items() if k != "rules"}, "labels": LABELS})
     ck.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "rules"}, indent=1))
     return res

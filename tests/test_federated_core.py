@@ -118,10 +118,10 @@ def test_distillation_transfers_and_attend_knob(digits):
     t_acc = accuracy(teacher, digits.test_x, digits.test_y)
     student = build_model("mlp", 64, 10, seed=2)
     before = get_state(student)
-    distill(student, [teacher], [1.0], digits.public_x, attend=1.0, epochs=30, lr=3e-3)
+    distill(student, [teacher], [1.0], digits.public_x, attend=1.0, epochs=30, lr=3e-3, optimizer="adam")
     assert accuracy(student, digits.test_x, digits.test_y) > 0.6 * t_acc
     keep = set_state(build_model("mlp", 64, 10, seed=2), before)
-    distill(keep, [teacher], [1.0], digits.public_x, attend=0.0, epochs=5, lr=3e-3)
+    distill(keep, [teacher], [1.0], digits.public_x, attend=0.0, epochs=5, lr=3e-3, optimizer="adam")
     assert accuracy(keep, digits.test_x, digits.test_y) < 0.4  # retains its own (untrained) view
     assert staleness_weight(0) == 1.0 > staleness_weight(3) > staleness_weight(10)
 
@@ -154,8 +154,10 @@ def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_pat
     from edgekit.federated.server_app import AsyncServer
 
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 64), np.float32), y=np.zeros(0, np.int64))
-    grid, prof = _grid(5)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    grid, prof = _grid(6)
     grid.contexts[prof[4].node_id].node_config["data-path"] = str(tmp_path / "empty.npz")
+    grid.contexts[prof[5].node_id].node_config["data-path"] = str(tmp_path / "junk.npz")
     bad_shape, no_examples = prof[0].node_id, prof[1].node_id
 
     def client(msg, ctx):
@@ -176,7 +178,88 @@ def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_pat
     assert res["version"] == 3
     assert any("shape" in r for r in res["rejected"]) and res["errors"] >= 1
     assert "has shape (3, 3)" in caplog.text and "no training examples" in caplog.text
-    assert "empty" in caplog.text
+    assert "is empty (0 examples)" in caplog.text and "malformed" in caplog.text
+    assert res["errors"] >= 2  # both bad-data nodes answered with an error, the run went on
+
+
+def test_fedavg_drops_wrong_shape_replies_with_reason(caplog):
+    """Flower's FedAvg would crash on a reply of the wrong shape; ours logs and drops it."""
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    from edgekit.federated.client_app import train_clone
+    from edgekit.federated.server_app import AsyncServer
+
+    grid, prof = _grid(4)
+    bad = prof[0].node_id
+
+    def client(msg, ctx):
+        reply = train_clone(msg, ctx)
+        if ctx.node_id == bad:
+            arrays = {k: Array(np.zeros((2, 5), np.float32)) for k in reply.content["arrays"].keys()}
+            return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}),
+                           reply_to=msg)
+        return reply
+
+    grid.client_fn = client
+    with caplog.at_level(logging.WARNING, logger="edgekit.federated"):
+        res = AsyncServer(grid, _cfg(method="fedavg", max_versions=3)).run()
+    assert res["version"] == 3 and res["final_acc"] > res["curve"][0]["acc"]
+    assert f"fedavg: rejected reply from node {bad}" in caplog.text and "has shape (2, 5)" in caplog.text
+
+
+def _teacher_buffer(digits, n=4, version=0):
+    core = get_state(build_model("mlp", 64, 10))
+    parts = dirichlet_partition(digits.pool_y, n, 0.5, 0, min_size=8)
+    ups = []
+    for i, part in enumerate(parts):
+        m = set_state(build_model("mlp", 64, 10), core)
+        train_local(m, digits.pool_x[part], digits.pool_y[part], epochs=3, lr=0.1, seed=i)
+        ups.append(Update(100 + i, version, len(part), get_state(m)))
+    return core, ups
+
+
+def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(digits):
+    from edgekit.federated.strategies import ClonedDistillation
+
+    core, ups = _teacher_buffer(digits)
+
+    def agg(**kw):
+        a = ClonedDistillation(lambda: build_model("mlp", 64, 10), digits.public_x, digits.val_x,
+                               digits.val_y, 10, buffer_size=len(ups), guard=1.0, **kw)
+        for u in ups:
+            a.add(u, {0: core})
+        return a.aggregate(core, 0)
+
+    start, _ = agg(epochs=0)
+    val = lambda st: accuracy(set_state(build_model("mlp", 64, 10), st), digits.val_x, digits.val_y)  # noqa: E731
+    # a destructive distillation step (huge lr) is discarded: the start is kept, unchanged
+    new, info = agg(epochs=2, lr=50.0)
+    assert info.get("distilled-discarded") == 1
+    assert all(np.array_equal(new[k], start[k]) for k in start)
+    # without the acceptance check the same step is taken and is worse on validation
+    bad, _ = agg(epochs=2, lr=50.0, distill_accept=False)
+    assert val(bad) < val(start)
+    # a sane step is kept only when it helps on validation; it is never worse
+    ok, info = agg(epochs=1, lr=0.05, teacher_window=8)
+    assert val(ok) >= val(start) and (info.get("distilled-kept", 0) + info.get("distilled-discarded", 0)) == 1
+
+
+def test_server_momentum_and_served_ema_survive_a_restart(tmp_path):
+    from edgekit.federated.server_app import AsyncServer
+
+    grid, _ = _grid(4)
+    cfg = _cfg(method="fedbuff", server_momentum=0.5, ema=0.8, max_versions=3, checkpoint_dir=str(tmp_path))
+    srv = AsyncServer(grid, cfg)
+    srv.run()
+    st = ckpt.load(tmp_path)
+    assert any(k.startswith("momentum/") for k in st.aux) and any(k.startswith("served/") for k in st.aux)
+    back = AsyncServer(grid, _cfg(method="fedbuff", server_momentum=0.5, ema=0.8, max_versions=4,
+                                  checkpoint_dir=str(tmp_path)))
+    assert back.resumed
+    for k in srv.core:
+        np.testing.assert_array_equal(back.served[k], srv.served[k])
+        np.testing.assert_array_equal(back.aggregator.momentum[k], srv.aggregator.momentum[k])
+    assert not all(np.array_equal(srv.served[k], srv.core[k]) for k in srv.core)  # EMA != core
 
 
 def test_resume_from_checkpoint_loses_no_accepted_update(tmp_path):
@@ -237,3 +320,35 @@ def test_cli_simulate_json():
     assert res["method"] == "fedbuff" and res["clients"] == 4 and res["curve"]
     bad = CliRunner().invoke(cli.app, ["federated", "simulate", "--malicious", "1.5"])
     assert bad.exit_code != 0
+
+
+def test_flwr_app_config_matches_the_defaults():
+    import tomllib
+    from pathlib import Path
+
+    import edgekit.federated
+
+    app = Path(edgekit.federated.__file__).parent / "flwr_app" / "pyproject.toml"
+    cfg = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    want = FedConfig().to_run_config()
+    assert set(cfg) == set(want)
+    assert {k: v for k, v in cfg.items() if k not in ("checkpoint-dir", "out")} == \
+        {k: v for k, v in want.items() if k not in ("checkpoint-dir", "out")}
+
+
+def test_transient_grid_errors_do_not_end_the_run(caplog):
+    from edgekit.federated.server_app import AsyncServer
+
+    grid, _ = _grid(4)
+    real_pull, calls = grid.pull_messages, {"n": 0}
+
+    def flaky_pull(ids):
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:
+            raise ConnectionError("SuperLink went away for a moment")
+        return real_pull(ids)
+
+    grid.pull_messages = flaky_pull
+    with caplog.at_level(logging.WARNING, logger="edgekit.federated"):
+        res = AsyncServer(grid, _cfg(max_versions=3)).run()
+    assert res["version"] == 3 and "SuperLink went away" in caplog.text

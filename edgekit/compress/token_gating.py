@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import UsageError
-from edgekit.runtimes.tokengate_pipeline import compact_order, layer_flops, select_keep
+from edgekit.runtimes.tokengate_pipeline import compact_order, last_layer_cls_flops, layer_flops, select_keep
 
 NEG = -1e9
 HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1     # hard-concrete temperature and stretch
@@ -61,23 +61,29 @@ class Embed(nn.Module):
 
 
 def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, qmask: torch.Tensor,
-                  heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  heads: int, cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One BertLayer on h [B,T,D] with additive key bias [B,T]; returns (hidden, score [B,T]).
-    score[k] = attention received by key k, mean over heads and over queries weighted by qmask."""
+    score[k] = attention received by key k, mean over heads and over queries weighted by qmask.
+    ``cls_only``: only the [CLS] query row is computed (keys/values still over all T tokens);
+    returns (hidden [B,1,D], None). Exact for the last layer, whose only consumer is the head."""
     sa, so = layer.attention.self, layer.attention.output
     b, t = h.shape[0], h.shape[1]
     d = sa.query.out_features            # a Python constant, so tracing exporters see no shape math
     dh = d // heads
 
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(b, t, heads, dh).transpose(1, 2)
+    def split(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(b, n, heads, dh).transpose(1, 2)
 
-    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+    hq = h[:, :1] if cls_only else h
+    tq = 1 if cls_only else t
+    q, k, v = split(sa.query(hq), tq), split(sa.key(h), t), split(sa.value(h), t)
     att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + key_bias[:, None, None, :]
     p = torch.softmax(att, dim=-1)
-    ctx = torch.matmul(sa.dropout(p), v).transpose(1, 2).reshape(b, t, d)
-    a = so.LayerNorm(so.dropout(so.dense(ctx)) + h)
+    ctx = torch.matmul(sa.dropout(p), v).transpose(1, 2).reshape(b, tq, d)
+    a = so.LayerNorm(so.dropout(so.dense(ctx)) + hq)
     o = layer.output.LayerNorm(layer.output.dropout(layer.output.dense(layer.intermediate(a))) + a)
+    if cls_only:
+        return o, None
     w = qmask / qmask.sum(1, keepdim=True).clamp_min(1e-6)
     score = torch.einsum("bhqk,bq->bk", p, w) / heads
     return o, score
@@ -93,6 +99,20 @@ class LayerGraph(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
         m = mask.to(hidden.dtype)
         return layer_forward(self.layer, hidden, (1.0 - m) * NEG, m, self.heads)
+
+
+class LastHeadGraph(nn.Module):
+    """Export unit for the last layer + head: (hidden [B,T,D], mask [B,T]) -> logits [B,C].
+    Only the [CLS] query row of the last layer is computed (exact: the head reads only [CLS])."""
+
+    def __init__(self, layer: nn.Module, head: nn.Module, heads: int):
+        super().__init__()
+        self.layer, self.head, self.heads = layer, head, heads
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor):
+        m = mask.to(hidden.dtype)
+        o, _ = layer_forward(self.layer, hidden, (1.0 - m) * NEG, m, self.heads, cls_only=True)
+        return self.head(o[:, 0])
 
 
 class Head(nn.Module):
@@ -135,6 +155,9 @@ class TokenGatedBert(nn.Module):
         self.bins = int(bins)
         self.gate_logits = nn.Parameter(torch.full((len(self.gated_layers), self.bins), float(init_gate)))
         self.frozen_gates = False   # True: train the encoder under the hard inference gates
+        # the last layer computes only the [CLS] query row (exact; keys/values over all survivors).
+        # A plain attribute, not in the checkpoint: set False to measure the plain-last-layer cost.
+        self.cls_last = True
 
     # ------------------------------------------------------------------ gates
     def gate_values(self) -> torch.Tensor:
@@ -194,7 +217,8 @@ class TokenGatedBert(nn.Module):
             kept.append(m_exp.sum(1))
             # log-mask on the keys: m=1 -> 0, m -> 0 -> token removed (NEG below 1e-4, as in hard mode)
             bias = torch.where(m >= 1e-4, torch.log(m.clamp_min(1e-4)), torch.full_like(m, NEG))
-            h, score = layer_forward(layer, h, bias, m, self.heads)
+            last = i == len(self.layers) - 1 and self.cls_last
+            h, score = layer_forward(layer, h, bias, m, self.heads, cls_only=last)
         return {"logits": self.head(h[:, 0]), "kept": torch.stack(kept, 1)}
 
     @torch.no_grad()
@@ -202,6 +226,12 @@ class TokenGatedBert(nn.Module):
                  rules: dict[int, dict] | None = None) -> dict[str, Any]:
         """Inference with hard selection and physical token removal. ``rules`` overrides the
         learned gates (baselines: ratio / threshold / first-k); {} = ungated."""
+        return self.hard_forward(input_ids, attention_mask, rules)
+
+    def hard_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     rules: dict[int, dict] | None = None) -> dict[str, Any]:
+        """run_hard with autograd (the selection itself is discrete): trains the encoder under the
+        physical removal it will see at inference, on the shortened sequences (fast)."""
         rules = self.rules() if rules is None else rules
         valid = attention_mask.bool().cpu().numpy()
         h = self.embed(input_ids)
@@ -212,7 +242,7 @@ class TokenGatedBert(nn.Module):
         for i, layer in enumerate(self.layers):
             rule = rules.get(i)
             if rule is not None and score is not None:
-                keep = select_keep(score.cpu().numpy(), valid, rule)
+                keep = select_keep(score.detach().cpu().numpy(), valid, rule)
                 order = compact_order(keep)
                 idx = torch.from_numpy(order)
                 h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
@@ -221,21 +251,36 @@ class TokenGatedBert(nn.Module):
             counts[:, i] = valid.sum(1)
             kept_pos.append(np.where(valid, pos, -1))
             mask = torch.from_numpy(valid.astype(np.float32))
-            h, score = layer_forward(layer, h, (1.0 - mask) * NEG, mask, self.heads)
+            last = i == len(self.layers) - 1 and self.cls_last
+            h, score = layer_forward(layer, h, (1.0 - mask) * NEG, mask, self.heads, cls_only=last)
         return {"logits": self.head(h[:, 0]), "tokens_per_layer": counts, "kept_positions": kept_pos}
 
     # ------------------------------------------------------------------ costs
+    def layer_token_cost(self, cls_last: bool | None = None) -> np.ndarray:
+        """Relative per-token FLOPs of each layer (n^2 attention terms ignored), 1 = a full layer."""
+        cls_last = self.cls_last if cls_last is None else cls_last
+        full = 4 * self.hidden * self.hidden + 2 * self.hidden * self.inter
+        c = np.ones(len(self.layers))
+        if cls_last:
+            c[-1] = 2 * self.hidden * self.hidden / full     # only K and V projections scale with n
+        return c
+
     def regularizers(self, kept: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         n = attention_mask.float().sum(1, keepdim=True).clamp_min(1.0)
-        sparsity = (kept / n).mean()            # expected fraction of token-layers still computed
+        w = torch.as_tensor(self.layer_token_cost(), dtype=kept.dtype)
+        # expected fraction of the encoder's token-proportional FLOPs still computed
+        sparsity = ((kept / n) * w).sum(1).mean() / w.sum()
         g = self.gate_values()
         bimodal = (g * (1 - g)).mean()
         return {"sparsity": sparsity, "bimodal": bimodal}
 
-    def flops(self, tokens_per_layer: np.ndarray) -> np.ndarray:
-        """Counted FLOPs per example (encoder layers + head) from tokens computed at each layer."""
+    def flops(self, tokens_per_layer: np.ndarray, cls_last: bool | None = None) -> np.ndarray:
+        """Counted FLOPs per example (encoder layers + head) from tokens computed at each layer.
+        cls_last (default: the model's setting): the last layer computes only the [CLS] query."""
+        cls_last = self.cls_last if cls_last is None else cls_last
         t = np.asarray(tokens_per_layer)
         f = np.zeros(t.shape[0], dtype=np.float64)
         for i in range(t.shape[1]):
-            f += np.array([layer_flops(int(n), self.hidden, self.inter) for n in t[:, i]], dtype=np.float64)
+            fn = last_layer_cls_flops if (cls_last and i == t.shape[1] - 1) else layer_flops
+            f += np.array([fn(int(n), self.hidden, self.inter) for n in t[:, i]], dtype=np.float64)
         return f + 2 * (self.hidden * self.hidden + self.hidden * self.head.out.out_features)

@@ -1,26 +1,56 @@
-"""The alternative export design, kept for the latency comparison: ONE graph with data-dependent
-gathers (argsort -> rank -> gate lookup -> NonZero -> Gather) for batch 1.
+"""Batch-1 token-gated encoder as ONE graph with data-dependent gathers.
 
-The shipped design is the multi-graph pipeline (token_gating_export.py); the benchmark measures
-both on ONNX Runtime. This variant handles batch 1 only (a batch would need per-row counts and
-re-padding inside the graph) and is exported with the TorchScript exporter (torch.export cannot
-trace the data-dependent sequence length without unbacked-symbol guards).
+input_ids [1, T] -> (logits [1, C], kept1 .. kept{L-1}): ``kept{l}`` [n_l] int64 = the original
+positions of the tokens entering gated layer l (ascending), so the kept tokens of every layer are
+checkable against PyTorch.
+
+Inside the graph, before each gated layer: TopK over the attention-received scores (equal values
+-> lower index first, as ``rank_tokens``) -> rank -> relative-rank bin -> learned gate -> NonZero
+-> Gather, so the next layer really runs on fewer tokens, with no session boundary in between.
+The last layer computes only the [CLS] query row (exact). A batch needs per-row counts and
+re-padding, which the multi-graph pipeline does; this graph is the bundle's batch-1 fast path
+(graph ``single``), chosen by measured latency (see docs/token_gating.md).
+
+Exported with the TorchScript exporter: torch.export cannot trace the data-dependent sequence
+length without unbacked-symbol guards.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.token_gating import TokenGatedBert, layer_forward
+from edgekit.compress.token_gating import TokenGatedBert
+
+
+def _layer_b1(layer: nn.Module, h: torch.Tensor, heads: int, cls_only: bool):
+    """layer_forward for one row without padding (no key bias); score = attention received,
+    mean over heads and queries (as layer_forward with an all-ones query mask)."""
+    sa, so = layer.attention.self, layer.attention.output
+    d = sa.query.out_features
+    dh = d // heads
+    hq = h[:, :1] if cls_only else h
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(1, -1, heads, dh).transpose(1, 2)
+
+    q, k, v = split(sa.query(hq)), split(sa.key(h)), split(sa.value(h))
+    p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh), dim=-1)
+    ctx = torch.matmul(p, v).transpose(1, 2).reshape(1, -1, d)
+    a = so.LayerNorm(so.dense(ctx) + hq)
+    o = layer.output.LayerNorm(layer.output.dense(layer.intermediate(a)) + a)
+    if cls_only:
+        return o, None
+    return o, p.mean(dim=(1, 2))
 
 
 class OneGraphGated(nn.Module):
-    """input_ids [1, T] -> (logits [1, C], tokens kept at the last layer [1])."""
+    """input_ids [1, T] -> (logits [1, C], kept{l} [n_l] for every gated layer l)."""
 
-    def __init__(self, model: TokenGatedBert, rules: dict | None = None):
+    def __init__(self, model: TokenGatedBert, rules: dict | None = None, max_len: int = 64):
         super().__init__()
         self.m = model.eval()
         rules = model.rules() if rules is None else rules
@@ -28,35 +58,60 @@ class OneGraphGated(nn.Module):
         for k, r in self.layer_rules.items():
             if r["kind"] != "gates":
                 raise ValueError("the one-graph variant only encodes learned gates")
-            self.register_buffer(f"open{k}", torch.tensor(r["open"], dtype=torch.bool))
+            self.register_buffer(f"table{k}", keep_table(r["open"], max_len))
+        cls_bias = torch.zeros(max_len)
+        cls_bias[0] = 1e30                         # [CLS] sorts first (and is always kept)
+        self.register_buffer("cls_bias", cls_bias)
+        self.output_names = ["logits"] + [f"kept{k}" for k in sorted(self.layer_rules)]
         self.eval()  # the exporter restores the wrapper's mode recursively: keep it in eval
 
     def forward(self, input_ids: torch.Tensor):
         m = self.m
         h = m.embed(input_ids)
-        score = torch.zeros_like(h[..., 0])
+        pos = torch.cumsum(torch.ones_like(input_ids[0]), 0) - 1     # arange(T), trace-friendly
+        kept = []
+        score = None
+        n_layers = len(m.layers)
         for i, layer in enumerate(m.layers):
-            if i in self.layer_rules:
-                open_ = getattr(self, f"open{i}")
-                s = score[0, 1:]
-                n = torch.ones_like(s).sum().clamp(min=1).long()
-                order = torch.topk(s, s.shape[0]).indices   # ONNX TopK: equal values -> lower index first
-                pos = torch.cumsum(torch.ones_like(order), 0) - 1
-                rank = torch.zeros_like(order).scatter(0, order, pos)
-                bins = torch.div(rank * open_.shape[0], n, rounding_mode="floor")
-                keep = open_[bins]
-                idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(keep)[:, 0] + 1])
-                h = h[:, idx]
-            ones = torch.ones_like(h[..., 0])
-            h, score = layer_forward(layer, h, torch.zeros_like(ones), ones, m.heads)
-        return m.head(h[:, 0]), ones.sum(1).long()
+            if i in self.layer_rules and score is not None:
+                t = score.shape[1]
+                s = score[0] + self.cls_bias[:t]
+                order = torch.topk(s, t).indices            # ONNX TopK: equal values -> lower index first
+                keep_sorted = getattr(self, f"table{i}")[t][:t]     # keep decision per sorted slot
+                keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
+                idx = torch.nonzero(keep).squeeze(1)        # kept positions, original order
+                h = torch.index_select(h, 1, idx)
+                pos = torch.index_select(pos, 0, idx)
+                kept.append(pos)                            # original positions entering layer i
+            h, score = _layer_b1(layer, h, m.heads, cls_only=m.cls_last and i == n_layers - 1)
+        return (m.head(h[:, 0]), *kept)
 
 
-def export_onegraph(model: TokenGatedBert, path: str | Path) -> Path:
+def keep_table(open_: list, max_len: int) -> torch.Tensor:
+    """[max_len+1, max_len] bool: row t = keep decision for the t tokens sorted [CLS] first, then
+    the body by significance: slot 0 ([CLS]) kept, body slot r of n = t-1 kept iff
+    open_[floor(r * bins / n)] (the rule of ``select_keep``, precomputed for every length)."""
+    o = np.asarray(open_, dtype=bool)
+    tab = np.zeros((max_len + 1, max_len), dtype=bool)
+    tab[1:, 0] = True
+    for t in range(2, max_len + 1):
+        n = t - 1
+        tab[t, 1:t] = o[(np.arange(n) * o.size) // n]
+    return torch.from_numpy(tab)
+
+
+def export_onegraph(model: TokenGatedBert, path: str | Path, rules: dict | None = None, max_len: int = 64) -> Path:
     path = Path(path)
-    g = OneGraphGated(model)
-    ids = torch.from_numpy(np.array([[101] + list(range(2000, 2030)) + [102]], dtype=np.int64))
+    g = OneGraphGated(model, rules, max_len)
+    ids = torch.from_numpy(example_ids(model.embed.word.num_embeddings, min(32, max_len)))
     with torch.no_grad():
-        torch.onnx.export(g, (ids,), str(path), input_names=["input_ids"], output_names=["logits", "kept"],
-                          dynamic_axes={"input_ids": {1: "seq"}}, opset_version=18, dynamo=False)
+        torch.onnx.export(g, (ids,), str(path), input_names=["input_ids"], output_names=g.output_names,
+                          dynamic_axes={"input_ids": {1: "seq"}, **{k: {0: f"n_{k}"} for k in g.output_names[1:]}},
+                          opset_version=18, dynamo=False)
     return path
+
+
+def example_ids(vocab: int, t: int = 32) -> np.ndarray:
+    if vocab > 2000:
+        return np.array([[101] + list(range(2000, 2000 + t - 2)) + [102]], dtype=np.int64)
+    return np.array([[1] + [5 + (7 * i) % (vocab - 5) for i in range(t - 2)] + [2]], dtype=np.int64)

@@ -68,12 +68,18 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
           epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.05,
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
           max_seconds: float | None = None, gate_init: float | None = 1.0,
-          freeze_gates: bool = False) -> dict[str, Any]:
+          freeze_gates: bool = False, teacher: np.ndarray | None = None, kd_alpha: float = 1.0,
+          kd_temp: float = 2.0, const_lr: bool | None = None) -> dict[str, Any]:
     """Fine-tune. knob=None -> ungated (mode "full"); else hard-concrete gates with
     loss = CE + knob * sparsity + w(t) * bimodal, where w(t) is 0 for the first half of the steps
     and ramps to ``bimodal`` over the second half (gates first find their place, then binarise).
     ``gate_init`` resets the gate logits first (None keeps them). ``freeze_gates``: keep the
-    learned gates fixed and hard (as at inference) and fine-tune only the encoder and head."""
+    learned gates fixed and hard (as at inference) and fine-tune only the encoder and head, with
+    the kept tokens physically removed (``hard_forward``: the same code path as inference).
+    ``teacher``: logits [N, C] of a teacher (the ungated fine-tuned model) on ``seqs``; adds
+    knowledge distillation, task loss = CE + kd_alpha * T^2 * KL(teacher_T || student_T).
+    ``const_lr``: constant learning rate (default: constant for gated runs, warm-up + linear
+    decay for ungated / frozen-gate runs)."""
     if knob is not None and knob < 0:
         raise UsageError(f"knob must be >= 0, got {knob}", "use e.g. --knob 0.5 (larger = fewer tokens)")
     if len(seqs) != len(labels) or not len(seqs):
@@ -93,19 +99,35 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
         groups.append({"params": [model.gate_logits], "lr": gate_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = max(1, int(epochs * len(seqs) / batch))
+    if const_lr is None:
+        const_lr = gated and not freeze_gates
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) if not gated else 1.0)
+        opt, lambda s: 1.0 if const_lr else min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    teacher_t = None
+    if teacher is not None:
+        teacher_t = torch.as_tensor(np.asarray(teacher), dtype=torch.float32)
+        if teacher_t.shape[0] != len(seqs):
+            raise DataError(f"teacher logits for {teacher_t.shape[0]} examples, data has {len(seqs)}",
+                            "compute the teacher logits on the same training set")
     model.train()
     t0, hist, step = time.time(), [], 0
     batches = _length_bucketed(seqs, batch, rng, int(np.ceil(epochs)) + 1)
     for step in range(steps):
         idx = batches[step]
         ids, mask = pad_batch([seqs[i] for i in idx])
-        out = model(ids, mask, mode="soft" if gated else "full")
+        if freeze_gates:
+            out = model.hard_forward(ids, mask)
+        else:
+            out = model(ids, mask, mode="soft" if gated else "full")
         ce = torch.nn.functional.cross_entropy(out["logits"], labels_t[idx])
         loss = ce
-        if gated:
+        if teacher_t is not None:
+            F = torch.nn.functional
+            kd = F.kl_div(F.log_softmax(out["logits"] / kd_temp, -1), F.log_softmax(teacher_t[idx] / kd_temp, -1),
+                          reduction="batchmean", log_target=True) * kd_temp ** 2
+            loss = ce + kd_alpha * kd
+        if gated and not freeze_gates:
             reg = model.regularizers(out["kept"], mask)
             loss = ce + knob * reg["sparsity"] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
         opt.zero_grad()
@@ -114,7 +136,9 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
         opt.step()
         sched.step()
         rec = {"step": step, "ce": float(ce.detach())}
-        if gated:
+        if teacher_t is not None:
+            rec["kd"] = float(kd.detach())
+        if gated and not freeze_gates:
             rec.update(sparsity=float(reg["sparsity"].detach()), bimodal=float(reg["bimodal"].detach()))
         hist.append(rec)
         if log and (step % 50 == 0 or step == steps - 1):
@@ -147,6 +171,19 @@ def _length_bucketed(seqs: list, batch: int, rng: np.random.Generator, rounds: i
 
 
 @torch.no_grad()
+def teacher_logits(model: TokenGatedBert, seqs: list[list[int]], batch: int = 64) -> np.ndarray:
+    """Ungated logits [N, C] (eval mode, all tokens): the distillation targets."""
+    model.eval()
+    srt = np.argsort([len(s) for s in seqs], kind="stable")
+    out = np.zeros((len(seqs), model.head.out.out_features), dtype=np.float32)
+    for i in range(0, len(seqs), batch):
+        sel = srt[i:i + batch]
+        ids, mask = pad_batch([seqs[j] for j in sel])
+        out[sel] = model.run_hard(ids, mask, rules={})["logits"].numpy()
+    return out
+
+
+@torch.no_grad()
 def evaluate(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, rules: dict | None = None,
              batch: int = 64) -> dict[str, Any]:
     """Hard inference (tokens physically removed). rules: None = learned gates, {} = ungated,
@@ -161,9 +198,9 @@ def evaluate(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, r
         out = model.run_hard(ids, mask, rules=rules)
         pred[sel] = out["logits"].argmax(1).numpy()
         cnt[sel] = out["tokens_per_layer"]
-    flops = model.flops(cnt)
     return {"accuracy": float((pred == np.asarray(labels)).mean()), "tokens_per_layer": cnt.mean(0).tolist(),
-            "flops": float(flops.mean()), "n": int(len(seqs))}
+            "flops": float(model.flops(cnt).mean()), "flops_plain_last_layer": float(model.flops(cnt, False).mean()),
+            "n": int(len(seqs))}
 
 
 def uniform_rules(model: TokenGatedBert, kind: str, value: float) -> dict[int, dict]:
