@@ -148,7 +148,7 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
 
 
 def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_path):
-    from flwr.app import Array, Message, MetricRecord, RecordDict, ArrayRecord
+    from flwr.app import Message, MetricRecord, RecordDict
 
     from edgekit.federated.client_app import train_clone
     from edgekit.federated.server_app import AsyncServer
@@ -163,9 +163,7 @@ def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_pat
     def client(msg, ctx):
         reply = train_clone(msg, ctx)
         if ctx.node_id == bad_shape:
-            arrays = {k: Array(np.zeros((3, 3), np.float32)) for k in reply.content["arrays"].keys()}
-            return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}),
-                           reply_to=msg)
+            return _wrong_shape_reply(reply, msg, (3, 3))
         if ctx.node_id == no_examples:
             return Message(RecordDict({"arrays": reply.content["arrays"],
                                        "metrics": MetricRecord({"num-examples": 0, "base-version": 0})}),
@@ -184,8 +182,6 @@ def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_pat
 
 def test_fedavg_drops_wrong_shape_replies_with_reason(caplog):
     """Flower's FedAvg would crash on a reply of the wrong shape; ours logs and drops it."""
-    from flwr.app import Array, ArrayRecord, Message, RecordDict
-
     from edgekit.federated.client_app import train_clone
     from edgekit.federated.server_app import AsyncServer
 
@@ -195,9 +191,7 @@ def test_fedavg_drops_wrong_shape_replies_with_reason(caplog):
     def client(msg, ctx):
         reply = train_clone(msg, ctx)
         if ctx.node_id == bad:
-            arrays = {k: Array(np.zeros((2, 5), np.float32)) for k in reply.content["arrays"].keys()}
-            return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}),
-                           reply_to=msg)
+            return _wrong_shape_reply(reply, msg, (2, 5))
         return reply
 
     grid.client_fn = client
@@ -352,3 +346,11 @@ def test_transient_grid_errors_do_not_end_the_run(caplog):
     with caplog.at_level(logging.WARNING, logger="edgekit.federated"):
         res = AsyncServer(grid, _cfg(max_versions=3)).run()
     assert res["version"] == 3 and "SuperLink went away" in caplog.text
+
+
+def _wrong_shape_reply(reply, msg, shape):
+    """The client's reply with every array replaced by zeros of ``shape`` (a malformed update)."""
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    arrays = {k: Array(np.zeros(shape, np.float32)) for k in reply.content["arrays"].keys()}
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}), reply_to=msg)
