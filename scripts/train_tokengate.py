@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--hard-steps", type=int, default=0, help="gated: then N steps with gates frozen hard")
     ap.add_argument("--hard-lr", type=float, default=3e-5, help="gated: learning rate of the frozen-gate phase")
     ap.add_argument("--kd", type=float, default=0.0,
-                    help="gated: distil from the ungated model, loss = CE + KD * T^2 * KL (0 = off)")
+                    help="gated (frozen-gate phase) and ungated_more: distil from the ungated model, loss = CE + KD * T^2 * KL (0 = off)")
     ap.add_argument("--kd-temp", type=float, default=2.0)
     ap.add_argument("--bimodal", type=float, default=20.0,
                     help="gated: weight of the bi-modal term mean g(1-g), ramped in over the second half")
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
             info = {"steps": T.load_model(p1)[1]["steps"]}
         else:
             info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
-                           seed=a.seed, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp, bimodal=a.bimodal)
+                           seed=a.seed, bimodal=a.bimodal)   # KD is used in the frozen-gate phase only
             T.save_model(model, p1, meta={"knob": a.knob, "steps": info["steps"], "phase": 1})
         phase1_dev = T.evaluate(model, *d["dev"]) if a.hard_steps else None
         if phase1_dev:

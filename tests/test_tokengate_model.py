@@ -151,6 +151,12 @@ def test_distillation_and_frozen_phase_use_teacher_and_physical_removal():
     assert np.allclose(t[:4], m.run_hard(ids, mask, rules={})["logits"].numpy(), atol=1e-5)
     hist = train(m, seqs, y, knob=1.0, epochs=1, batch=16, teacher=t, log=None)["history"]
     assert "kd" in hist[-1] and hist[-1]["kd"] >= 0
+
+    def trained_head(teacher):   # KD must change what gate training learns, not just be logged
+        mm = tiny_model(vocab=300, seed=0)
+        train(mm, seqs, y, knob=1.0, epochs=1, batch=16, teacher=teacher, kd_alpha=5.0, log=None)
+        return mm.head.out.weight.detach().clone()
+    assert not torch.allclose(trained_head(np.ascontiguousarray(t[:, ::-1])), trained_head(None))
     m.gate_logits.data[:, 4:] = -5.0
     m.train()
     out = m.hard_forward(ids, mask)

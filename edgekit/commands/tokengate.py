@@ -56,7 +56,7 @@ def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, b
             T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len})
     teacher = T.teacher_logits(m, data["train"][0]) if kd else None   # the ungated model distils
     info = T.train(m, *data["train"], knob=knob, epochs=steps * 32 / len(data["train"][0]), lr=2e-5,
-                   seed=seed, log=log, teacher=teacher, kd_alpha=kd, bimodal=bimodal)
+                   seed=seed, log=log, bimodal=bimodal)   # KD is used in the frozen-gate phase only
     if hard_steps:  # phase 2: gates fixed and hard, encoder adapts to the removal it will see
         T.train(m, *data["train"], knob=None, freeze_gates=True, epochs=hard_steps * 32 / len(data["train"][0]),
                 lr=3e-5, seed=seed + 1, log=log, teacher=teacher, kd_alpha=kd)
@@ -101,7 +101,7 @@ def register(app) -> None:
                   seed: int = typer.Option(0),
                   hard_steps: int = typer.Option(HARD_STEPS, "--hard-steps",
                                                  help="then fine-tune N steps with the gates frozen hard"),
-                  kd: float = typer.Option(1.0, "--kd", help="distillation weight from the ungated model (0 = off)"),
+                  kd: float = typer.Option(1.0, "--kd", help="distillation weight from the ungated model in the frozen-gate phase (0 = off)"),
                   bimodal: float = typer.Option(20.0, "--bimodal", help="weight of the gate bi-modal term"),
                   as_json: bool = typer.Option(False, "--json")):
         """Fine-tune with trainable token gates on rotten-tomatoes (fresh vs rotten)."""

@@ -129,7 +129,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
             loss = ce + kd_alpha * kd
         if gated and not freeze_gates:
             reg = model.regularizers(out["kept"], mask)
-            loss = ce + knob * reg["sparsity"] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
+            loss = loss + knob * reg["sparsity"] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(body, 1.0)
