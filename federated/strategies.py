@@ -104,6 +104,7 @@ class FedBuff(AsyncAggregator):
         self.buffer = []
         return new, info
 
+
 class ClonedDistillation(AsyncAggregator):
     """Buffered distillation of K teacher clones into the core model, with screening.
 
@@ -200,15 +201,15 @@ class ClonedDistillation(AsyncAggregator):
             start = {k: avg[k].astype(core[k].dtype) for k in core}
         else:
             start = core
-        self.buffer_meta = [(u.base_version, float(u.num_examples)) for u in self.buffer]
+        buffer_meta = [(u.base_version, float(u.num_examples)) for u in self.buffer]
         self.buffer = []
-        new = start
+        new, v_new = start, None   # v_new: validation accuracy of ``new`` when already measured
         t_list, t_w = [teachers[i] for i in kept], w
         if self.epochs > 0 and self.teacher_window > 0:
             from .distill import soft_labels
 
             T = self.temperature
-            self.window += [(self.buffer_meta[i][0], self.buffer_meta[i][1],
+            self.window += [(buffer_meta[i][0], buffer_meta[i][1],
                              soft_labels(teachers[i], self.public_x, T)) for i in kept]
             self.window = self.window[-self.teacher_window:]
             t_list = [p for _, _, p in self.window]
@@ -224,12 +225,11 @@ class ClonedDistillation(AsyncAggregator):
                 v_start, v_dist = self._val(start), self._val(distilled)
                 keep = v_dist > v_start
                 info["distilled-kept" if keep else "distilled-discarded"] = 1
-                if keep:
-                    new = distilled
+                new, v_new = (distilled, v_dist) if keep else (start, v_start)
             else:
                 new = distilled
         if self.screen:  # step guard: never accept a core that got clearly worse on validation
-            before, after = self._val(core), self._val(new)
+            before, after = self._val(core), (v_new if v_new is not None else self._val(new))
             # tolerance: ``guard``, or 2 binomial standard errors if the validation set is small
             tol = max(self.guard, 2.0 * float(np.sqrt(max(before * (1 - before), 1e-4) / len(self.val_y))))
             if after < before - tol:
