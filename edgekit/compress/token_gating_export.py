@@ -120,12 +120,13 @@ def export_gated(model: TokenGatedBert, out: str | Path, name: str = "tokengate"
     if single:
         import tempfile
 
-        from edgekit.compress.token_gating_onegraph import OneGraphGated, example_ids, export_onegraph
+        from edgekit.compress.token_gating_onegraph import OneGraphGated, example_ids, export_b1
         tmpdir = tempfile.TemporaryDirectory(prefix="tg-single-")
-        one = export_onegraph(model, Path(tmpdir.name) / "single.onnx", rules, max_len)
         og = OneGraphGated(model, rules, max_len)
-        graphs["single"] = GraphSource(og, {"input_ids": example_ids(vocab, min(32, max_len))},
-                                       og.output_names, {"input_ids": {1: "seq"}}, onnx_path=str(one))
+        b1_ids = example_ids(vocab, min(32, max_len))
+        one = export_b1(og, Path(tmpdir.name) / "single.onnx", b1_ids, og.output_names)
+        graphs["single"] = GraphSource(og, {"input_ids": b1_ids}, og.output_names, {"input_ids": {1: "seq"}},
+                                       onnx_path=str(one))
     n_labels = model.head.out.out_features
     inputs = [TensorSpec("input_ids", "int64", ("batch", "seq")), TensorSpec("attention_mask", "int64", ("batch", "seq"))]
     outputs = [TensorSpec("logits", "float32", ("batch", n_labels)),
@@ -181,11 +182,6 @@ def export_ungated_single_bundle(model: TokenGatedBert, out: str | Path, name: s
 def export_ungated_single(model: TokenGatedBert, path: str | Path, cls_last: bool = False) -> Path:
     """Batch-1 ungated reference ONNX (input_ids [1, T] -> logits) written with the same exporter
     and layer code as the gated one-graph, for a like-for-like batch-1 latency comparison."""
-    from edgekit.compress.token_gating_onegraph import example_ids
-    path = Path(path)
-    ids = torch.from_numpy(example_ids(model.embed.word.num_embeddings))
-    with torch.no_grad():
-        torch.onnx.export(UngatedSingle(model.eval(), cls_last).eval(), (ids,), str(path), input_names=["input_ids"],
-                          output_names=["logits"], dynamic_axes={"input_ids": {1: "seq"}}, opset_version=18,
-                          dynamo=False)
-    return path
+    from edgekit.compress.token_gating_onegraph import example_ids, export_b1
+    return export_b1(UngatedSingle(model.eval(), cls_last).eval(), path,
+                     example_ids(model.embed.word.num_embeddings), ["logits"])

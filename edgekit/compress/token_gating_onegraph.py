@@ -100,15 +100,22 @@ def keep_table(open_: list, max_len: int) -> torch.Tensor:
     return torch.from_numpy(tab)
 
 
-def export_onegraph(model: TokenGatedBert, path: str | Path, rules: dict | None = None, max_len: int = 64) -> Path:
+def export_b1(module: nn.Module, path: str | Path, ids: np.ndarray, output_names: list[str]) -> Path:
+    """TorchScript-export a batch-1 text graph (input_ids [1, T] -> output_names; outputs after
+    the first have a data-dependent length). One exporter setting for the gated one-graph and the
+    ungated batch-1 reference, so their latencies compare like for like."""
     path = Path(path)
-    g = OneGraphGated(model, rules, max_len)
-    ids = torch.from_numpy(example_ids(model.embed.word.num_embeddings, min(32, max_len)))
     with torch.no_grad():
-        torch.onnx.export(g, (ids,), str(path), input_names=["input_ids"], output_names=g.output_names,
-                          dynamic_axes={"input_ids": {1: "seq"}, **{k: {0: f"n_{k}"} for k in g.output_names[1:]}},
+        torch.onnx.export(module, (torch.from_numpy(ids),), str(path), input_names=["input_ids"],
+                          output_names=output_names,
+                          dynamic_axes={"input_ids": {1: "seq"}, **{k: {0: f"n_{k}"} for k in output_names[1:]}},
                           opset_version=18, dynamo=False)
     return path
+
+
+def export_onegraph(model: TokenGatedBert, path: str | Path, rules: dict | None = None, max_len: int = 64) -> Path:
+    g = OneGraphGated(model, rules, max_len)
+    return export_b1(g, path, example_ids(model.embed.word.num_embeddings, min(32, max_len)), g.output_names)
 
 
 def example_ids(vocab: int, t: int = 32) -> np.ndarray:
