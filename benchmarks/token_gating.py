@@ -24,13 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
 
 from token_gating_lib import (baseline_curves, latency, matched, matmul_scaling, parity, plot,  # noqa: E402
                              robustness)
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
 OUT = ROOT / "benchmarks" / "results"
+
+
+def control_row(T, data: dict) -> dict:
+    """Training-budget control: CACHE/ungated_more.pt (ungated, trained as long as the gated runs)."""
+    um, um_meta = T.load_model(CACHE / "ungated_more.pt")
+    row = {"steps_after_ungated": um_meta.get("steps"), "kd": um_meta.get("kd"),
+           **{s: T.evaluate(um, *data[s], rules={}) for s in data}}
+    print("ungated_more", {s: round(row[s]["accuracy"], 4) for s in data}, flush=True)
+    return row
 
 
 def main() -> None:
@@ -55,10 +63,7 @@ def main() -> None:
     data = {s: (T.encode_all(texts[s][0], tok, 64), texts[s][1]) for s in texts}
     if a.only_control:
         res = json.loads((OUT / "token_gating.json").read_text())
-        um, um_meta = T.load_model(CACHE / "ungated_more.pt")
-        res["ungated_more_control"] = {"steps_after_ungated": um_meta.get("steps"), "kd": um_meta.get("kd"),
-                                       **{s: T.evaluate(um, *data[s], rules={}) for s in data}}
-        print("ungated_more", {s: round(res["ungated_more_control"][s]["accuracy"], 4) for s in data}, flush=True)
+        res["ungated_more_control"] = control_row(T, data)
         tmp = OUT / "token_gating.json.tmp"
         tmp.write_text(json.dumps(res, indent=1, default=float))
         os.replace(tmp, OUT / "token_gating.json")
@@ -68,10 +73,7 @@ def main() -> None:
     res: dict = {"ungated": {s: T.evaluate(base, *data[s], rules={}) for s in data}, "gated": []}
     print("ungated", {s: round(v["accuracy"], 4) for s, v in res["ungated"].items()}, flush=True)
     if (CACHE / "ungated_more.pt").exists() and not (CACHE / "ungated_more.pt.tmp").exists():   # training-budget control: ungated, trained as long as gated
-        um, um_meta = T.load_model(CACHE / "ungated_more.pt")
-        res["ungated_more_control"] = {"steps_after_ungated": um_meta.get("steps"), "kd": um_meta.get("kd"),
-                                       **{s: T.evaluate(um, *data[s], rules={}) for s in data}}
-        print("ungated_more", {s: round(res["ungated_more_control"][s]["accuracy"], 4) for s in data}, flush=True)
+        res["ungated_more_control"] = control_row(T, data)
     pat = re.compile(r"gated_k([0-9.]+)" + (re.escape(a.tag) if a.tag is not None else ".*") + "$")
     ckpts = sorted([p for p in CACHE.glob("gated_k*.pt") if pat.match(p.stem)],
                    key=lambda p: float(pat.match(p.stem).group(1)))
