@@ -74,6 +74,7 @@ class AsyncServer:
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
                            "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
         self.resumed = False
+        self._grid_errors = 0  # Grid calls failed in a row (see _grid_call)
         self.served: dict | None = None  # EMA of the core (cfg.ema > 0): the model that is served
         if cfg.checkpoint_dir:
             st = ckpt.load(cfg.checkpoint_dir)
@@ -163,7 +164,7 @@ class AsyncServer:
         try:
             out = fn(*args)
         except Exception as err:  # noqa: BLE001 - Flower raises several transport error types
-            self._grid_errors = getattr(self, "_grid_errors", 0) + 1
+            self._grid_errors += 1
             if self._grid_errors > self.GRID_ERRORS_MAX:
                 raise
             log.warning("grid %s failed (%d in a row), retrying: %s: %s", fn.__name__,
