@@ -60,30 +60,38 @@ class Embed(nn.Module):
         return self.drop(self.norm(h))
 
 
-def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, qmask: torch.Tensor,
-                  heads: int, cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor | None, qmask: torch.Tensor | None,
+                  heads: int, cls_only: bool = False, batch1: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One BertLayer on h [B,T,D] with additive key bias [B,T]; returns (hidden, score [B,T]).
     score[k] = attention received by key k, mean over heads and over queries weighted by qmask.
     ``cls_only``: only the [CLS] query row is computed (keys/values still over all T tokens);
-    returns (hidden [B,1,D], None). Exact for the last layer, whose only consumer is the head."""
+    returns (hidden [B,1,D], None). Exact for the last layer, whose only consumer is the head.
+    ``batch1``: one row without padding (key_bias and qmask must be None; score = plain mean over
+    heads and queries); shapes are left to the graph (-1), so a traced export has no shape math
+    (the bundle's batch-1 one-graph, token_gating_onegraph.py)."""
     sa, so = layer.attention.self, layer.attention.output
-    b, t = h.shape[0], h.shape[1]
+    if batch1 and (key_bias is not None or qmask is not None):
+        raise ValueError("batch1=True takes no key bias or query mask")
+    b = 1 if batch1 else h.shape[0]
     d = sa.query.out_features            # a Python constant, so tracing exporters see no shape math
     dh = d // heads
 
-    def split(x: torch.Tensor, n: int) -> torch.Tensor:
-        return x.view(b, n, heads, dh).transpose(1, 2)
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, -1, heads, dh).transpose(1, 2)
 
     hq = h[:, :1] if cls_only else h
-    tq = 1 if cls_only else t
-    q, k, v = split(sa.query(hq), tq), split(sa.key(h), t), split(sa.value(h), t)
-    att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh) + key_bias[:, None, None, :]
+    q, k, v = split(sa.query(hq)), split(sa.key(h)), split(sa.value(h))
+    att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh)
+    if key_bias is not None:
+        att = att + key_bias[:, None, None, :]
     p = torch.softmax(att, dim=-1)
-    ctx = torch.matmul(sa.dropout(p), v).transpose(1, 2).reshape(b, tq, d)
+    ctx = torch.matmul(sa.dropout(p), v).transpose(1, 2).reshape(b, -1, d)
     a = so.LayerNorm(so.dropout(so.dense(ctx)) + hq)
     o = layer.output.LayerNorm(layer.output.dropout(layer.output.dense(layer.intermediate(a))) + a)
     if cls_only:
         return o, None
+    if qmask is None:
+        return o, p.mean(dim=(1, 2))
     w = qmask / qmask.sum(1, keepdim=True).clamp_min(1e-6)
     score = torch.einsum("bhqk,bq->bk", p, w) / heads
     return o, score

@@ -47,11 +47,10 @@ class UngatedSingle(nn.Module):
         self.m, self.cls_last = model, cls_last
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        from edgekit.compress.token_gating_onegraph import _layer_b1
         h = self.m.embed(input_ids)
         n = len(self.m.layers)
         for i, layer in enumerate(self.m.layers):
-            h, _ = _layer_b1(layer, h, self.m.heads, cls_only=self.cls_last and i == n - 1)
+            h, _ = layer_forward(layer, h, None, None, self.m.heads, cls_only=self.cls_last and i == n - 1, batch1=True)
         return self.m.head(h[:, 0])
 
 

@@ -16,35 +16,13 @@ length without unbacked-symbol guards.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compress.token_gating import TokenGatedBert
-
-
-def _layer_b1(layer: nn.Module, h: torch.Tensor, heads: int, cls_only: bool):
-    """layer_forward for one row without padding (no key bias); score = attention received,
-    mean over heads and queries (as layer_forward with an all-ones query mask)."""
-    sa, so = layer.attention.self, layer.attention.output
-    d = sa.query.out_features
-    dh = d // heads
-    hq = h[:, :1] if cls_only else h
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(1, -1, heads, dh).transpose(1, 2)
-
-    q, k, v = split(sa.query(hq)), split(sa.key(h)), split(sa.value(h))
-    p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh), dim=-1)
-    ctx = torch.matmul(p, v).transpose(1, 2).reshape(1, -1, d)
-    a = so.LayerNorm(so.dense(ctx) + hq)
-    o = layer.output.LayerNorm(layer.output.dense(layer.intermediate(a)) + a)
-    if cls_only:
-        return o, None
-    return o, p.mean(dim=(1, 2))
+from edgekit.compress.token_gating import TokenGatedBert, layer_forward
 
 
 class OneGraphGated(nn.Module):
@@ -83,7 +61,8 @@ class OneGraphGated(nn.Module):
                 h = torch.index_select(h, 1, idx)
                 pos = torch.index_select(pos, 0, idx)
                 kept.append(pos)                            # original positions entering layer i
-            h, score = _layer_b1(layer, h, m.heads, cls_only=m.cls_last and i == n_layers - 1)
+            h, score = layer_forward(layer, h, None, None, m.heads, cls_only=m.cls_last and i == n_layers - 1,
+                                     batch1=True)
         return (m.head(h[:, 0]), *kept)
 
 
