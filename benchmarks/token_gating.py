@@ -41,6 +41,16 @@ def control_row(T, data: dict) -> dict:
     return row
 
 
+def topk_ft_row(T, data: dict) -> dict:
+    """Fair-budget baseline: CACHE/topk_ft.pt, a fixed top-k-by-attention schedule (no learned
+    gates) given the same frozen-gate fine-tune as the gated models (scripts/train_tokengate.py topk_ft)."""
+    m, meta = T.load_model(CACHE / "topk_ft.pt")
+    row = {"ratios": meta.get("ratios"), "hard_steps": meta.get("hard_steps"), "kd": meta.get("kd"),
+           **{s: T.evaluate(m, *data[s]) for s in data}}
+    print("topk_ft", {s: (round(row[s]["accuracy"], 4), round(row[s]["flops"] / 1e6, 1)) for s in data}, flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lat-n", type=int, default=200, help="examples timed at batch 1")
@@ -74,6 +84,8 @@ def main() -> None:
     print("ungated", {s: round(v["accuracy"], 4) for s, v in res["ungated"].items()}, flush=True)
     if (CACHE / "ungated_more.pt").exists() and not (CACHE / "ungated_more.pt.tmp").exists():   # training-budget control: ungated, trained as long as gated
         res["ungated_more_control"] = control_row(T, data)
+    if (CACHE / "topk_ft.pt").exists():
+        res["topk_finetuned"] = topk_ft_row(T, data)
     pat = re.compile(r"gated_k([0-9.]+)" + (re.escape(a.tag) if a.tag is not None else ".*") + "$")
     ckpts = sorted([p for p in CACHE.glob("gated_k*.pt") if pat.match(p.stem)],
                    key=lambda p: float(pat.match(p.stem).group(1)))
@@ -113,6 +125,8 @@ def main() -> None:
     u = res["ungated"]["test"]
     res["ungated_cls_last_row"] = {"test_accuracy": u["accuracy"], "test_flops": u["flops"],
                                    "test_flops_reduction": u["flops_plain_last_layer"] / u["flops"]}
+    if "topk_finetuned" in res:
+        res["topk_finetuned"]["test_flops_reduction"] = u["flops_plain_last_layer"] / res["topk_finetuned"]["test"]["flops"]
     for r in res["gated"]:
         r["test_matched_baselines"] = matched(res["baselines"], r["test"]["flops"])
         r["test_flops_reduction"] = u["flops_plain_last_layer"] / r["test"]["flops"]

@@ -194,6 +194,10 @@ def plot(res: dict, path) -> None:
         ax.annotate(f"knob {r['knob']:g}" + ("" if r["recipe"] == res["monotone_dev"]["recipe"] else " (other recipe)"),
                     (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
+    tf = res.get("topk_finetuned")
+    if tf:
+        ax.plot([tf["test"]["flops"] / 1e6], [100 * tf["test"]["accuracy"]], "D", ms=7, c="tab:purple",
+                label="fixed top-k schedule + same fine-tune (fair-budget baseline)")
     u = res["ungated"]["test"]
     ax.plot([u["flops_plain_last_layer"] / 1e6], [100 * u["accuracy"]], "*", ms=12, c="r", label="ungated fine-tuned")
     ax.plot([u["flops"] / 1e6], [100 * u["accuracy"]], "*", ms=9, c="orange",

@@ -56,6 +56,13 @@ def main(path: str | None = None) -> str:
             + ", ".join(f"{t:.1f}" for t in g["test"]["tokens_per_layer"])
             + f" | {cell('first_k')} | {cell('topk_attention')} | {cell('topk_attention_once')} | "
             f"{cell('threshold_attention')} |")
+    tf = r.get("topk_finetuned")
+    if tf:
+        add(f"| top-k attention, fixed schedule r = {', '.join(f'{x:g}' for x in tf['ratios'])} (no learned gates), "
+            f"+ the same {tf['hard_steps']}-step frozen-gate fine-tune, KD {tf['kd']:g} (fair-budget baseline) | – | "
+            f"{pct(tf['dev']['accuracy'])} | {pct(tf['test']['accuracy'])} | {tf['test']['flops'] / 1e6:.0f} | "
+            f"{tf['test_flops_reduction']:.2f} | " + ", ".join(f"{t:.1f}" for t in tf["test"]["tokens_per_layer"])
+            + " | | | | |")
     add("")
     lat = r["latency"]
     rows = [("ort_ungated", "ORT ungated, (ids, mask) graph as `edgekit export` writes it"),

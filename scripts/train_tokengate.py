@@ -2,6 +2,9 @@
 
   python scripts/train_tokengate.py ungated [--epochs 1]            -> CACHE/ungated.pt
   python scripts/train_tokengate.py gated --knob 0.5 [--steps 120]  -> CACHE/gated_k0.5.pt
+  python scripts/train_tokengate.py topk_ft --ratios 0.6875,0.625,0.625,0.625,1 --hard-steps 500 --kd 1
+      -> CACHE/topk_ft.pt: a fixed (unlearned) top-k-by-attention schedule, one keep ratio per gated
+         layer, given the same frozen-gate fine-tune as the gated models (fair-budget baseline)
 CACHE defaults to /tmp/edgekit_tokengate (EDGEKIT_TOKENGATE_CACHE). Each run prints and writes a
 JSON summary (dev + test accuracy, tokens per layer, FLOPs) next to the checkpoint.
 Runs on one thread (shared machine): OMP_NUM_THREADS=1, torch.set_num_threads(1).
@@ -36,10 +39,12 @@ def data(max_len: int):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ungated", "gated", "ungated_more"],
+    ap.add_argument("what", choices=["ungated", "gated", "ungated_more", "topk_ft"],
                     help="ungated_more: continue the ungated model for --steps steps with the gated runs' "
                          "optimiser settings and KD (a training-budget control) -> CACHE/ungated_more.pt")
     ap.add_argument("--knob", type=float, default=0.5)
+    ap.add_argument("--ratios", default="0.6875,0.625,0.625,0.625,1",
+                    help="topk_ft: keep ratio per gated layer (multiples of 1/bins; top-k by attention received)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=0, help="gated: optimisation steps (0 = --epochs)")
     ap.add_argument("--max-len", type=int, default=64)
@@ -55,6 +60,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--kd-temp", type=float, default=2.0)
     ap.add_argument("--bimodal", type=float, default=20.0,
                     help="gated: weight of the bi-modal term mean g(1-g), ramped in over the second half")
+    ap.add_argument("--sparsity", choices=["gates", "flops"], default="flops",
+                    help="gated: L0 term; flops = expected FLOPs fraction (cumulative; the measured recipe), "
+                         "gates = the paper's per-gate term (cost-weighted per layer)")
     ap.add_argument("--tag", default="", help="gated: checkpoint name suffix")
     ap.add_argument("--from-phase1", action="store_true",
                     help="gated: skip gate training, start from CACHE/phase1_k<knob>.pt (saved by an earlier run)")
@@ -80,6 +88,16 @@ def main(argv=None) -> dict:
                        teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / "ungated_more.pt"
         rules = {}
+    elif a.what == "topk_ft":
+        T.load_state(model, CACHE / "ungated.pt")
+        ratios = [float(x) for x in a.ratios.split(",")]
+        T.set_topk_gates(model, ratios)
+        tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
+        teacher = np.load(tpath) if tpath.exists() else T.teacher_logits(model, xs)
+        info = T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
+                       lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
+        ck = CACHE / "topk_ft.pt"
+        rules = None
     else:
         T.load_state(model, CACHE / "ungated.pt")
         teacher = None
@@ -97,7 +115,7 @@ def main(argv=None) -> dict:
             info = {"steps": T.load_model(p1)[1]["steps"]}
         else:
             info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
-                           seed=a.seed, bimodal=a.bimodal)   # KD is used in the frozen-gate phase only
+                           seed=a.seed, bimodal=a.bimodal, sparsity=a.sparsity)   # KD is used in the frozen-gate phase only
             T.save_model(model, p1, meta={"knob": a.knob, "steps": info["steps"], "phase": 1})
         phase1_dev = T.evaluate(model, *d["dev"]) if a.hard_steps else None
         if phase1_dev:
@@ -109,14 +127,16 @@ def main(argv=None) -> dict:
                     lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / f"gated_k{a.knob:g}{a.tag}.pt"
         rules = None
-    res = {"what": a.what, "knob": a.knob if a.what == "gated" else None, "max_len": a.max_len,
+    res = {"what": a.what, "knob": a.knob if a.what == "gated" else None,
+           "ratios": [float(x) for x in a.ratios.split(",")] if a.what == "topk_ft" else None, "max_len": a.max_len,
            "train_seconds": time.time() - t0, "steps": info["steps"], "seed": a.seed,
-           "hard_steps": a.hard_steps if a.what == "gated" else 0, "kd": a.kd,
+           "hard_steps": a.hard_steps if a.what in ("gated", "topk_ft") else 0, "kd": a.kd,
            "dev": T.evaluate(model, *d["dev"], rules=rules)}
     if a.what == "gated":
         res.update(kd=a.kd, kd_temp=a.kd_temp, bimodal=a.bimodal, hard_lr=a.hard_lr, gate_lr=a.gate_lr,
+                   sparsity=a.sparsity,
                    recipe=f"{info['steps']} gate steps + {a.hard_steps} frozen-gate steps, KD {a.kd:g}, "
-                          f"bimodal {a.bimodal:g}",
+                          f"bimodal {a.bimodal:g}, sparsity {a.sparsity}",
                    phase1_dev=phase1_dev)
     if a.eval_test:
         res["test"] = T.evaluate(model, *d["test"], rules=rules)

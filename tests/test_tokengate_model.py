@@ -113,6 +113,46 @@ def test_knob_trains_gates_and_trades_tokens():
     assert "bimodal" in hist[5.0][-1]
 
 
+def test_sparsity_terms_gates_and_flops(model):
+    """'gates' = cost-weighted mean open probability per layer (the paper's L0 term): it prices a
+    gate by its own layer only; 'flops' = expected cumulative FLOPs fraction, which also charges an
+    early gate for every later layer, so closing the first gated layer saves relatively more there."""
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2]])
+    mask = torch.ones_like(ids)
+    c = model.layer_token_cost()
+    wg = c[model.gated_layers]
+
+    def reg(closed=None):
+        with torch.no_grad():
+            model.gate_logits.fill_(20.0)
+            if closed is not None:
+                model.gate_logits[closed] = -20.0
+            r = model.regularizers(model(ids, mask, mode="soft")["kept"], mask)
+        return float(r["sparsity_gates"]), float(r["sparsity_flops"])
+
+    g0, f0 = reg()
+    assert abs(g0 - 1) < 1e-4 and abs(f0 - 1) < 1e-4
+    (g1, f1), (g2, f2) = reg(0), reg(len(wg) - 1)        # close the first / the last gated layer
+    assert abs(g1 - (1 - wg[0] / wg.sum())) < 1e-4 and abs(g2 - (1 - wg[-1] / wg.sum())) < 1e-4
+    assert (1 - f1) / (1 - f2) > (1 - g1) / (1 - g2)
+    with pytest.raises(Exception, match="sparsity"):
+        train(model, [[1, 2]], np.array([0]), knob=1.0, sparsity="tokens", log=None)
+
+
+def test_topk_gates_equal_ratio_rule(model):
+    """set_topk_gates encodes a fixed top-k schedule in the gates: same kept tokens as the 'ratio' rule."""
+    from edgekit.compress.token_gating_train import set_topk_gates
+    ids, mask = batch([3, 9, 17, 30], seed=3)
+    ratios = [r / model.bins for r in range(model.bins // 2, model.bins // 2 + len(model.gated_layers))]
+    set_topk_gates(model, ratios)
+    got = model.run_hard(ids, mask)
+    ref = model.run_hard(ids, mask, rules={l: {"kind": "ratio", "ratio": r} for l, r in zip(model.gated_layers, ratios)})
+    assert (got["tokens_per_layer"] == ref["tokens_per_layer"]).all()
+    assert all((a == b).all() for a, b in zip(got["kept_positions"], ref["kept_positions"]))
+    with pytest.raises(Exception, match="multiple of"):
+        set_topk_gates(model, [0.3] * len(model.gated_layers))
+
+
 def test_flops_and_baseline_rules(model):
     f = model.flops(np.array([[10, 10, 10], [10, 5, 5]]))
     assert f[1] < f[0]

@@ -15,8 +15,11 @@ states; the selection code is shared with the torch-free runtime (runtimes/token
 Gates are hard-concrete (Louizos et al. 2018, the L0 relaxation): in training each gate is sampled
 per example, stretched and clipped, so most samples are exactly 0 or 1 and the network trains
 under real token removal; g = P(gate open) is the differentiable gate value.
-Loss = task CE + knob * E[fraction of token-layers computed]   # L0-style sparsity (uses g)
+Loss = task CE + knob * sparsity                                 # L0-style (uses g)
               + bimodal * mean_g g (1 - g)                       # pushes gates to 0/1
+sparsity "flops" (default, the measured recipe): expected fraction of token-proportional FLOPs
+computed (cumulative survival: a layer-1 gate is priced by every layer after it); "gates": the
+paper's per-gate L0 term, mean g with each layer's gates weighted by that layer's own per-token cost.
 ``knob`` is the ONE user-facing trade-off: how many loss units one would pay to run the whole
 encoder on every token; larger knob -> fewer tokens -> fewer FLOPs, lower accuracy.
 """
@@ -274,13 +277,19 @@ class TokenGatedBert(nn.Module):
         return c
 
     def regularizers(self, kept: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """sparsity_gates: the L0 term of the paper, mean open probability of the gates, each
+        layer's gates weighted by that layer's per-token cost (penalises a gate by what its own
+        layer computes, not by everything downstream); sparsity_flops: expected fraction of the
+        encoder's token-proportional FLOPs still computed (cumulative survival); bimodal:
+        mean g(1-g)."""
         n = attention_mask.float().sum(1, keepdim=True).clamp_min(1.0)
         w = torch.as_tensor(self.layer_token_cost(), dtype=kept.dtype)
-        # expected fraction of the encoder's token-proportional FLOPs still computed
-        sparsity = ((kept / n) * w).sum(1).mean() / w.sum()
+        flops = ((kept / n) * w).sum(1).mean() / w.sum()
         g = self.gate_values()
+        wg = w[torch.as_tensor(self.gated_layers)]
+        gates = (g.mean(1) * wg).sum() / wg.sum()
         bimodal = (g * (1 - g)).mean()
-        return {"sparsity": sparsity, "bimodal": bimodal}
+        return {"sparsity_gates": gates, "sparsity_flops": flops, "bimodal": bimodal}
 
     def flops(self, tokens_per_layer: np.ndarray, cls_last: bool | None = None) -> np.ndarray:
         """Counted FLOPs per example (encoder layers + head) from tokens computed at each layer.

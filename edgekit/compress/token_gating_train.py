@@ -69,7 +69,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
           max_seconds: float | None = None, gate_init: float | None = 1.0,
           freeze_gates: bool = False, teacher: np.ndarray | None = None, kd_alpha: float = 1.0,
-          kd_temp: float = 2.0, const_lr: bool | None = None) -> dict[str, Any]:
+          kd_temp: float = 2.0, const_lr: bool | None = None, sparsity: str = "flops") -> dict[str, Any]:
     """Fine-tune. knob=None -> ungated (mode "full"); else hard-concrete gates with
     loss = CE + knob * sparsity + w(t) * bimodal, where w(t) is 0 for the first half of the steps
     and ramps to ``bimodal`` over the second half (gates first find their place, then binarise).
@@ -78,8 +78,12 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
     the kept tokens physically removed (``hard_forward``: the same code path as inference).
     ``teacher``: logits [N, C] of a teacher (the ungated fine-tuned model) on ``seqs``; adds
     knowledge distillation, task loss = CE + kd_alpha * T^2 * KL(teacher_T || student_T).
+    ``sparsity``: "gates" (the paper's per-gate L0 term, cost-weighted per layer) or "flops"
+    (expected fraction of FLOPs, cumulative; see TokenGatedBert.regularizers).
     ``const_lr``: constant learning rate (default: constant for gated runs, warm-up + linear
     decay for ungated / frozen-gate runs)."""
+    if sparsity not in ("gates", "flops"):
+        raise UsageError(f"unknown sparsity term {sparsity!r}", "use 'gates' or 'flops'")
     if knob is not None and knob < 0:
         raise UsageError(f"knob must be >= 0, got {knob}", "use e.g. --knob 0.5 (larger = fewer tokens)")
     if len(seqs) != len(labels) or not len(seqs):
@@ -129,7 +133,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
             loss = ce + kd_alpha * kd
         if gated and not freeze_gates:
             reg = model.regularizers(out["kept"], mask)
-            loss = loss + knob * reg["sparsity"] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
+            loss = loss + knob * reg["sparsity_" + sparsity] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(body, 1.0)
@@ -139,7 +143,7 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
         if teacher_t is not None:
             rec["kd"] = float(kd.detach())
         if gated and not freeze_gates:
-            rec.update(sparsity=float(reg["sparsity"].detach()), bimodal=float(reg["bimodal"].detach()))
+            rec.update(sparsity=float(reg["sparsity_" + sparsity].detach()), flops=float(reg["sparsity_flops"].detach()), bimodal=float(reg["bimodal"].detach()))
         hist.append(rec)
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step")
@@ -209,6 +213,23 @@ def uniform_rules(model: TokenGatedBert, kind: str, value: float) -> dict[int, d
         return {1: {"kind": "first", "layer": 1, "k": int(value)}}
     key = {"ratio": "ratio", "threshold": "threshold"}[kind]
     return {l: {"kind": kind, "layer": l, key: float(value)} for l in model.gated_layers}
+
+
+def set_topk_gates(model: TokenGatedBert, ratios: Sequence[float]) -> None:
+    """Hard-set the gates to a fixed top-k schedule: before gated layer i keep the ceil(r_i * n)
+    most significant tokens (the relative-rank bins < r_i * bins open). r_i must be a multiple of
+    1/bins so the gates encode it exactly (then rules() equals the 'ratio' rule)."""
+    if len(ratios) != len(model.gated_layers):
+        raise UsageError(f"{len(ratios)} ratios for {len(model.gated_layers)} gated layers",
+                         f"give one keep ratio per gated layer {model.gated_layers}")
+    with torch.no_grad():
+        for i, r in enumerate(ratios):
+            n_open = r * model.bins
+            if not 0 < r <= 1 or abs(n_open - round(n_open)) > 1e-6:
+                raise UsageError(f"keep ratio {r} is not a multiple of 1/{model.bins} in (0, 1]",
+                                 f"use k/{model.bins}, e.g. {round(max(r, 1 / model.bins) * model.bins) / model.bins:g}")
+            model.gate_logits[i] = torch.where(torch.arange(model.bins) < round(n_open),
+                                               torch.tensor(10.0), torch.tensor(-10.0))
 
 
 def first_k_truncate(seqs: list[list[int]], k: int) -> list[list[int]]:
