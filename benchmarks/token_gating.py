@@ -95,7 +95,9 @@ def main() -> None:
         k = float(meta["knob"])
         models[ck.name] = m
         row = {"knob": k, "checkpoint": ck.name, "steps": meta.get("steps"), "hard_steps": meta.get("hard_steps", 0),
-               "recipe": meta.get("recipe", f"{meta.get('steps')} gate steps"), "kd": meta.get("kd", 0),
+               "recipe": meta.get("recipe", f"{meta.get('steps')} gate steps")
+               + ("" if "sparsity" in meta else ", sparsity flops")   # checkpoints from before the choice
+               + (f", gate lr {meta['gate_lr']:g}" if meta.get("gate_lr") is not None else ""), "kd": meta.get("kd", 0),
                "phase1_dev": meta.get("phase1_dev"), "rules": {str(l): r["open"] for l, r in m.rules().items()}}
         for s in data:
             row[s] = T.evaluate(m, *data[s])

@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=0, help="gated: optimisation steps (0 = --epochs)")
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--gate-lr", type=float, default=0.05)
+    ap.add_argument("--gate-lr", type=float, default=0.02)
     ap.add_argument("--bins", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-test", action="store_true")
@@ -60,9 +60,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--kd-temp", type=float, default=2.0)
     ap.add_argument("--bimodal", type=float, default=20.0,
                     help="gated: weight of the bi-modal term mean g(1-g), ramped in over the second half")
-    ap.add_argument("--sparsity", choices=["gates", "flops"], default="flops",
-                    help="gated: L0 term; flops = expected FLOPs fraction (cumulative; the measured recipe), "
-                         "gates = the paper's per-gate term (cost-weighted per layer)")
+    ap.add_argument("--sparsity", choices=["gates", "flops"], default="gates",
+                    help="gated: L0 term; gates = the paper's per-gate term, cost-weighted per layer (the "
+                         "recipe); flops = expected FLOPs fraction (cumulative; the earlier recipe)")
     ap.add_argument("--tag", default="", help="gated: checkpoint name suffix")
     ap.add_argument("--from-phase1", action="store_true",
                     help="gated: skip gate training, start from CACHE/phase1_k<knob>.pt (saved by an earlier run)")

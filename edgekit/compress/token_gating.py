@@ -17,9 +17,10 @@ per example, stretched and clipped, so most samples are exactly 0 or 1 and the n
 under real token removal; g = P(gate open) is the differentiable gate value.
 Loss = task CE + knob * sparsity                                 # L0-style (uses g)
               + bimodal * mean_g g (1 - g)                       # pushes gates to 0/1
-sparsity "flops" (default, the measured recipe): expected fraction of token-proportional FLOPs
-computed (cumulative survival: a layer-1 gate is priced by every layer after it); "gates": the
-paper's per-gate L0 term, mean g with each layer's gates weighted by that layer's own per-token cost.
+sparsity "gates" (default, the measured recipe): the paper's per-gate L0 term, mean g with each
+layer's gates weighted by that layer's own per-token cost; "flops": expected fraction of
+token-proportional FLOPs computed (cumulative survival: a layer-1 gate is priced by every layer
+after it; measured: it prunes almost only before layer 1, which costs more accuracy).
 ``knob`` is the ONE user-facing trade-off: how many loss units one would pay to run the whole
 encoder on every token; larger knob -> fewer tokens -> fewer FLOPs, lower accuracy.
 """

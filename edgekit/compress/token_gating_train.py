@@ -65,11 +65,11 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
 
 
 def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, knob: float | None,
-          epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.05,
+          epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.02,
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
           max_seconds: float | None = None, gate_init: float | None = 1.0,
           freeze_gates: bool = False, teacher: np.ndarray | None = None, kd_alpha: float = 1.0,
-          kd_temp: float = 2.0, const_lr: bool | None = None, sparsity: str = "flops") -> dict[str, Any]:
+          kd_temp: float = 2.0, const_lr: bool | None = None, sparsity: str = "gates") -> dict[str, Any]:
     """Fine-tune. knob=None -> ungated (mode "full"); else hard-concrete gates with
     loss = CE + knob * sparsity + w(t) * bimodal, where w(t) is 0 for the first half of the steps
     and ramps to ``bimodal`` over the second half (gates first find their place, then binarise).
