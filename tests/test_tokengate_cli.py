@@ -56,3 +56,5 @@ def test_cli_train_export_run(tmp_path):
         assert r.returncode == 0, r.stderr
     r = run_cli("tokengate", "train", "--knob", "-1", "--model", "tiny")
     assert r.returncode == 1 and "knob" in r.stderr
+    r = run_cli("tokengate", "train", "--knob", "1", "--model", "tiny", "--sparsity", "tokens")
+    assert r.returncode == 1 and "sparsity" in r.stderr

@@ -33,6 +33,8 @@ def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, b
 
     if knob < 0:
         raise UsageError(f"--knob must be >= 0, got {knob}", "larger knob = fewer tokens; try 2 .. 4")
+    if sparsity not in ("gates", "flops"):
+        raise UsageError(f"unknown --sparsity {sparsity!r}", "use gates (the measured recipe) or flops")
     if model not in ("minilm", "tiny"):
         raise UsageError(f"unknown --model {model!r}", "use minilm (real weights) or tiny (random, for demos)")
     tok = T.minilm_path() / "tokenizer.json"
