@@ -36,6 +36,12 @@ class FedConfig:
     fedavg_ema: float = 0.0  # the same for FedAvg, per round (0: Flower's latest aggregate)
     teacher_window: int = 0  # cloned: distil from the last N kept teachers (0: the buffer only)
     distill_accept: bool = True  # keep the distilled core only if it beats the undistilled start on val
+    refill: bool = True  # cloned: a buffer is aggregated only once K teachers passed screening
+    norm_history: int = 100  # cloned: screen update norms against the last N kept ones (0: off)
+    guard_window: int = 5  # cloned: the step guard compares with the median val of the last N cores
+    rate_weighting: bool = False  # cloned: divide an update's weight by its node's update count
+    lr_decay: float = 0.0  # cloned: server step server_lr/sqrt(1+version/lr_decay) (0: constant)
+    ema_warmup: bool = False  # serving EMA decay min(ema, (1+n)/(10+n)) after n updates
     staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none
     max_staleness: int = 20  # older updates are rejected
     deadline: float = 60.0  # seconds a dispatched clone may take (also FedAvg round timeout)

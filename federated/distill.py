@@ -61,8 +61,15 @@ def _precision(model: nn.Module, x: np.ndarray, y: np.ndarray, min_support: int 
 
 def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
                     n_classes: int, *, core_state: State | None = None, chance_margin: float = 0.02,
-                    outlier_k: float = 4.0) -> Screening:
-    """Decide which teachers may teach. Never drops everything because of outlier rules alone."""
+                    outlier_k: float = 4.0, update_norms: list[float] | None = None,
+                    norm_ref: tuple[float, float] | None = None) -> Screening:
+    """Decide which teachers may teach. Never drops everything because of outlier rules alone.
+
+    ``update_norms`` (each teacher's ||clone - its base||) with ``norm_ref`` = (median, scaled MAD)
+    of the log norms of previously *kept* updates: a teacher whose update is far larger than the
+    accepted ones (log norm > median + outlier_k * max(MAD, 0.25), i.e. at least e^1 = 2.7x the
+    median) is dropped whatever the rest of this buffer looks like. The in-buffer weight-distance
+    rule below cannot do this when 2 of 4 teachers are attackers (the median is then theirs)."""
     accs = [accuracy(t, val_x, val_y) for t in teachers]
     precs = [_precision(t, val_x, val_y) for t in teachers]
     chance = 1.0 / n_classes
@@ -75,7 +82,15 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
         if _precision(core, val_x, val_y) <= chance + chance_margin:
             bar = chance - chance_margin
     dropped: dict[int, str] = {}
+    if update_norms is not None and norm_ref is not None:
+        med, mad = norm_ref
+        for i, n in enumerate(update_norms):
+            if math.log(max(n, 1e-12)) > med + outlier_k * max(mad, 0.25):
+                dropped[i] = (f"update norm {n:.3g} is far above the accepted updates' "
+                              f"(median {math.exp(med):.3g})")
     for i, (a, pr) in enumerate(zip(accs, precs)):
+        if i in dropped:
+            continue
         # a non-IID teacher that knows 2 classes has ~20% accuracy but its predictions are
         # still mostly right; label flippers and random models are wrong whatever they predict
         if pr <= bar:

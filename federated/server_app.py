@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -69,6 +70,7 @@ class AsyncServer:
             seed=cfg.seed, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum,
             staleness=cfg.staleness, distill_accept=cfg.distill_accept,
             example_weighting=cfg.example_weighting, teacher_window=cfg.teacher_window,
+            refill=cfg.refill, guard_window=cfg.guard_window, rate_weighting=cfg.rate_weighting, norm_history=cfg.norm_history, lr_decay=cfg.lr_decay,
             max_wait=cfg.max_wait or None)
         self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
@@ -76,6 +78,7 @@ class AsyncServer:
         self.resumed = False
         self._grid_errors = 0  # Grid calls failed in a row (see _grid_call)
         self.served: dict | None = None  # EMA of the core (cfg.ema > 0): the model that is served
+        self.ema_updates = 0  # EMA updates so far (for the warm-up)
         if cfg.checkpoint_dir:
             st = ckpt.load(cfg.checkpoint_dir)
             if st is not None:
@@ -92,6 +95,14 @@ class AsyncServer:
                 mom = {k[9:]: v for k, v in st.aux.items() if k.startswith("momentum/")}
                 self.aggregator.momentum = mom or None
                 self.served = {k[7:]: v for k, v in st.aux.items() if k.startswith("served/")} or None
+                if "norm-hist" in st.aux and hasattr(self.aggregator, "norm_hist"):
+                    self.aggregator.norm_hist = [float(x) for x in st.aux["norm-hist"]]
+                if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
+                    self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
+                self.ema_updates = int(self.meta.get("ema-updates", self.version))
+                if hasattr(self.aggregator, "node_counts"):
+                    self.aggregator.node_counts = {int(k): int(v) for k, v in
+                                                   self.meta.get("node-counts", {}).items()}
                 self.resumed = True
                 log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
                          self.version, len(st.buffer), self.accepted)
@@ -128,6 +139,10 @@ class AsyncServer:
             self.served = {k: v.copy() for k, v in self.core.items()}
         else:
             b = self.ema
+            self.ema_updates += 1
+            self.meta["ema-updates"] = self.ema_updates
+            if self.cfg.ema_warmup:  # early on the average must not lag the fast-moving core
+                b = min(b, (1.0 + self.ema_updates) / (10.0 + self.ema_updates))
             self.served = {k: (b * self.served[k] + (1 - b) * v).astype(v.dtype) for k, v in self.core.items()}
 
     def _record(self, used: int) -> None:
@@ -142,10 +157,17 @@ class AsyncServer:
     def save(self) -> None:
         self.meta["elapsed"] = self.elapsed()
         self.meta["rejected"] = dict(self.rejected)
+        if getattr(self.aggregator, "node_counts", None):
+            self.meta["node-counts"] = {str(k): v for k, v in self.aggregator.node_counts.items()}
         if self.cfg.checkpoint_dir:
             mom = getattr(self.aggregator, "momentum", None) or {}
             aux = {f"momentum/{k}": v for k, v in mom.items()}
             aux.update({f"served/{k}": v for k, v in (self.served or {}).items()})
+            hist = getattr(self.aggregator, "norm_hist", None)
+            if hist:
+                aux["norm-hist"] = np.asarray(hist, np.float64)
+            if getattr(self.aggregator, "val_hist", None):
+                aux["val-hist"] = np.asarray(self.aggregator.val_hist, np.float64)
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(
                 self.core, self.version, list(self.aggregator.buffer), self.accepted, self.meta, aux=aux))
 
@@ -264,9 +286,9 @@ class AsyncServer:
             return False
         new, info = self.aggregator.aggregate(self.core, self.version)
         stats = self.meta.setdefault("agg-stats", {})
-        for k in ("dropped", "guarded", "distilled-kept", "distilled-discarded"):
+        for k in ("dropped", "guarded", "deferred", "distilled-kept", "distilled-discarded"):
             stats[k] = stats.get(k, 0) + int(info.get(k, 0))
-        if info.get("guarded"):  # the core did not change: keep its version (no false staleness)
+        if info.get("guarded") or info.get("deferred"):  # the core did not change: keep its version (no false staleness)
             self.save()
             return True
         self.core, self.version = new, self.version + 1

@@ -125,8 +125,28 @@ class ClonedDistillation(AsyncAggregator):
                  epochs: int = 1, lr: float = 1e-4, seed: int = 0, guard: float = 0.03,
                  clip: bool = True, server_lr: float = 1.0, server_momentum: float = 0.0,
                  distill_accept: bool = True, example_weighting: bool = True,
-                 teacher_window: int = 0, **kw):
+                 teacher_window: int = 0, refill: bool = True, norm_history: int = 100,
+                 lr_decay: float = 0.0, guard_window: int = 5, rate_weighting: bool = False, **kw):
         super().__init__(buffer_size, **kw)
+        # refill: a full buffer whose screening kept fewer than K teachers is not aggregated; the
+        # kept ones wait for more, so every core step averages K screened updates (otherwise a
+        # buffer with 3 attackers moves the core a full step along 1-2 non-IID updates)
+        self.refill = bool(refill)
+        # log update norms of the last ``norm_history`` kept teachers: the reference for the
+        # update-norm screening rule (0: off; only the in-buffer weight-distance rule)
+        self.norm_history = int(norm_history)
+        self.norm_hist: list[float] = []
+        # server step schedule: server_lr / sqrt(1 + version / lr_decay) (0: constant)
+        self.lr_decay = float(lr_decay)
+        # step guard reference: median validation accuracy of the last ``guard_window`` accepted
+        # cores (1: the current core only, the old rule)
+        self.guard_window = int(guard_window)
+        self.val_hist: list[float] = []
+        # participation-rate correction: an update's weight is divided by how many updates its
+        # node has contributed so far, so fast nodes do not dominate the objective (each node's
+        # total influence ~ its examples, as in synchronous FedAvg)
+        self.rate_weighting = bool(rate_weighting)
+        self.node_counts: dict[int, int] = {}
         # buffered distillation over a sliding window of the last ``teacher_window`` kept teachers
         # (their soft labels on the public split are cached; 0: only the current buffer)
         self.teacher_window = int(teacher_window)
@@ -148,6 +168,7 @@ class ClonedDistillation(AsyncAggregator):
         base = history.get(update.base_version)
         if base is None:
             raise Rejected(f"base version {update.base_version} is no longer kept (too stale)")
+        self.node_counts[update.node_id] = self.node_counts.get(update.node_id, 0) + 1
         both = {f"t/{k}": v for k, v in update.state.items()}
         both.update({f"d/{k}": (update.state[k] - base[k]).astype(base[k].dtype) for k in base})
         self.buffer.append(Update(update.node_id, update.base_version, update.num_examples, both,
@@ -156,6 +177,14 @@ class ClonedDistillation(AsyncAggregator):
     def _teacher(self, u: Update) -> State:
         return {k[2:]: v for k, v in u.state.items() if k.startswith("t/")} if self.init == "delta" \
             else u.state
+
+    def norm_ref(self) -> tuple[float, float] | None:
+        """(median, scaled MAD) of the kept updates' log norms; None until 10 are known."""
+        if self.norm_history <= 0 or len(self.norm_hist) < 10:
+            return None
+        h = np.asarray(self.norm_hist)
+        med = float(np.median(h))
+        return med, float(1.4826 * np.median(np.abs(h - med)))
 
     def _val(self, state: State) -> float:
         from .models import accuracy, set_state
@@ -167,8 +196,13 @@ class ClonedDistillation(AsyncAggregator):
         from .models import get_state, set_state
 
         teachers = [set_state(self.model_fn(), self._teacher(u)) for u in self.buffer]
+        unorms = None
+        if self.init == "delta":
+            unorms = [float(np.sqrt(sum(float((v ** 2).sum()) for k, v in u.state.items()
+                                        if k.startswith("d/")))) for u in self.buffer]
         if self.screen:
-            sc = screen_teachers(teachers, self.val_x, self.val_y, self.n_classes, core_state=core)
+            sc = screen_teachers(teachers, self.val_x, self.val_y, self.n_classes, core_state=core,
+                                 update_norms=unorms, norm_ref=self.norm_ref())
             for i, why in sc.dropped.items():
                 log.info("screening: dropped teacher from node %s (base v%d): %s",
                          self.buffer[i].node_id, self.buffer[i].base_version, why)
@@ -176,11 +210,22 @@ class ClonedDistillation(AsyncAggregator):
         else:
             kept = list(range(len(teachers)))
         info = {"used": len(kept), "dropped": len(teachers) - len(kept)}
+        if self.refill and self.screen and len(self.buffer) >= self.buffer_size \
+                and len(kept) < self.buffer_size:
+            # wait for more screened teachers (a max_wait-triggered partial buffer is used as is)
+            self.buffer = [self.buffer[i] for i in kept]
+            info.update(used=0, deferred=1)
+            return core, info
         if not kept:
             self.buffer = []
             return core, info
-        w = [self.buffer[i].num_examples * staleness_weight(version - self.buffer[i].base_version,
-                                                           self.staleness) for i in kept]
+        if unorms is not None and self.norm_history > 0:
+            self.norm_hist = (self.norm_hist + [float(np.log(max(unorms[i], 1e-12))) for i in kept]
+                              )[-self.norm_history:]
+        rate = {i: 1.0 / max(1, self.node_counts.get(self.buffer[i].node_id, 1)) if self.rate_weighting
+                else 1.0 for i in kept}
+        w = [rate[i] * self.buffer[i].num_examples * staleness_weight(
+            version - self.buffer[i].base_version, self.staleness) for i in kept]
         tot = sum(w)
         if self.init == "delta":  # one (momentum) server step along the teachers' updates
             deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in core} for i in kept}
@@ -189,12 +234,15 @@ class ClonedDistillation(AsyncAggregator):
             scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
             # staleness is an absolute discount (as in FedBuff): sum_i s_i r_i d_i / sum_i r_i, with
             # r_i = examples (example_weighting) or 1; old updates shrink the step, not just its mix
-            r = [float(self.buffer[i].num_examples) if self.example_weighting else 1.0 for i in kept]
+            r = [rate[i] * (float(self.buffer[i].num_examples) if self.example_weighting else 1.0)
+                 for i in kept]
             s_w = [staleness_weight(version - self.buffer[i].base_version, self.staleness) for i in kept]
             step = {k: sum(ri * si * scale[i] * deltas[i][k] for ri, si, i in zip(r, s_w, kept)) / sum(r)
                     for k in core}
             m = self.momentum_step(step)
-            start = {k: (core[k] + self.server_lr * m[k]).astype(core[k].dtype) for k in core}
+            eta = self.server_lr / np.sqrt(1.0 + version / self.lr_decay) if self.lr_decay > 0 \
+                else self.server_lr
+            start = {k: (core[k] + eta * m[k]).astype(core[k].dtype) for k in core}
         elif self.init == "average":  # FedDF-style start: weighted average of the kept teachers
             avg = {k: sum(wi * self._teacher(self.buffer[i])[k] for wi, i in zip(w, kept)) / tot
                    for k in core}
@@ -230,6 +278,11 @@ class ClonedDistillation(AsyncAggregator):
                 new = distilled
         if self.screen:  # step guard: never accept a core that got clearly worse on validation
             before, after = self._val(core), (v_new if v_new is not None else self._val(new))
+            if self.guard_window > 1 and self.val_hist:
+                # compare with the median validation accuracy of the last accepted cores: one
+                # lucky core (its validation score is an overestimate) must not block every later
+                # step (seen: 17 honest 5-teacher steps in a row rejected after one such core)
+                before = float(np.median(self.val_hist[-self.guard_window:]))  # [-1]: the core
             # tolerance: ``guard``, or 2 binomial standard errors if the validation set is small
             tol = max(self.guard, 2.0 * float(np.sqrt(max(before * (1 - before), 1e-4) / len(self.val_y))))
             if after < before - tol:
@@ -237,6 +290,7 @@ class ClonedDistillation(AsyncAggregator):
                 info["guarded"] = 1
                 self.momentum = None  # a rejected direction should not keep pushing
                 return core, info
+            self.val_hist = (self.val_hist + [after])[-max(self.guard_window, 1):]
         return new, info
 
 

@@ -219,7 +219,7 @@ def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(digits):
 
     def agg(**kw):
         a = ClonedDistillation(lambda: build_model("mlp", 64, 10), digits.public_x, digits.val_x,
-                               digits.val_y, 10, buffer_size=len(ups), guard=1.0, **kw)
+                               digits.val_y, 10, buffer_size=len(ups), guard=1.0, refill=False, **kw)
         for u in ups:
             a.add(u, {0: core})
         return a.aggregate(core, 0)

@@ -1,0 +1,223 @@
+"""Tests of the robust screening / aggregation rules of the cloned method (edgekit.federated):
+update-norm screening against the history of kept updates, refilling the buffer until K
+teachers passed screening, the step guard's median reference, participation-rate weighting,
+the server step schedule, the serving-EMA warm-up, and that their state survives a restart."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch = pytest.importorskip("torch")
+pytest.importorskip("flwr")
+torch.set_num_threads(1)
+
+from edgekit.federated import checkpoint as ckpt  # noqa: E402
+from edgekit.federated.config import FedConfig  # noqa: E402
+from edgekit.federated.data import dirichlet_partition, load_dataset  # noqa: E402
+from edgekit.federated.models import accuracy, build_model, get_state, set_state, train_local  # noqa: E402
+from edgekit.federated.strategies import ClonedDistillation, Update  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", 0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A core trained a little, and 4 honest non-IID clones of it (full states)."""
+    m = build_model("mlp", 64, 10)
+    train_local(m, digits.pool_x, digits.pool_y, epochs=1, lr=0.05, seed=0)
+    core = get_state(m)
+    ups = []
+    for i, part in enumerate(dirichlet_partition(digits.pool_y, 4, 0.5, 0, min_size=8)):
+        t = set_state(build_model("mlp", 64, 10), core)
+        train_local(t, digits.pool_x[part], digits.pool_y[part], epochs=2, lr=0.05, seed=i)
+        ups.append(Update(100 + i, 0, len(part), get_state(t)))
+    return core, ups
+
+
+def _agg(digits, **kw):
+    kw.setdefault("epochs", 0)
+    return ClonedDistillation(lambda: build_model("mlp", 64, 10), digits.public_x, digits.val_x,
+                              digits.val_y, 10, **kw)
+
+
+def _random_update(core, node, seed):
+    rng = np.random.default_rng(seed)
+    return Update(node, 0, 50, {k: rng.normal(0, 1, v.shape).astype(v.dtype) for k, v in core.items()})
+
+
+def _norm(core, st):
+    return float(np.sqrt(sum(float(((st[k] - core[k]) ** 2).sum()) for k in core)))
+
+
+def test_update_norm_screening_catches_attackers_that_outvote_the_buffer(digits, trained):
+    from edgekit.federated.distill import screen_teachers
+
+    core, ups = trained
+    # 2 honest + 2 random-weight teachers: within this buffer the random ones are not outliers
+    buf = [ups[0].state, ups[1].state, _random_update(core, 7, 1).state, _random_update(core, 8, 2).state]
+    models = [set_state(build_model("mlp", 64, 10), s) for s in buf]
+    norms = [_norm(core, s) for s in buf]
+    logs = np.log([_norm(core, u.state) for u in ups] * 3)  # 12 kept honest updates so far
+    ref = (float(np.median(logs)), float(1.4826 * np.median(np.abs(logs - np.median(logs)))))
+    with_ref = screen_teachers(models, digits.val_x, digits.val_y, 10, core_state=core,
+                               update_norms=norms, norm_ref=ref)
+    assert with_ref.kept == [0, 1], with_ref.dropped
+    assert "update norm" in with_ref.dropped[2] and "update norm" in with_ref.dropped[3]
+
+
+def test_aggregator_learns_the_norm_reference_from_kept_updates(digits, trained):
+    core, ups = trained
+    a = _agg(digits, buffer_size=4, guard=1.0)
+    assert a.norm_ref() is None
+    for _ in range(3):
+        for u in ups:
+            a.add(u, {0: core})
+        a.aggregate(core, 0)
+    med, _ = a.norm_ref()
+    honest = np.log([_norm(core, u.state) for u in ups])
+    assert len(a.norm_hist) == 12 and honest.min() <= med <= honest.max()
+    a.add(_random_update(core, 9, 3), {0: core})
+    for u in ups[:3]:
+        a.add(u, {0: core})
+    _, info = a.aggregate(core, 0)
+    assert info["dropped"] >= 1 and len(a.norm_hist) == 12  # the attacker never enters the history
+
+
+def test_refill_waits_for_k_screened_teachers(digits, trained):
+    core, ups = trained
+    a = _agg(digits, buffer_size=3, guard=1.0)
+    for u in ups[:2]:
+        a.add(u, {0: core})
+    a.add(_random_update(core, 9, 4), {0: core})
+    new, info = a.aggregate(core, 0)
+    assert info.get("deferred") == 1 and info["dropped"] == 1
+    assert all(np.array_equal(new[k], core[k]) for k in core)  # the core did not move
+    assert [u.node_id for u in a.buffer] == [ups[0].node_id, ups[1].node_id]
+    assert not a.ready(0.0)
+    a.add(ups[2], {0: core})
+    new, info = a.aggregate(core, 0)
+    assert "deferred" not in info and info["used"] == 3 and not a.buffer
+    assert not all(np.array_equal(new[k], core[k]) for k in core)
+    # without refill the same buffer is aggregated at once from 2 teachers
+    b = _agg(digits, buffer_size=3, guard=1.0, refill=False)
+    for u in ups[:2]:
+        b.add(u, {0: core})
+    b.add(_random_update(core, 9, 4), {0: core})
+    _, info = b.aggregate(core, 0)
+    assert info["used"] == 2 and "deferred" not in info
+
+
+def test_server_does_not_bump_the_version_on_a_deferred_buffer():
+    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.simulate import VirtualGrid, make_profiles
+
+    prof = make_profiles(4, seed=0, horizon=400, churn=False, sec_per_example=0.02)
+    grid = VirtualGrid(prof).configure("digits", 0, 0.5)
+    srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", max_versions=2,
+                                      buffer_size=2, deadline=60.0, poll=1.0, max_time=2000.0))
+    calls = []
+    real = srv.aggregator.aggregate
+
+    def first_deferred(core, version):
+        calls.append(version)
+        if len(calls) == 1:
+            srv.aggregator.buffer = srv.aggregator.buffer[:1]
+            return core, {"used": 0, "dropped": 1, "deferred": 1}
+        return real(core, version)
+
+    srv.aggregator.aggregate = first_deferred
+    res = srv.run()
+    assert calls[:2] == [0, 0] and res["version"] == 2 and res["agg_stats"]["deferred"] == 1
+
+
+def test_step_guard_compares_with_the_median_of_recent_cores(digits, trained):
+    core, ups = trained
+    v_core = accuracy(set_state(build_model("mlp", 64, 10), core), digits.val_x, digits.val_y)
+
+    def step(window):
+        # an overshooting server step (lr 25) lowers validation accuracy well below the core's
+        a = _agg(digits, buffer_size=4, guard=0.03, server_lr=25.0, guard_window=window)
+        a.val_hist = [0.10, 0.10, 0.10, 0.10, v_core]  # the core is far above the recent ones
+        for u in ups:
+            a.add(u, {0: core})
+        return a.aggregate(core, 0)
+
+    _, one = step(1)
+    new, five = step(5)
+    assert one.get("guarded") == 1  # measured against the (possibly lucky) current core
+    assert "guarded" not in five
+    v_new = accuracy(set_state(build_model("mlp", 64, 10), new), digits.val_x, digits.val_y)
+    assert 0.10 < v_new < v_core - 0.03
+
+
+def _delta_updates(core, signs_nodes, scale=0.01):
+    return [Update(node, 0, 50, {k: (v + sign * scale).astype(v.dtype) for k, v in core.items()})
+            for sign, node in signs_nodes]
+
+
+def test_rate_weighting_and_server_step_schedule(digits, trained):
+    core, _ = trained
+    ups = _delta_updates(core, [(+1, 1), (+1, 1), (-1, 2)])  # node 1 (fast) sent 2, node 2 one
+
+    def step(**kw):
+        a = _agg(digits, buffer_size=3, screen=False, **kw)
+        for u in ups:
+            a.add(u, {0: core})
+        new, _ = a.aggregate(core, 0)
+        return float(np.mean(new["net.0.bias"] - core["net.0.bias"]))
+
+    assert step() == pytest.approx(0.01 / 3, rel=1e-3)  # (2*(+d) - d) / 3
+    assert step(rate_weighting=True) == pytest.approx(0.0, abs=1e-7)  # (d/2 + d/2 - d) / 2
+    assert step(lr_decay=10.0) == pytest.approx(0.01 / 3, rel=1e-3)  # version 0: full step
+    b = _agg(digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none")
+    for u in ups:
+        b.add(u, {0: core})
+    new, _ = b.aggregate(core, 30)  # version 30: step / sqrt(1 + 30/10) = step / 2
+    assert float(np.mean(new["net.0.bias"] - core["net.0.bias"])) == pytest.approx(0.01 / 6, rel=1e-3)
+
+
+def test_serving_ema_warmup():
+    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.simulate import VirtualGrid, make_profiles
+
+    grid = VirtualGrid(make_profiles(2, seed=0, horizon=100, churn=False)).configure("digits", 0, 0.5)
+
+    def served_after(warm):
+        srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", ema=0.9, ema_warmup=warm))
+        base = {k: np.zeros_like(v) for k, v in srv.core.items()}
+        srv.core = base
+        srv._update_served()  # the first version is copied
+        srv.core = {k: np.ones_like(v) for k, v in base.items()}
+        srv._update_served()
+        return float(srv.served["net.0.bias"][0])
+
+    assert served_after(False) == pytest.approx(0.1)
+    assert served_after(True) == pytest.approx(1 - 2 / 11)  # decay min(0.9, (1+1)/(10+1))
+
+
+def test_screening_state_survives_a_restart(tmp_path):
+    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.simulate import VirtualGrid, make_profiles
+
+    prof = make_profiles(4, seed=0, horizon=400, churn=False, sec_per_example=0.02)
+    grid = VirtualGrid(prof).configure("digits", 0, 0.5)
+    kw = dict(method="cloned", dataset="digits", buffer_size=2, deadline=60.0, poll=1.0,
+              max_time=2000.0, checkpoint_dir=str(tmp_path), rate_weighting=True)
+    srv = AsyncServer(grid, FedConfig(max_versions=3, **kw))
+    srv.run()
+    agg = srv.aggregator
+    assert agg.norm_hist and agg.val_hist and agg.node_counts
+    st = ckpt.load(tmp_path)
+    assert "norm-hist" in st.aux and "val-hist" in st.aux
+    back = AsyncServer(grid, FedConfig(max_versions=4, **kw))
+    assert back.resumed
+    assert back.aggregator.norm_hist == pytest.approx(agg.norm_hist)
+    assert back.aggregator.val_hist == pytest.approx(agg.val_hist)
+    assert back.aggregator.node_counts == agg.node_counts
+    assert back.ema_updates == srv.ema_updates
