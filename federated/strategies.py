@@ -108,13 +108,16 @@ class FedBuff(AsyncAggregator):
 class ClonedDistillation(AsyncAggregator):
     """Buffered distillation of K teacher clones into the core model, with screening.
 
-    1. screen the buffered teachers on the server validation set (drop chance-level / outliers);
+    1. screen the buffered teachers on the server validation set (drop chance-level / outliers,
+       and updates far larger than the history of kept ones); with ``refill`` a full buffer
+       whose screening kept fewer than K teachers waits for more instead of being aggregated;
     2. start the student one server step along the kept teachers' staleness- and size-weighted,
        norm-clipped updates (init="delta"; FedDF-style start), optionally with server momentum;
     3. distil the teachers' ensemble into the student on the public unlabeled split;
     4. keep the distilled student only if it beats the undistilled start on validation
        (``distill_accept``) -- distillation can then never make a step worse on validation;
-    5. step guard: keep the core if the step lowered validation accuracy by more than ``guard``.
+    5. step guard: keep the core if the step lowered validation accuracy by more than ``guard``
+       below the median of the last ``guard_window`` accepted cores' validation accuracies.
     """
 
     name = "cloned"
