@@ -187,13 +187,16 @@ def plot(res: dict, path) -> None:
     for k, pts in res["baselines"].items():
         pts = sorted(pts, key=lambda p: p["flops"])
         ax.plot([p["flops"] / 1e6 for p in pts], [100 * p["accuracy"] for p in pts], "o--", ms=3, label=names[k])
-    g = sorted(res["gated"], key=lambda r: r["test"]["flops"])
-    ax.plot([r["test"]["flops"] / 1e6 for r in g], [100 * r["test"]["accuracy"] for r in g], "s-", c="k",
-            label="learned token gates (knob sweep)")
-    for r in g:
-        ax.annotate(f"knob {r['knob']:g}" + ("" if r["recipe"] == res["monotone_dev"]["recipe"] else " (other recipe)"),
-                    (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+    main = res["monotone_dev"]["recipe"]
+    recipes = [main] + sorted({r["recipe"] for r in res["gated"]} - {main})
+    for j, rec in enumerate(recipes):    # one line per training recipe
+        g = sorted([r for r in res["gated"] if r["recipe"] == rec], key=lambda r: r["test"]["flops"])
+        ax.plot([r["test"]["flops"] / 1e6 for r in g], [100 * r["test"]["accuracy"] for r in g],
+                "s-" if j == 0 else "s:", c="k" if j == 0 else "0.55", ms=6 if j == 0 else 4,
+                label="learned token gates (knob sweep)" if j == 0 else f"learned gates, other recipe ({rec.split(', ')[-2]}...)")
+        for r in g:
+            ax.annotate(f"{r['knob']:g}", (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points", color="k" if j == 0 else "0.45")
     tf = res.get("topk_finetuned")
     if tf:
         ax.plot([tf["test"]["flops"] / 1e6], [100 * tf["test"]["accuracy"]], "D", ms=7, c="tab:purple",
@@ -207,7 +210,7 @@ def plot(res: dict, path) -> None:
     ax.set_xlabel("FLOPs per example (M, counted; [CLS]-only last layer except the red star)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("MiniLM-L6, rotten tomatoes (test)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="lower right")
     ks = sorted([r for r in res["gated"] if r["recipe"] == res["monotone_dev"]["recipe"]], key=lambda r: r["knob"])
     bx.plot([r["knob"] for r in ks], [100 * r["dev"]["accuracy"] for r in ks], "o-", c="k", label="dev accuracy")
     bx.set_xlabel("knob")
@@ -218,7 +221,7 @@ def plot(res: dict, path) -> None:
     b2 = bx.twinx()
     b2.plot([r["knob"] for r in ks], [r["dev"]["flops"] / 1e6 for r in ks], "s--", c="tab:blue", label="dev FLOPs")
     b2.set_ylabel("dev FLOPs per example (M)", color="tab:blue")
-    bx.set_title(f"knob trade-off (dev; {res['monotone_dev']['recipe']})", fontsize=9)
+    bx.set_title("knob trade-off on dev (main recipe, left: black)", fontsize=9)
     fig.tight_layout()
     tmp = str(path) + ".tmp.png"
     fig.savefig(tmp, dpi=120)
