@@ -192,8 +192,11 @@ def plot(res: dict, path) -> None:
     for j, rec in enumerate(recipes):    # one line per training recipe
         g = sorted([r for r in res["gated"] if r["recipe"] == rec], key=lambda r: r["test"]["flops"])
         ax.plot([r["test"]["flops"] / 1e6 for r in g], [100 * r["test"]["accuracy"] for r in g],
-                "s-" if j == 0 else "s:", c="k" if j == 0 else "0.55", ms=6 if j == 0 else 4,
-                label="learned token gates (knob sweep)" if j == 0 else f"learned gates, other recipe ({rec.split(', ')[-2]}...)")
+                "s-" if j == 0 else ("s:", "^:", "v:")[(j - 1) % 3], c="k" if j == 0 else ("0.55", "tab:brown", "tab:olive")[(j - 1) % 3],
+                ms=6 if j == 0 else 5,
+                label="learned token gates (knob sweep)" if j == 0 else
+                "learned gates, " + ("earlier recipe (sparsity flops)" if "sparsity flops" in rec
+                                     else rec.split(", ")[0]))
         for r in g:
             ax.annotate(f"{r['knob']:g}", (r["test"]["flops"] / 1e6, 100 * r["test"]["accuracy"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points", color="k" if j == 0 else "0.45")
