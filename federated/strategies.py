@@ -280,12 +280,14 @@ class ClonedDistillation(AsyncAggregator):
             else:
                 new = distilled
         if self.screen:  # step guard: never accept a core that got clearly worse on validation
-            before, after = self._val(core), (v_new if v_new is not None else self._val(new))
+            after = v_new if v_new is not None else self._val(new)
             if self.guard_window > 1 and self.val_hist:
                 # compare with the median validation accuracy of the last accepted cores: one
                 # lucky core (its validation score is an overestimate) must not block every later
                 # step (seen: 17 honest 5-teacher steps in a row rejected after one such core)
                 before = float(np.median(self.val_hist[-self.guard_window:]))  # [-1]: the core
+            else:
+                before = self._val(core)
             # tolerance: ``guard``, or 2 binomial standard errors if the validation set is small
             tol = max(self.guard, 2.0 * float(np.sqrt(max(before * (1 - before), 1e-4) / len(self.val_y))))
             if after < before - tol:
