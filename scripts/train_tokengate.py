@@ -37,6 +37,18 @@ def data(max_len: int):
     return out
 
 
+def ungated_teacher(model, xs, max_len: int) -> np.ndarray:
+    """Train-set logits of the ungated model (just loaded into ``model``): the distillation
+    targets, computed once and cached in CACHE."""
+    from edgekit.compress.token_gating_train import teacher_logits
+    tpath = CACHE / f"teacher_train_len{max_len}.npy"
+    if tpath.exists():
+        return np.load(tpath)
+    teacher = teacher_logits(model, xs)
+    np.save(tpath, teacher)
+    return teacher
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["ungated", "gated", "ungated_more", "topk_ft"],
@@ -82,32 +94,22 @@ def main(argv=None) -> dict:
         rules = {}
     elif a.what == "ungated_more":
         T.load_state(model, CACHE / "ungated.pt")
-        tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
-        teacher = np.load(tpath) if tpath.exists() else T.teacher_logits(model, xs)
+        teacher = ungated_teacher(model, xs, a.max_len)
         info = T.train(model, xs, ys, knob=None, epochs=a.steps * 32 / len(xs), lr=a.hard_lr, seed=a.seed + 1,
                        teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / "ungated_more.pt"
         rules = {}
     elif a.what == "topk_ft":
         T.load_state(model, CACHE / "ungated.pt")
-        ratios = [float(x) for x in a.ratios.split(",")]
-        T.set_topk_gates(model, ratios)
-        tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
-        teacher = np.load(tpath) if tpath.exists() else T.teacher_logits(model, xs)
+        teacher = ungated_teacher(model, xs, a.max_len)
+        T.set_topk_gates(model, [float(x) for x in a.ratios.split(",")])
         info = T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
                        lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / "topk_ft.pt"
         rules = None
     else:
         T.load_state(model, CACHE / "ungated.pt")
-        teacher = None
-        if a.kd:
-            tpath = CACHE / f"teacher_train_len{a.max_len}.npy"
-            if tpath.exists():
-                teacher = np.load(tpath)
-            else:
-                teacher = T.teacher_logits(model, xs)
-                np.save(tpath, teacher)
+        teacher = ungated_teacher(model, xs, a.max_len) if a.kd else None
         epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
         p1 = CACHE / f"phase1_k{a.knob:g}.pt"
         if a.from_phase1:
