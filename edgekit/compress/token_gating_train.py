@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from edgekit.compress.token_gating import TokenGatedBert
+from edgekit.compress.token_gating import SUPPORTED, TokenGatedBert
 from edgekit.errors import DataError, UsageError
 from edgekit.runtimes.tokengate_pipeline import TextEncoder
 
@@ -34,6 +34,71 @@ def load_minilm(num_labels: int = 2, bins: int = 16) -> TokenGatedBert:
     hf_logging.set_verbosity_error()
     bert = BertModel.from_pretrained(str(minilm_path()))
     return TokenGatedBert(bert, num_labels=num_labels, bins=bins)
+
+
+def load_pretrained(name_or_path: str, num_labels: int, bins: int = 16,
+                    label_names: list[str] | None = None) -> tuple[TokenGatedBert, dict]:
+    """Wrap a local transformers BERT-family model (a directory with config.json + weights; a
+    *ForSequenceClassification checkpoint keeps its classifier head) and check numerically that
+    the wrap computes what transformers computes. Returns (model, info): info["finetuned"] is
+    True when the source already classifies exactly ``label_names`` (its config's label2id),
+    info["label_order"] the label order to use then."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = Path(name_or_path)
+    if not (path / "config.json").exists():
+        raise UsageError(f"--model {name_or_path!r} is not minilm, tiny or a local transformers model directory "
+                         "(no config.json there)",
+                         "pass a directory saved with model.save_pretrained(...) (+ its tokenizer), "
+                         "or --model minilm")
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    try:
+        cfg = AutoConfig.from_pretrained(str(path))
+    except Exception as e:
+        raise UsageError(f"cannot read {path / 'config.json'}: {e}", "pass a transformers model directory") from None
+    info: dict[str, Any] = {"model_type": getattr(cfg, "model_type", None), "finetuned": False,
+                            "label_order": list(label_names) if label_names else None}
+    own = {str(k): int(v) for k, v in (getattr(cfg, "label2id", None) or {}).items()}
+    archs = " ".join(getattr(cfg, "architectures", None) or [])
+    if label_names and "ForSequenceClassification" in archs and set(own) == set(map(str, label_names)) \
+            and sorted(own.values()) == list(range(len(own))):
+        info.update(finetuned=True, label_order=sorted(own, key=own.get))
+    try:
+        src = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels,
+                                                                 ignore_mismatched_sizes=True)
+    except Exception as e:
+        raise UsageError(f"cannot load a transformers model from {path}: {type(e).__name__}: {str(e)[:300]}",
+                         f"token gating supports {SUPPORTED}") from None
+    model = TokenGatedBert(src, num_labels=num_labels, bins=bins)
+    info["check"] = model.check_against(src)
+    return model, info
+
+
+def tokenizer_json_for(model_dir: str | Path) -> str:
+    """The fast-tokenizer JSON (text) of a transformers model directory: its tokenizer.json, or
+    one converted by transformers from the slow tokenizer files (vocab.txt, merges, ...). Checks
+    that encoding puts the [CLS]/<s> token first (token gating always keeps position 0)."""
+    d = Path(model_dir)
+    if (d / "tokenizer.json").exists():
+        text = (d / "tokenizer.json").read_text()
+    else:
+        from transformers import AutoTokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(str(d), use_fast=True)
+            text = tok.backend_tokenizer.to_str()
+        except Exception as e:
+            raise UsageError(f"no usable tokenizer in {d} ({type(e).__name__}: {str(e)[:200]})",
+                             "save the tokenizer next to the model: tokenizer.save_pretrained(DIR)") from None
+    from tokenizers import Tokenizer
+    tk = Tokenizer.from_str(text)
+    ids = tk.encode("edge").ids
+    first = {tk.token_to_id(t) for t in ("[CLS]", "<s>", "[BOS]", "<cls>")} - {None}
+    if not ids or ids[0] not in first:
+        raise UsageError(f"the tokenizer in {d} does not start sequences with a [CLS]/<s> token",
+                         "token gating keeps position 0 as the summary token; use a BERT-style tokenizer "
+                         "with post-processing that adds it")
+    return text
 
 
 def tiny_model(num_labels: int = 2, bins: int = 8, layers: int = 3, vocab: int = 30522, seed: int = 0) -> TokenGatedBert:
@@ -239,7 +304,7 @@ def first_k_truncate(seqs: list[list[int]], k: int) -> list[list[int]]:
 
 def arch(model: TokenGatedBert) -> dict:
     return {"bert_config": model.bert_config, "bins": model.bins, "gated_layers": model.gated_layers,
-            "num_labels": model.head.out.out_features}
+            "num_labels": model.head.out.out_features, "family": model.family, "head_act": model.head.act}
 
 
 def save_model(model: TokenGatedBert, path: str | Path, meta: dict | None = None) -> None:
@@ -252,16 +317,24 @@ def save_model(model: TokenGatedBert, path: str | Path, meta: dict | None = None
 
 def load_model(path: str | Path) -> tuple[TokenGatedBert, dict]:
     """Rebuild a TokenGatedBert from a checkpoint written by save_model (no pretrained download)."""
-    from transformers import BertConfig, BertModel
+    from transformers import AutoModel, BertModel, CONFIG_MAPPING
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
     if not Path(path).exists():
         raise UsageError(f"checkpoint not found: {path}", "train first: edgekit tokengate train ...")
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if "arch" not in ck:
         raise UsageError(f"{path} is not a token-gating checkpoint", "use one written by edgekit tokengate train")
     a = ck["arch"]
-    cfg = BertConfig.from_dict(a["bert_config"])
-    model = TokenGatedBert(BertModel(cfg, add_pooling_layer=False), num_labels=a["num_labels"], bins=a["bins"],
-                           gated_layers=a["gated_layers"])
+    conf = dict(a["bert_config"])
+    mt = conf.get("model_type") or "bert"
+    if mt not in CONFIG_MAPPING:
+        raise UsageError(f"{path} needs model type {mt!r}, unknown to this transformers version",
+                         "upgrade transformers")
+    cfg = CONFIG_MAPPING[mt].from_dict(conf)
+    base = BertModel(cfg, add_pooling_layer=False) if mt == "bert" else AutoModel.from_config(cfg)
+    model = TokenGatedBert(base, num_labels=a["num_labels"], bins=a["bins"], gated_layers=a["gated_layers"])
+    model.head.act = a.get("head_act", "tanh")
     model.load_state_dict(ck["state"])
     return model.eval(), ck.get("meta", {})
 
