@@ -44,3 +44,10 @@ def no_torch_env(tmp_path) -> dict:
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise ImportError('torch is deliberately unavailable in this test')\n")
     return {"PYTHONPATH": os.pathsep.join([str(shim.parent), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="session")
+def fed_digits():
+    """The federated digits dataset (pool / public / validation / test splits), seed 0."""
+    from edgekit.federated.data import load_dataset
+    return load_dataset("digits", 0)

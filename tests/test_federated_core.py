@@ -21,11 +21,6 @@ from edgekit.federated.models import accuracy, build_model, get_state, set_state
 from edgekit.federated.strategies import Update  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", 0)
-
-
 def _grid(n=4, **kw):
     from edgekit.federated.simulate import VirtualGrid, make_profiles
 
@@ -40,14 +35,14 @@ def _cfg(**kw):
     return FedConfig(**base)
 
 
-def test_dirichlet_partitions_are_disjoint_and_non_iid(digits):
-    parts = dirichlet_partition(digits.pool_y, 10, alpha=0.1, seed=0)
+def test_dirichlet_partitions_are_disjoint_and_non_iid(fed_digits):
+    parts = dirichlet_partition(fed_digits.pool_y, 10, alpha=0.1, seed=0)
     allidx = np.concatenate(parts)
-    assert len(allidx) == len(np.unique(allidx)) == len(digits.pool_y)
+    assert len(allidx) == len(np.unique(allidx)) == len(fed_digits.pool_y)
     # with alpha=0.1 a typical partition is dominated by few classes
-    top_share = [np.bincount(digits.pool_y[p], minlength=10).max() / max(1, len(p)) for p in parts if len(p)]
+    top_share = [np.bincount(fed_digits.pool_y[p], minlength=10).max() / max(1, len(p)) for p in parts if len(p)]
     assert np.median(top_share) > 0.4
-    assert set(digits.public_x.shape[1:]) == {64} and len(digits.val_y) > 50
+    assert set(fed_digits.public_x.shape[1:]) == {64} and len(fed_digits.val_y) > 50
 
 
 def test_empty_and_malformed_partitions_are_rejected(tmp_path):
@@ -88,41 +83,41 @@ def test_client_replies_error_with_reason_for_bad_data(tmp_path, caplog):
     assert m["num-examples"] > 0 and m["base-version"] == 0 and s.n_classes == 10
 
 
-def test_screening_drops_malicious_teachers(digits):
+def test_screening_drops_malicious_teachers(fed_digits):
     from edgekit.federated.distill import screen_teachers
 
     core = build_model("mlp", 64, 10)
     core_state = get_state(core)
     honest = []
-    for i, part in enumerate(dirichlet_partition(digits.pool_y, 4, 1.0, 0)):
+    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 4, 1.0, 0)):
         m = set_state(build_model("mlp", 64, 10), core_state)
-        train_local(m, digits.pool_x[part], digits.pool_y[part], epochs=5, lr=0.1, seed=i)
+        train_local(m, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=5, lr=0.1, seed=i)
         honest.append(m)
     flipped = set_state(build_model("mlp", 64, 10), core_state)
-    train_local(flipped, digits.pool_x, 9 - digits.pool_y, epochs=5, lr=0.1)
+    train_local(flipped, fed_digits.pool_x, 9 - fed_digits.pool_y, epochs=5, lr=0.1)
     rand = set_state(build_model("mlp", 64, 10),
                      {k: np.random.default_rng(0).normal(0, 1, v.shape).astype(v.dtype) for k, v in core_state.items()})
     h = get_state(honest[0])
     scaled = set_state(build_model("mlp", 64, 10), {k: core_state[k] - 10 * (h[k] - core_state[k]) for k in h})
-    sc = screen_teachers(honest + [flipped, rand, scaled], digits.val_x, digits.val_y, 10,
+    sc = screen_teachers(honest + [flipped, rand, scaled], fed_digits.val_x, fed_digits.val_y, 10,
                          core_state=core_state)
     assert sc.kept == [0, 1, 2, 3], sc.dropped
     assert "chance" in sc.dropped[4]
 
 
-def test_distillation_transfers_and_attend_knob(digits):
+def test_distillation_transfers_and_attend_knob(fed_digits):
     from edgekit.federated.distill import distill, staleness_weight
 
     teacher = build_model("mlp", 64, 10, seed=1)
-    train_local(teacher, digits.pool_x, digits.pool_y, epochs=10, lr=0.1)
-    t_acc = accuracy(teacher, digits.test_x, digits.test_y)
+    train_local(teacher, fed_digits.pool_x, fed_digits.pool_y, epochs=10, lr=0.1)
+    t_acc = accuracy(teacher, fed_digits.test_x, fed_digits.test_y)
     student = build_model("mlp", 64, 10, seed=2)
     before = get_state(student)
-    distill(student, [teacher], [1.0], digits.public_x, attend=1.0, epochs=30, lr=3e-3, optimizer="adam")
-    assert accuracy(student, digits.test_x, digits.test_y) > 0.6 * t_acc
+    distill(student, [teacher], [1.0], fed_digits.public_x, attend=1.0, epochs=30, lr=3e-3, optimizer="adam")
+    assert accuracy(student, fed_digits.test_x, fed_digits.test_y) > 0.6 * t_acc
     keep = set_state(build_model("mlp", 64, 10, seed=2), before)
-    distill(keep, [teacher], [1.0], digits.public_x, attend=0.0, epochs=5, lr=3e-3, optimizer="adam")
-    assert accuracy(keep, digits.test_x, digits.test_y) < 0.4  # retains its own (untrained) view
+    distill(keep, [teacher], [1.0], fed_digits.public_x, attend=0.0, epochs=5, lr=3e-3, optimizer="adam")
+    assert accuracy(keep, fed_digits.test_x, fed_digits.test_y) < 0.4  # retains its own (untrained) view
     assert staleness_weight(0) == 1.0 > staleness_weight(3) > staleness_weight(10)
 
 
@@ -201,31 +196,31 @@ def test_fedavg_drops_wrong_shape_replies_with_reason(caplog):
     assert f"fedavg: rejected reply from node {bad}" in caplog.text and "has shape (2, 5)" in caplog.text
 
 
-def _teacher_buffer(digits, n=4, version=0):
+def _teacher_buffer(fed_digits, n=4, version=0):
     core = get_state(build_model("mlp", 64, 10))
-    parts = dirichlet_partition(digits.pool_y, n, 0.5, 0, min_size=8)
+    parts = dirichlet_partition(fed_digits.pool_y, n, 0.5, 0, min_size=8)
     ups = []
     for i, part in enumerate(parts):
         m = set_state(build_model("mlp", 64, 10), core)
-        train_local(m, digits.pool_x[part], digits.pool_y[part], epochs=3, lr=0.1, seed=i)
+        train_local(m, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=3, lr=0.1, seed=i)
         ups.append(Update(100 + i, version, len(part), get_state(m)))
     return core, ups
 
 
-def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(digits):
+def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(fed_digits):
     from edgekit.federated.strategies import ClonedDistillation
 
-    core, ups = _teacher_buffer(digits)
+    core, ups = _teacher_buffer(fed_digits)
 
     def agg(**kw):
-        a = ClonedDistillation(lambda: build_model("mlp", 64, 10), digits.public_x, digits.val_x,
-                               digits.val_y, 10, buffer_size=len(ups), guard=1.0, refill=False, **kw)
+        a = ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
+                               fed_digits.val_y, 10, buffer_size=len(ups), guard=1.0, refill=False, **kw)
         for u in ups:
             a.add(u, {0: core})
         return a.aggregate(core, 0)
 
     start, _ = agg(epochs=0)
-    val = lambda st: accuracy(set_state(build_model("mlp", 64, 10), st), digits.val_x, digits.val_y)  # noqa: E731
+    val = lambda st: accuracy(set_state(build_model("mlp", 64, 10), st), fed_digits.val_x, fed_digits.val_y)  # noqa: E731
     # a destructive distillation step (huge lr) is discarded: the start is kept, unchanged
     new, info = agg(epochs=2, lr=50.0)
     assert info.get("distilled-discarded") == 1

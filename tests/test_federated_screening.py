@@ -16,34 +16,29 @@ torch.set_num_threads(1)
 
 from edgekit.federated import checkpoint as ckpt  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
-from edgekit.federated.data import dirichlet_partition, load_dataset  # noqa: E402
+from edgekit.federated.data import dirichlet_partition  # noqa: E402
 from edgekit.federated.models import accuracy, build_model, get_state, set_state, train_local  # noqa: E402
 from edgekit.federated.strategies import ClonedDistillation, Update  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", 0)
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
+def trained(fed_digits):
     """A core trained a little, and 4 honest non-IID clones of it (full states)."""
     m = build_model("mlp", 64, 10)
-    train_local(m, digits.pool_x, digits.pool_y, epochs=1, lr=0.05, seed=0)
+    train_local(m, fed_digits.pool_x, fed_digits.pool_y, epochs=1, lr=0.05, seed=0)
     core = get_state(m)
     ups = []
-    for i, part in enumerate(dirichlet_partition(digits.pool_y, 4, 0.5, 0, min_size=8)):
+    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 4, 0.5, 0, min_size=8)):
         t = set_state(build_model("mlp", 64, 10), core)
-        train_local(t, digits.pool_x[part], digits.pool_y[part], epochs=2, lr=0.05, seed=i)
+        train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
         ups.append(Update(100 + i, 0, len(part), get_state(t)))
     return core, ups
 
 
-def _agg(digits, **kw):
+def _agg(fed_digits, **kw):
     kw.setdefault("epochs", 0)
-    return ClonedDistillation(lambda: build_model("mlp", 64, 10), digits.public_x, digits.val_x,
-                              digits.val_y, 10, **kw)
+    return ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
+                              fed_digits.val_y, 10, **kw)
 
 
 def _random_update(core, node, seed):
@@ -55,7 +50,7 @@ def _norm(core, st):
     return float(np.sqrt(sum(float(((st[k] - core[k]) ** 2).sum()) for k in core)))
 
 
-def test_update_norm_screening_catches_attackers_that_outvote_the_buffer(digits, trained):
+def test_update_norm_screening_catches_attackers_that_outvote_the_buffer(fed_digits, trained):
     from edgekit.federated.distill import screen_teachers
 
     core, ups = trained
@@ -65,15 +60,15 @@ def test_update_norm_screening_catches_attackers_that_outvote_the_buffer(digits,
     norms = [_norm(core, s) for s in buf]
     logs = np.log([_norm(core, u.state) for u in ups] * 3)  # 12 kept honest updates so far
     ref = (float(np.median(logs)), float(1.4826 * np.median(np.abs(logs - np.median(logs)))))
-    with_ref = screen_teachers(models, digits.val_x, digits.val_y, 10, core_state=core,
+    with_ref = screen_teachers(models, fed_digits.val_x, fed_digits.val_y, 10, core_state=core,
                                update_norms=norms, norm_ref=ref)
     assert with_ref.kept == [0, 1], with_ref.dropped
     assert "update norm" in with_ref.dropped[2] and "update norm" in with_ref.dropped[3]
 
 
-def test_aggregator_learns_the_norm_reference_from_kept_updates(digits, trained):
+def test_aggregator_learns_the_norm_reference_from_kept_updates(fed_digits, trained):
     core, ups = trained
-    a = _agg(digits, buffer_size=4, guard=1.0)
+    a = _agg(fed_digits, buffer_size=4, guard=1.0)
     assert a.norm_ref() is None
     for _ in range(3):
         for u in ups:
@@ -89,9 +84,9 @@ def test_aggregator_learns_the_norm_reference_from_kept_updates(digits, trained)
     assert info["dropped"] >= 1 and len(a.norm_hist) == 12  # the attacker never enters the history
 
 
-def test_refill_waits_for_k_screened_teachers(digits, trained):
+def test_refill_waits_for_k_screened_teachers(fed_digits, trained):
     core, ups = trained
-    a = _agg(digits, buffer_size=3, guard=1.0)
+    a = _agg(fed_digits, buffer_size=3, guard=1.0)
     for u in ups[:2]:
         a.add(u, {0: core})
     a.add(_random_update(core, 9, 4), {0: core})
@@ -105,7 +100,7 @@ def test_refill_waits_for_k_screened_teachers(digits, trained):
     assert "deferred" not in info and info["used"] == 3 and not a.buffer
     assert not all(np.array_equal(new[k], core[k]) for k in core)
     # without refill the same buffer is aggregated at once from 2 teachers
-    b = _agg(digits, buffer_size=3, guard=1.0, refill=False)
+    b = _agg(fed_digits, buffer_size=3, guard=1.0, refill=False)
     for u in ups[:2]:
         b.add(u, {0: core})
     b.add(_random_update(core, 9, 4), {0: core})
@@ -136,13 +131,13 @@ def test_server_does_not_bump_the_version_on_a_deferred_buffer():
     assert calls[:2] == [0, 0] and res["version"] == 2 and res["agg_stats"]["deferred"] == 1
 
 
-def test_step_guard_compares_with_the_median_of_recent_cores(digits, trained):
+def test_step_guard_compares_with_the_median_of_recent_cores(fed_digits, trained):
     core, ups = trained
-    v_core = accuracy(set_state(build_model("mlp", 64, 10), core), digits.val_x, digits.val_y)
+    v_core = accuracy(set_state(build_model("mlp", 64, 10), core), fed_digits.val_x, fed_digits.val_y)
 
     def step(window):
         # an overshooting server step (lr 25) lowers validation accuracy well below the core's
-        a = _agg(digits, buffer_size=4, guard=0.03, server_lr=25.0, guard_window=window)
+        a = _agg(fed_digits, buffer_size=4, guard=0.03, server_lr=25.0, guard_window=window)
         a.val_hist = [0.10, 0.10, 0.10, 0.10, v_core]  # the core is far above the recent ones
         for u in ups:
             a.add(u, {0: core})
@@ -152,7 +147,7 @@ def test_step_guard_compares_with_the_median_of_recent_cores(digits, trained):
     new, five = step(5)
     assert one.get("guarded") == 1  # measured against the (possibly lucky) current core
     assert "guarded" not in five
-    v_new = accuracy(set_state(build_model("mlp", 64, 10), new), digits.val_x, digits.val_y)
+    v_new = accuracy(set_state(build_model("mlp", 64, 10), new), fed_digits.val_x, fed_digits.val_y)
     assert 0.10 < v_new < v_core - 0.03
 
 
@@ -161,12 +156,12 @@ def _delta_updates(core, signs_nodes, scale=0.01):
             for sign, node in signs_nodes]
 
 
-def test_rate_weighting_and_server_step_schedule(digits, trained):
+def test_rate_weighting_and_server_step_schedule(fed_digits, trained):
     core, _ = trained
     ups = _delta_updates(core, [(+1, 1), (+1, 1), (-1, 2)])  # node 1 (fast) sent 2, node 2 one
 
     def step(**kw):
-        a = _agg(digits, buffer_size=3, screen=False, **kw)
+        a = _agg(fed_digits, buffer_size=3, screen=False, **kw)
         for u in ups:
             a.add(u, {0: core})
         new, _ = a.aggregate(core, 0)
@@ -175,7 +170,7 @@ def test_rate_weighting_and_server_step_schedule(digits, trained):
     assert step() == pytest.approx(0.01 / 3, rel=1e-3)  # (2*(+d) - d) / 3
     assert step(rate_weighting=True) == pytest.approx(0.0, abs=1e-7)  # (d/2 + d/2 - d) / 2
     assert step(lr_decay=10.0) == pytest.approx(0.01 / 3, rel=1e-3)  # version 0: full step
-    b = _agg(digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none")
+    b = _agg(fed_digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none")
     for u in ups:
         b.add(u, {0: core})
     new, _ = b.aggregate(core, 30)  # version 30: step / sqrt(1 + 30/10) = step / 2
