@@ -77,6 +77,16 @@ def example_batch(seq: int = 12, vocab: int = 1000, batch: int = 2) -> tuple[np.
     return ids, mask
 
 
+def _tokenizer_kind(path: str | Path) -> str:
+    """'tokenizer.json (WordPiece)' / '(BPE)' / ... from the tokenizer's own description."""
+    import json
+    try:
+        kind = json.loads(Path(path).read_text()).get("model", {}).get("type") or "unknown model"
+    except (OSError, ValueError, AttributeError):
+        kind = "unreadable"
+    return f"tokenizer.json ({kind})"
+
+
 def pipeline_params(model: TokenGatedBert, rules: dict | None, max_len: int, tokenizer: bool) -> dict:
     rules = model.rules() if rules is None else rules
     return {"num_layers": len(model.layers), "rules": {str(k): v for k, v in rules.items()},
@@ -131,7 +141,7 @@ def export_gated(model: TokenGatedBert, out: str | Path, name: str = "tokengate"
     outputs = [TensorSpec("logits", "float32", ("batch", n_labels)),
                TensorSpec("tokens_per_layer", "int64", ("batch", len(model.layers)))]
     meta = {"labels": labels or [str(i) for i in range(n_labels)], "task": "text-classification",
-            "preprocessing": {"tokenizer": "tokenizer.json (WordPiece, lower case)" if tokenizer_json else None,
+            "preprocessing": {"tokenizer": _tokenizer_kind(tokenizer_json) if tokenizer_json else None,
                               "max_len": max_len, "truncation": "keep first max_len-1 pieces + [SEP]"},
             **(metadata or {})}
     extra = {"tokenizer.json": Path(tokenizer_json)} if tokenizer_json else None
