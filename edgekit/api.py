@@ -18,7 +18,7 @@ from edgekit.exporters.adapter import adapt, reference
 from edgekit.exporters.job import ExportJob
 from edgekit.exporters.targets import Target, resolve_targets
 from edgekit.exporters.validate import host, make_cases, validate_artifact
-from edgekit.specs import TensorSpec
+from edgekit.specs import TensorSpec, check_dynamic
 
 VALIDATION_FILE_LIMIT = 16 << 20  # stored example inputs+reference outputs, for on-device `edgekit validate`
 
@@ -66,8 +66,11 @@ def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
 
     from edgekit.exporters.adapter import flatten_outputs
 
-    with torch.inference_mode():
-        raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
+    try:
+        with torch.inference_mode():
+            raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
+    except Exception as e:
+        raise _fails_on_example(e) from e
     if isinstance(raw, dict):  # dicts and transformers ModelOutputs: name outputs after their keys
         names = []
         for key, value in raw.items():
@@ -105,13 +108,14 @@ def export(model: Any, example_inputs: Any = None, *, targets: Any = ("onnx",), 
             raise UsageError("example_inputs are required to export a PyTorch module",
                              "pass e.g. torch.randn(1, 3, 224, 224) or a dict name -> array")
         ex = normalize_examples(model, example_inputs, input_names)
+        dynamic = check_dynamic(dynamic, ex)
         output_names = output_names or _default_output_names(model, ex)
         meta = dict(metadata or {})
         graph = GraphSource(model, ex, list(output_names), dynamic)
         name = name or type(model).__name__.lower()
     return export_graphs({"main": graph}, pipeline=pipeline, targets=targets, out=out, name=name,
                          precision=precision, metadata=meta, extra_files=extra_files, calib=calib,
-                         opset=opset, options=options, progress=progress)
+                         opset=opset, options=options, progress=progress, strict_dynamic=True)
 
 
 def _references(src: GraphSource, module: Any, cases: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
@@ -128,15 +132,50 @@ def _references(src: GraphSource, module: Any, cases: list[dict]) -> tuple[list[
                 sess = ort.InferenceSession(str(src.onnx_path), providers=["CPUExecutionProvider"])
                 r = dict(zip(src.output_names, sess.run(src.output_names, case)))
         except Exception as e:
+            if isinstance(e, UsageError):  # e.g. output names that do not fit the outputs
+                raise
             if i == 0:
-                raise ExportError(f"the model fails on its own example inputs: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:300] if str(e) else ''}",
-                                  "check the example input shapes/dtypes (--input NAME:SHAPE[:DTYPE])") from e
-            dropped.append(f"case {i} ({', '.join(f'{k}{list(v.shape)}' for k, v in case.items())}): {type(e).__name__}")
+                raise _fails_on_example(e) from e
+            dropped.append(f"case {i} ({', '.join(f'{k}{list(v.shape)}' for k, v in case.items())}): "
+                           f"{type(e).__name__}: {_first_line(e)[:200]}")
             continue
         keep.append(case)
         refs.append(r)
     return keep, refs, dropped
+
+
+def _unvalidated_dynamic(src: GraphSource, cases: list[dict], dropped: list[str]) -> UsageError | None:
+    """A dynamic axis the model itself rejects at every other size tried is declared but never validated."""
+    for n, axes in (src.dynamic or {}).items():
+        for ax, sym in axes.items():
+            size = src.example_inputs[n].shape[ax]
+            if not any(c[n].shape[ax] != size for c in cases):
+                return UsageError(f"--dynamic {n}:{ax}={sym}: the model itself fails when {sym!r} is not {size} "
+                                  f"({dropped[0] if dropped else 'no other size was tried'})",
+                                  f"drop the dynamic axis {n}:{ax} (the model needs size {size} there)")
+    return None
+
+
+def _insensitive(cases: list[dict], refs: list[dict]) -> list[str]:
+    """A caveat when the example and the random same-shape case give identical outputs: either the
+    inputs did not differ (e.g. integer inputs with one value) or the outputs do not depend on them
+    (e.g. a zero-initialised head) -- then validation cannot tell a right graph from a wrong one."""
+    if len(refs) < 2 or any(np.shape(v) != np.shape(cases[1][k]) for k, v in cases[0].items()):
+        return []
+    if not all(np.array_equal(refs[0][k], refs[1][k], equal_nan=np.asarray(refs[0][k]).dtype.kind == "f")
+               for k in refs[0]):
+        return []
+    same = [k for k in cases[0] if np.array_equal(cases[0][k], cases[1][k])]
+    why = (f"input(s) {same} took a single value in the example, so the random case repeated it"
+           if same else "the outputs did not change with the inputs")
+    return [f"validation is weak: the example and a random input gave identical outputs ({why}); "
+            "give example inputs with representative values (Python: example_inputs; CLI: a MODEL "
+            "function returning (module, example_inputs))"]
+
+
+def _fails_on_example(e: Exception) -> ExportError:
+    return ExportError(f"the model fails on its own example inputs: {type(e).__name__}: {_first_line(e)}",
+                       "check the example input names, shapes and dtypes (--input NAME:SHAPE[:DTYPE])")
 
 
 def _output_specs(names: list[str], refs: list[dict], cases: list[dict], inputs: list[TensorSpec]) -> list[TensorSpec]:
@@ -184,8 +223,11 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
                   targets: Any = ("onnx",), out: str | Path = ".", name: str = "model", precision: Any = "fp32",
                   metadata: dict | None = None, extra_files: dict | None = None, calib: Any = None,
                   opset: int | None = None, options: dict | None = None,
-                  progress: Callable[[str], None] | None = None) -> Bundle:
-    """Export one or more graphs into one bundle. Every artifact is validated against PyTorch."""
+                  progress: Callable[[str], None] | None = None, strict_dynamic: bool = False) -> Bundle:
+    """Export one or more graphs into one bundle. Every artifact is validated against PyTorch.
+
+    A dynamic axis no validation case could vary (the reference rejects every other size) is an error
+    with ``strict_dynamic`` (``edgekit.export``), else recorded in each artifact's validation detail."""
     precisions = [p.strip() for p in precision.split(",")] if isinstance(precision, str) else list(precision)
     rows = resolve_targets(targets, precisions)
     say = progress or (lambda msg: None)
@@ -199,12 +241,18 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
         manifest = Manifest(name=name, inputs=[], outputs=[], graphs={}, metadata=metadata, pipeline=pipeline)
         calib_list = None
         for gname, src in graphs.items():
+            src.dynamic = check_dynamic(src.dynamic, src.example_inputs)
             names = list(src.example_inputs)
             module = adapt(src.module, names) if src.module is not None else None
             in_specs = [TensorSpec.from_array(n, a, (src.dynamic or {}).get(n)) for n, a in src.example_inputs.items()]
             say(f"[{gname}] computing reference outputs")
             cases, refs, dropped = _references(src, module, make_cases(src.example_inputs, src.dynamic)
                                                + list(src.extra_cases or []))
+            unvalidated = _unvalidated_dynamic(src, cases, dropped)
+            if unvalidated is not None and strict_dynamic:
+                raise unvalidated  # a user's model: refuse to write a spec the model cannot honour
+            caveats = [f"dynamic axis not validated: {unvalidated.message}"] if unvalidated is not None else []
+            caveats += _insensitive(cases, refs)
             out_specs = _output_specs(src.output_names, refs, cases, in_specs)
             graph = Graph(gname, in_specs, out_specs, {"example_shapes": {n: list(a.shape) for n, a in src.example_inputs.items()}})
             manifest.graphs[gname] = graph
@@ -214,7 +262,7 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
             if "int8" in precisions and calib_list is None and gname == "main":
                 calib_list = _calibration(calib, in_specs)
             ctx = _GraphCtx(w, manifest, gname, graph, module, src, calib_list, opset, options, Path(tmp),
-                            cases, refs, dropped, classifier, explicit, say)
+                            cases, refs, dropped, classifier, explicit, say, caveats)
             # an ONNX target added only as the base of others is built at fp32 alone
             plan = [(t, p) for t in rows for p in precisions if p in t.precisions
                     and (t.name != "onnx" or onnx_asked)]
@@ -244,38 +292,42 @@ class _GraphCtx:
     """Per-graph export state: exports, validates and stages one artifact at a time."""
 
     def __init__(self, w, manifest, gname, graph, module, src, calib_list, opset, options, tmp, cases, refs,
-                 dropped, classifier, explicit, say):
+                 dropped, classifier, explicit, say, caveats=()):
         self.w, self.manifest, self.gname, self.graph, self.module, self.src = w, manifest, gname, graph, module, src
         self.calib_list, self.opset, self.options, self.tmp = calib_list, opset, options, tmp
         self.cases, self.refs, self.dropped, self.classifier = cases, refs, dropped, classifier
-        self.explicit, self.say = explicit, say
+        self.explicit, self.say, self.caveats = explicit, say, list(caveats)
         try:  # exporters read shapes (and ONNX-sourced ones the values) from these, module or not
             self.tensors = {n: _torch(a) for n, a in src.example_inputs.items()}
         except ImportError:
             self.tensors = {}
         self.onnx_fp32: Path | None = Path(src.onnx_path) if src.onnx_path else None
 
-    def export_one(self, t: Target, p: str) -> None:
+    def export_one(self, t: Target, p: str, retry: dict | None = None, why: str = "") -> None:
+        """Export, validate and stage one artifact. A module-sourced artifact failing validation is exported
+        once more with ``t.retry_options`` (``retry``; ``why`` = the first attempt's failure)."""
         suffix = "" if p == "fp32" else f".{p}"
         art = Artifact(target=t.name, graph=self.gname, precision=p, path=f"{self.gname}{suffix}{t.suffix}")
-        work = self.tmp / self.gname / f"{t.name}-{p}"
+        work = self.tmp / self.gname / f"{t.name}-{p}{'-retry' if retry else ''}"
         work.mkdir(parents=True, exist_ok=True)
+        options = {**self.options.get(t.name, {}), **(retry or {})}
         job = ExportJob(module=self.module, example_inputs=self.tensors, input_names=list(self.src.example_inputs),
                         output_names=list(self.src.output_names), dynamic=self.src.dynamic, precision=p,
                         workdir=work, onnx_path=self.onnx_fp32, calib=self.calib_list, opset=self.opset,
-                        options=dict(self.options.get(t.name, {})), inputs=self.graph.inputs,
-                        outputs=self.graph.outputs)
-        self.say(f"[{self.gname}] exporting {t.name} {p}")
+                        options=options, inputs=self.graph.inputs, outputs=self.graph.outputs)
+        self.say(f"[{self.gname}] exporting {t.name} {p}" + (f" again with {retry}" if retry else ""))
         try:
             res = importlib.import_module(t.module).export(job)
         except Exception as e:  # one target's failure must not sink the others (unless it is the base ONNX)
-            if self.explicit and t.name == "onnx":
+            if self.explicit and t.name == "onnx" and not retry:
                 if isinstance(e, EdgekitError):
                     raise
                 raise ExportError(f"onnx export failed: {type(e).__name__}: {_first_line(e)}",
                                   "run with --debug for the trace") from e
             art.status = "failed"
             art.status_reason = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {_first_line(e)}"
+            if retry:
+                art.status_reason = f"{why}; the retry with {retry} failed too: {art.status_reason}"
             if not isinstance(e, EdgekitError):
                 art.extra["trace"] = traceback.format_exc(limit=3)[-2000:]
             self.manifest.artifacts.append(art)
@@ -284,6 +336,16 @@ class _GraphCtx:
         art.extra = {**res.extra, **({"notes": res.notes} if res.notes else {})}
         if res.status == "ok":
             self._validate(t, art, res.path)
+            again = dict(t.retry_options)
+            if (art.status == "failed" and not retry and again and self.module is not None
+                    and not set(again) & set(self.options.get(t.name, {}))
+                    and not all(art.extra.get(k) == v for k, v in again.items())):
+                self.say(f"[{self.gname}] {t.name} {p} {art.status_reason}")
+                return self.export_one(t, p, again, f"{art.extra.get('exporter', 'first attempt')}: {art.status_reason}")
+            if retry:
+                art.extra["retry_reason"] = why
+                art.extra.setdefault("notes", []).insert(0, f"re-exported with {retry} after the first graph "
+                                                           f"failed validation ({why})")
         else:
             art.status, art.status_reason = res.status, res.status_reason
             art.validation = Validation(passed=None, where=host(), detail=res.validation_detail)
@@ -304,10 +366,18 @@ class _GraphCtx:
         v = art.validation
         if self.dropped:
             v.detail["dropped_cases"] = self.dropped
+        caveats = list(self.caveats)
+        if v.tolerance is not None and v.detail.get("output_scale", 1.0) <= v.tolerance:
+            caveats.append(f"validation is weak: the tolerance {v.tolerance:.3g} is at least the largest |output| "
+                           f"{v.detail['output_scale']:.3g}, so even an all-zero output would pass (tiny outputs, "
+                           "e.g. an untrained model); validate with trained weights")
+        if caveats:  # what this validation could not show; also printed with the export table
+            v.detail["caveats"] = caveats
+            art.extra.setdefault("notes", []).extend(caveats)
         if not v.passed:
             art.status = "failed"
-            art.status_reason = (f"validation failed: max abs err {v.max_abs_err:.3g} > tolerance {v.tolerance:.3g}"
-                                 + (f"; {v.detail['mismatch'][0]}" if v.detail.get("mismatch") else "")
+            art.status_reason = (f"validation failed: {v.detail['mismatch'][0]}" if v.detail.get("mismatch") else
+                                 f"validation failed: max abs err {v.max_abs_err:.3g} > tolerance {v.tolerance:.3g}"
                                  + (f"; top-1 agreement {v.detail['top1_agreement']:.3f}"
                                     if "top1_agreement" in v.detail else ""))
 

@@ -16,13 +16,12 @@ def load_arrays(path: str | Path, inputs: list[TensorSpec]) -> dict[str, np.ndar
     if not p.is_file():
         raise MissingFileError(f"input file {str(p)!r} does not exist", "check the path given to --input")
     names = ", ".join(s.name for s in inputs)
+    if p.suffix == ".npy" and len(inputs) != 1:
+        raise DataError(f"{p.name} holds one array but the model has {len(inputs)} inputs ({names})",
+                        "save an .npz with one array per input name: np.savez(f, **arrays)")
     try:
         if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-            if len(inputs) != 1:
-                raise DataError(f"{p.name} holds one array but the model has {len(inputs)} inputs ({names})",
-                                "save an .npz with one array per input name: np.savez(f, **arrays)")
-            return {inputs[0].name: arr}
+            return {inputs[0].name: np.load(p, allow_pickle=False)}
         with np.load(p, allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:

@@ -16,6 +16,7 @@ import numpy as np
 from edgekit.errors import MissingFileError, UsageError
 from edgekit.models import registry
 from edgekit.source import ModelSource
+from edgekit.specs import check_dynamic
 
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
@@ -43,25 +44,23 @@ def parse_dynamic(specs: list[str]) -> dict[str, dict[int, str]]:
     return out
 
 
-def _examples(inputs: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+# not the seed of validate.make_cases (0): its "random" case would replay the example's own draws
+EXAMPLE_SEED = 1
+
+
+def _random_example(shape: Any, dtype: Any, rng: np.random.Generator) -> np.ndarray:
+    """float: standard normal; integer/bool inputs (ids, masks): 0s and 1s, valid for any vocabulary
+    and not all one value (validation draws integer cases from the values seen in the example)."""
+    return (rng.standard_normal(shape) if np.dtype(dtype).kind == "f" else rng.integers(0, 2, size=shape)).astype(dtype)
+
+
+def _examples(inputs: list[str], seed: int = EXAMPLE_SEED) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ex = {}
     for spec in inputs:
         name, shape, dtype = parse_input(spec)
-        ex[name] = (rng.standard_normal(shape).astype(dtype) if np.dtype(dtype).kind == "f"
-                    else np.ones(shape, dtype=dtype))
+        ex[name] = _random_example(shape, dtype, rng)
     return ex
-
-
-def _check_dynamic(dynamic: dict, ex: dict[str, np.ndarray]) -> None:
-    for name, axes in dynamic.items():
-        if name not in ex:
-            raise UsageError(f"--dynamic names input {name!r}, but the model's inputs are {list(ex)}",
-                             "use one of the model's input names")
-        for ax in axes:
-            if ax >= ex[name].ndim:
-                raise UsageError(f"--dynamic {name}:{ax}: input {name!r} has rank {ex[name].ndim}",
-                                 f"use an axis between 0 and {ex[name].ndim - 1}")
 
 
 def _onnx_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
@@ -75,6 +74,7 @@ def _onnx_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
     init = {i.name for i in model.graph.initializer}
     ex = _examples(inputs) if inputs else {}
     dyn = dict(dynamic)
+    rng = np.random.default_rng(EXAMPLE_SEED + 1)
     for vi in model.graph.input:
         if vi.name in init or vi.name in ex:
             continue
@@ -89,12 +89,26 @@ def _onnx_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
             else:
                 shape.append(1)
                 dyn.setdefault(vi.name, {})[ax] = d.dim_param or f"{vi.name}_{ax}"
-        rng = np.random.default_rng(0)
-        ex[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
-    _check_dynamic(dyn, ex)
+        ex[vi.name] = _random_example(shape, dtype, rng)
+    check_dynamic(dyn, ex)
     return ModelSource(module=None, example_inputs=ex, output_names=[o.name for o in model.graph.output],
                        dynamic=dyn or None, name=path.stem, onnx_path=str(path),
                        metadata={"source": str(path.name)}, description="ONNX file")
+
+
+def _pt2_dynamic(ep: Any, names: list[str]) -> dict[str, dict[int, str]]:
+    """The dynamic dims a program was exported with (torch.export.Dim), one name per symbol
+    (``NAME_AXIS`` of its first input: saved programs do not keep the Dim names)."""
+    import torch
+
+    vals = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
+    symbols: dict[str, str] = {}
+    out: dict[str, dict[int, str]] = {}
+    for name in names:
+        for ax, d in enumerate(getattr(vals.get(name), "shape", ())):
+            if isinstance(d, torch.SymInt):
+                out.setdefault(name, {})[ax] = symbols.setdefault(str(d), f"{name}_{ax}")
+    return out
 
 
 def _pt2_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
@@ -110,7 +124,8 @@ def _pt2_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
         specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
         names = [getattr(s.arg, "name", f"input_{i}") for i, s in enumerate(specs)]
         ex = {n: a.detach().numpy() for n, a in zip(names, args[0])}
-    _check_dynamic(dynamic, ex)
+    dynamic = dynamic or _pt2_dynamic(ep, list(ex))  # --dynamic overrides the program's own dims
+    check_dynamic(dynamic, ex)
     n_out = len(ep.graph_signature.user_outputs)
     outs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     return ModelSource(module=ep.module(), example_inputs=ex, output_names=outs, dynamic=dynamic or None,
@@ -126,12 +141,22 @@ def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
     except (ImportError, AttributeError) as e:
         raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {e})",
                          "give MODEL as package.module:function importable from the current directory") from None
-    made: Any = fn()
+    try:
+        made: Any = fn()
+    except Exception as e:
+        raise UsageError(f"calling {ref}() failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}",
+                         "fix the function; it must return an nn.Module, (module, example_inputs) or a "
+                         "ModelSource") from e
     if isinstance(made, ModelSource):
         return made
     example = None
     if isinstance(made, tuple) and len(made) == 2:
         made, example = made
+    import torch
+
+    if not isinstance(made, torch.nn.Module):
+        raise UsageError(f"{ref}() returned {type(made).__name__}, not a torch.nn.Module",
+                         "return an nn.Module, (module, example_inputs) or a ModelSource")
     if inputs:
         ex = _examples(inputs)
     elif example is not None:
@@ -140,7 +165,7 @@ def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
         ex = normalize_examples(made, example, None)
     else:
         raise UsageError(f"{ref} returned a module without example inputs", "pass --input NAME:SHAPE[:DTYPE]")
-    _check_dynamic(dynamic, ex)
+    check_dynamic(dynamic, ex)
     return ModelSource(module=made.eval(), example_inputs=ex, output_names=[], dynamic=dynamic or None,
                        name=fn_name, metadata={"source": ref}, description=ref)
 
@@ -153,7 +178,7 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
         src = registry.get(model.split(":", 1)[1])
         src.metadata.setdefault("source", model)
         if dyn:
-            _check_dynamic(dyn, src.example_inputs)
+            check_dynamic(dyn, src.example_inputs)
             src.dynamic = dyn
         return src
     p = Path(model)

@@ -6,6 +6,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from edgekit.errors import UsageError
+
 Dim = int | str
 
 
@@ -72,3 +74,35 @@ def specs_to_list(specs: Iterable[TensorSpec]) -> list[dict]:
 
 def specs_from_list(items: Sequence[dict]) -> list[TensorSpec]:
     return [TensorSpec.from_dict(d) for d in items]
+
+
+def check_dynamic(dynamic: Any, example: dict[str, np.ndarray]) -> dict[str, dict[int, str]] | None:
+    """Validate and normalise ``{input: {axis: symbol}}`` against the example inputs (negative axes allowed)."""
+    if not dynamic:
+        return None
+    if not isinstance(dynamic, dict) or not all(isinstance(a, dict) for a in dynamic.values()):
+        raise UsageError(f"dynamic must map input name -> {{axis: symbol}}, got {dynamic!r}",
+                         'e.g. dynamic={"x": {0: "batch"}} (CLI: --dynamic x:0=batch)')
+    out: dict[str, dict[int, str]] = {}
+    for name, axes in dynamic.items():
+        if name not in example:
+            raise UsageError(f"--dynamic names input {name!r}, but the model's inputs are {list(example)}",
+                             "use one of the model's input names")
+        rank = np.ndim(example[name])
+        for ax, sym in axes.items():
+            if not isinstance(ax, (int, np.integer)) or not -rank <= int(ax) < rank:
+                raise UsageError(f"--dynamic {name}:{ax}: input {name!r} has rank {rank}",
+                                 f"use an axis between 0 and {rank - 1}")
+            if not isinstance(sym, str) or not sym:
+                raise UsageError(f"--dynamic {name}:{ax}: the dimension name must be a non-empty string, got {sym!r}",
+                                 "name it, e.g. batch or seq")
+            out.setdefault(name, {})[int(ax) % rank] = sym
+    sizes: dict[str, tuple[str, int]] = {}
+    for name, axes in out.items():
+        for ax, sym in axes.items():
+            first = sizes.setdefault(sym, (f"{name}:{ax}", np.shape(example[name])[ax]))
+            if first[1] != np.shape(example[name])[ax]:
+                raise UsageError(f"dynamic dimension {sym!r} is {first[1]} at {first[0]} but "
+                                 f"{np.shape(example[name])[ax]} at {name}:{ax} in the example inputs",
+                                 f"give the example inputs one size for {sym!r}, or use two dimension names")
+    return out

@@ -77,6 +77,12 @@ def reference(module: Any, cases: list[dict[str, np.ndarray]], input_names: list
     with torch.inference_mode():
         for feeds in cases:
             outs = module(*to_tensors(feeds, input_names))
+            if len(outs) != len(output_names):
+                from edgekit.errors import UsageError
+
+                raise UsageError(f"the model returns {len(outs)} output tensor(s) but {len(output_names)} output "
+                                 f"name(s) were given ({output_names})",
+                                 "give one name per output tensor, or none for the defaults")
             refs.append({n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)})
     return refs
 

@@ -157,10 +157,11 @@ def load_calibration(calib: Any, inputs: Sequence[TensorSpec], *, limit: int = D
         elif path.suffix == ".npz":
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    samples = _from_mapping({k: z[k] for k in z.files}, specs, f"in {path.name}")
+                    arrays = {k: z[k] for k in z.files}
             except (OSError, ValueError) as e:
                 raise DataError(f"cannot read calibration file {str(path)!r}: {e}",
                                 "write it with numpy.savez") from None
+            samples = _from_mapping(arrays, specs, f"in {path.name}")
         elif path.suffix == ".npy":
             if len(specs) != 1:
                 raise DataError(f"a single .npy ({path.name}) can only calibrate a single-input model",

@@ -84,6 +84,21 @@ def _name_ports(model: Any, job: ExportJob) -> None:
         port.get_tensor().set_names({name})
 
 
+def _pin_static_dims(model: Any, job: ExportJob, ov: Any) -> str | None:
+    """Converters may leave every dim dynamic (``convert_model(ExportedProgram)`` gives [?,3,?,?] for a
+    fixed 1x3x224x224 input); make the IR's input shapes the manifest's: fixed dims fixed, symbolic -1.
+    Returns a note when OpenVINO cannot reshape the graph (it then stays as converted)."""
+    want = {port: ov.PartialShape([-1 if isinstance(d, str) else d for d in spec.shape])
+            for port, spec in zip(model.inputs, job.inputs)}
+    if all(port.get_partial_shape() == shape for port, shape in want.items()):
+        return None
+    try:
+        model.reshape(want)
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises generic errors; a dynamic IR still runs
+        return f"input shapes left as converted ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})"
+    return None
+
+
 def _is_transformer(model: Any) -> bool:
     types = {op.get_type_name() for op in model.get_ops()}
     return "Softmax" in types and "MatMul" in types
@@ -127,6 +142,10 @@ def export(job: ExportJob) -> ExportResult:
         model, qinfo = quantize_int8(model, job)
         toolchain["nncf"] = qinfo.pop("nncf")
         extra.update(qinfo)
+    # after NNCF: calibration samples may be batch-1 slices of a fixed-batch input
+    pin_note = _pin_static_dims(model, job, ov) if len(job.inputs) == len(model.inputs) else None
+    if pin_note:
+        notes.append(pin_note)
     out = Path(job.workdir) / "openvino"
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=(job.precision == "fp16"))

@@ -27,6 +27,9 @@ class Target:
     module: str                 # exporter module: export(job) -> ExportResult
     needs_onnx: bool = False    # built from (or beside) the fp32 ONNX artifact of the same graph
     description: str = ""
+    # exporter options to retry with, once, when an artifact exported from a PyTorch module fails
+    # validation (unless the user set those options or the first attempt already used them)
+    retry_options: tuple[tuple[str, str], ...] = ()
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.needs)
@@ -34,7 +37,8 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("onnx", ".onnx", ("fp32", "fp16"), "onnxruntime", "torch", ("torch", "onnx", "onnxruntime"),
-           "edgekit.exporters.onnx", description="ONNX (torch.export/dynamo, TorchScript fallback)"),
+           "edgekit.exporters.onnx", description="ONNX (torch.export/dynamo, TorchScript fallback)",
+           retry_options=(("exporter", "torchscript"),)),  # dynamo graphs sometimes bake a dynamic size
     Target("openvino", ".openvino", ("fp32", "fp16", "int8"), "openvino", "openvino", ("openvino",),
            "edgekit.exporters.openvino", needs_onnx=True, description="OpenVINO IR (xml+bin), NNCF int8"),
     Target("coreml", ".mlpackage", ("fp32", "fp16", "int8"), "coreml", "coreml", ("coremltools", "torch"),

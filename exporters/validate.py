@@ -53,6 +53,9 @@ def compare(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]]
     max_abs, scale, mismatch = 0.0, 0.0, []
     agree, total = 0, 0
     for i, (ref, got) in enumerate(zip(refs, gots)):
+        if isinstance(got, BaseException):  # the artifact raised on this case (see run_cases)
+            mismatch.append(f"case {i}: {got}")
+            continue
         for name, r in ref.items():
             g = got.get(name)
             if g is None or np.shape(g) != np.shape(r):
@@ -90,8 +93,18 @@ def host() -> str:
     return f"{platform.system()} {platform.machine()} ({platform.processor() or 'cpu'})"
 
 
-def run_cases(run: Callable[[dict], dict], cases: list[dict]) -> list[dict[str, np.ndarray]]:
-    return [run(c) for c in cases]
+def run_cases(run: Callable[[dict], dict], cases: list[dict]) -> list[dict[str, np.ndarray] | Exception]:
+    """Outputs per case; a case the artifact raises on (e.g. a shape baked into the graph) yields the
+    error instead, so ``compare`` fails the artifact with the reason rather than the whole export."""
+    gots: list = []
+    for c in cases:
+        try:
+            gots.append(run(c))
+        except Exception as e:  # backend libraries raise their own types
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in c.items())
+            gots.append(RuntimeError(f"the artifact raised on inputs {shapes}: {type(e).__name__}: {first}"))
+    return gots
 
 
 def validate_artifact(path, target, artifact, graph, cases, refs, classifier: bool = False,

@@ -129,7 +129,13 @@ def bench(
     b = Bundle.load(bundle)
     graphs = [graph] if graph else ["main"] if "main" in b.manifest.graphs else list(b.manifest.graphs)
     for g in graphs:
-        b.graph(g)  # unknown graph -> one clear error
+        spec = b.graph(g)  # unknown graph -> one clear error
+        if batch and len(graphs) == 1 and not any(s.shape and isinstance(s.shape[0], str) for s in spec.inputs):
+            from edgekit.errors import UsageError
+
+            raise UsageError(f"--batch {batch}: graph {g!r} has a fixed batch axis "
+                             f"({'; '.join(s.describe() for s in spec.inputs)})",
+                             "drop --batch, or re-export with --dynamic NAME:0=batch")
     with cli.status("benchmarking", quiet=json_out) as st:
         # PyTorch first, before any backend session exists (idle runtime threads would skew it)
         eager = (_torch_eager(b, example_feeds(b, batch=batch), warmup, iters)
@@ -183,7 +189,7 @@ def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), 
     from edgekit.bench import backend_for
     from edgekit.bundle import Bundle
     from edgekit.errors import EdgekitError, ValidationFailed
-    from edgekit.exporters.validate import compare
+    from edgekit.exporters.validate import compare, run_cases
     from edgekit.runtimes import open_graph
 
     b = Bundle.load(bundle)  # checksums + paths
@@ -204,9 +210,10 @@ def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), 
             row["result"], row["reason"] = "cannot run here", str(e)
             rows.append(row)
             continue
-        v = compare([ref], [sess.run(feeds)], a.precision, b.manifest.metadata.get("task") == "classification")
+        v = compare([ref], run_cases(sess.run, [feeds]), a.precision,
+                    b.manifest.metadata.get("task") == "classification")
         row.update(result="pass" if v.passed else "FAIL", max_abs_err=v.max_abs_err, tolerance=v.tolerance,
-                   backend=sess.backend_name)
+                   backend=sess.backend_name, **({"reason": v.detail["mismatch"][0]} if v.detail.get("mismatch") else {}))
         rows.append(row)
     bad = [r for r in rows if r["result"] in ("FAIL", "failed at export")]
     if json_out:
