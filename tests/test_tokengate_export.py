@@ -52,6 +52,8 @@ def test_manifest_declares_pipeline_and_graphs(gated):
     assert set(m.graphs) == {"embed", "layer0", "layer1", "last", "single"}
     assert m.pipeline["params"]["cls_last"] is True and m.pipeline["params"]["single"] == "single"
     assert all(a.status == "ok" for a in m.artifacts)
+    for a in m.artifacts:   # every dynamic axis (batch, seq) was validated at other sizes too
+        assert not a.validation.detail.get("dropped_cases") and not a.validation.detail.get("caveats"), a.graph
     lay = m.graphs["layer1"].inputs[0]
     assert lay.shape[1] == "seq"                    # per-layer graphs take any sequence length
     assert m.pipeline["params"]["rules"]["1"]["open"] == [True] * 4 + [False] * 4

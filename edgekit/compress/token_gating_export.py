@@ -129,10 +129,10 @@ def export_gated(model: TokenGatedBert, out: str | Path, name: str = "tokengate"
     if single:
         import tempfile
 
-        from edgekit.compress.token_gating_onegraph import OneGraphGated, example_ids, export_b1
+        from edgekit.compress.token_gating_onegraph import OneGraphGated, b1_example_len, example_ids, export_b1
         tmpdir = tempfile.TemporaryDirectory(prefix="tg-single-")
         og = OneGraphGated(model, rules, max_len)
-        b1_ids = example_ids(vocab, min(32, max_len))
+        b1_ids = example_ids(vocab, b1_example_len(max_len))
         one = export_b1(og, Path(tmpdir.name) / "single.onnx", b1_ids, og.output_names)
         graphs["single"] = GraphSource(og, {"input_ids": b1_ids}, og.output_names, {"input_ids": {1: "seq"}},
                                        onnx_path=str(one))
@@ -177,12 +177,12 @@ def export_ungated_single_bundle(model: TokenGatedBert, out: str | Path, name: s
     import tempfile
 
     from edgekit.api import GraphSource, export_graphs
-    from edgekit.compress.token_gating_onegraph import example_ids
+    from edgekit.compress.token_gating_onegraph import b1_example_len, example_ids
 
     with tempfile.TemporaryDirectory(prefix="tg-ungated-b1-") as d:
         path = export_ungated_single(model, Path(d) / "main.onnx", cls_last)
         src = GraphSource(UngatedSingle(model.eval(), cls_last).eval(),
-                          {"input_ids": example_ids(model.embed.word.num_embeddings, min(32, max_len))},
+                          {"input_ids": example_ids(model.embed.word.num_embeddings, b1_example_len(max_len))},
                           ["logits"], {"input_ids": {1: "seq"}}, onnx_path=str(path))
         return export_graphs({"main": src}, targets=("onnx",), out=out, name=name,
                              metadata={"task": "text-classification"})

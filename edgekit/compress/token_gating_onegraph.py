@@ -94,7 +94,13 @@ def export_b1(module: nn.Module, path: str | Path, ids: np.ndarray, output_names
 
 def export_onegraph(model: TokenGatedBert, path: str | Path, rules: dict | None = None, max_len: int = 64) -> Path:
     g = OneGraphGated(model, rules, max_len)
-    return export_b1(g, path, example_ids(model.embed.word.num_embeddings, min(32, max_len)), g.output_names)
+    return export_b1(g, path, example_ids(model.embed.word.num_embeddings, b1_example_len(max_len)), g.output_names)
+
+
+def b1_example_len(max_len: int) -> int:
+    """Example length of the batch-1 graphs: validation also runs length + 1 and 2 x length
+    (exporters/validate.make_cases), which must stay within max_len so the dynamic axis is checked."""
+    return max(2, min(32, max_len // 2))
 
 
 def example_ids(vocab: int, t: int = 32) -> np.ndarray:
