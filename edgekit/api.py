@@ -99,6 +99,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: Any = ("onnx",), 
         src = model
         meta = {**src.metadata, **(metadata or {})}
         calib = calib if calib is not None else src.calibration
+        extra_files = {**(src.extra_files or {}), **(extra_files or {})} or None
         name = name or src.name
         outs = output_names or src.output_names or _default_output_names(src.module, src.example_inputs)
         graph = GraphSource(src.module, src.example_inputs, outs,

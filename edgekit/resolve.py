@@ -192,8 +192,12 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
         from edgekit.models.pipelines import tokengate_checkpoint
 
         return tokengate_checkpoint(model)
+    from edgekit.hf import hf_source, is_hf_dir
+
+    if is_hf_dir(p):  # a transformers model directory (save_pretrained)
+        return hf_source(p, inputs, dyn)
     if re.fullmatch(r"[\w.]+:\w+", model):
         return _callable_source(model, inputs, dyn)
-    raise UsageError(f"cannot understand MODEL {model!r}",
-                     "use builtin:NAME, FILE.pt2, FILE.onnx, a token-gating FILE.pt or package.module:function "
-                     "(or nothing for the default)")
+    raise UsageError(f"cannot understand MODEL {model!r}" + (" (a directory without config.json)" if p.is_dir() else ""),
+                     "use builtin:NAME, FILE.pt2, FILE.onnx, a token-gating FILE.pt, a transformers model "
+                     "directory, or package.module:function (or nothing for the default)")

@@ -22,3 +22,4 @@ class ModelSource:
     onnx_path: str | None = None  # set when the source is an ONNX file (no PyTorch reference)
     # multi-graph models (pipelines) export themselves: exporter(out, targets, name, progress) -> Bundle
     exporter: Callable[..., Any] | None = None
+    extra_files: dict[str, Any] | None = None  # bundle name -> local path, copied into the bundle (tokenizers)

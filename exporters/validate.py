@@ -64,8 +64,11 @@ def compare(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]]
                 continue
             r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
             diff = np.abs(r64 - g64)
-            bad_nan = np.isnan(g64) & ~np.isnan(r64)
-            err = float(np.inf) if bad_nan.any() else float(np.nanmax(diff)) if diff.size else 0.0
+            bad = ~np.isfinite(g64) & np.isfinite(r64)
+            if bad.any():
+                mismatch.append(f"case {i} output {name}: {int(bad.sum())} NaN/inf values where PyTorch's "
+                                "are finite")
+            err = float(np.inf) if bad.any() else float(np.nanmax(diff)) if diff.size else 0.0
             max_abs = max(max_abs, err)
             scale = max(scale, float(np.nanmax(np.abs(r64))) if r64.size else 0.0)
         if classifier and ref:
