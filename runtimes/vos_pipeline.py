@@ -64,6 +64,22 @@ def preprocess(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray((x / 255.0)[None], dtype=np.float32)
 
 
+def binary_mask(a: np.ndarray) -> np.ndarray:
+    """[H,W] ids / [H,W,C] image -> uint8 {0,1}: nonzero = object. With an alpha channel (LA / RGBA)
+    that has transparent pixels, transparent = background; a mask drawn only in alpha (colour all
+    zero) uses the alpha channel itself."""
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] in (1, 2, 3, 4):
+        colour = a[..., :3].max(axis=2) if a.shape[2] != 2 else a[..., 0]
+        if a.shape[2] in (2, 4):
+            alpha = a[..., -1]
+            if (alpha == 0).any():
+                m = (colour > 0) & (alpha > 0)
+                return (m if m.any() else alpha > 0).astype(np.uint8)
+        a = colour
+    return (a > 0).astype(np.uint8)
+
+
 @dataclass
 class VOSResult:
     masks: np.ndarray                      # uint8 [T,H,W] in {0,1}, video size
@@ -162,8 +178,8 @@ class VOSPipeline:
     @staticmethod
     def check_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         mask = np.asarray(mask)
-        if mask.ndim == 3:  # RGB(A) PNG: any channel nonzero
-            mask = mask[..., :3].max(axis=2)
+        if mask.ndim == 3:  # RGB(A) image
+            mask = binary_mask(mask)
         if mask.ndim != 2:
             raise DataError(f"the first-frame mask must be a 2-D image, got shape {list(mask.shape)}",
                             hint="give a single-channel PNG (0 = background, nonzero = object)")

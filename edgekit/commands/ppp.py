@@ -69,10 +69,16 @@ def resolve_checkpoint(src: str) -> Path:
         name = src.split(":", 1)[1]
         files = {"ppp-fashion": "ppp_fashion.safetensors", "ppp-kws": "ppp_kws.safetensors",
                  "ppp-digits": "ppp_digits.safetensors"}
+        name = name.removesuffix("-gated")  # builtin:ppp-fashion-gated (the `edgekit export` name) = same model
         if name not in files:
             raise UsageError(f"{src} is not a PPP built-in", f"use one of {', '.join('builtin:' + k for k in files)}")
         return WEIGHTS / files[name]
-    return Path(src)
+    p = Path(src)
+    if not p.exists():
+        raise UsageError(f"no gated bundle or PPP checkpoint at {src}",
+                         "give the NAME.edgekit folder from `edgekit ppp export`, a .safetensors checkpoint, "
+                         "or builtin:ppp-fashion / builtin:ppp-kws")
+    return p
 
 
 def personalize_any(src: str, data: str, out: str, keep_ratio: float | None = None, threshold: float = 0.5,

@@ -79,6 +79,10 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
     frames, info = vio.open_video(video, max_frames)
     m0 = vio.read_mask(mask)
     VOSPipeline.check_mask(m0, (info["height"], info["width"]))  # fail before any export/writing
+    ids = vio.mask_object_ids(mask)
+    if ids and log:
+        log(f"warning: the mask holds {len(ids)} object ids {ids}; the model tracks one object, "
+            "so their union is tracked (give a mask with only the wanted object to track it alone)")
     writer = vio.MaskWriter(out)  # refuses a non-empty --out before any slow work
     try:
         pipe = open_pipeline(backend, bundle, log, threads)
@@ -119,7 +123,8 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
             "reused_frames": int(sum(res.reused)),
             "fps": round(res.fps, 2) if n > 1 else None,
             "fps_end_to_end": round(n / wall, 2) if wall > 0 else None,
-            "out": str(outdir), "overlay": str(outdir / "overlay.gif") if gif else None}
+            "out": str(outdir), "overlay": str(outdir / "overlay.gif") if gif else None,
+            "merged_object_ids": ids or None}
 
 
 def register(app: typer.Typer) -> None:

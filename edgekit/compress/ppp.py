@@ -189,8 +189,16 @@ def load_checkpoint(path) -> tuple[GatedNet, dict]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"checkpoint {path} does not exist", "train one with `edgekit ppp train`")
-    with safe_open(str(path), "pt") as f:
-        raw = (f.metadata() or {}).get("edgekit_ppp")
+    if path.is_dir():
+        raise NotPPPError(f"{path} is a folder but not an edgekit bundle", "give a gated NAME.edgekit bundle "
+                          "(`edgekit ppp export`) or a PPP checkpoint .safetensors")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("edgekit_ppp")
+    except Exception as e:  # SafetensorError, OSError: not a safetensors file
+        raise NotPPPError(f"{path} is not a PPP checkpoint (.safetensors) nor a bundle folder: {e}",
+                          "give a gated NAME.edgekit bundle (`edgekit ppp export`) or a checkpoint from "
+                          "`edgekit ppp train`") from None
     if raw is None:
         raise NotPPPError(f"{path} was not trained for PPP (no gate metadata)", "train with `edgekit ppp train`")
     meta = json.loads(raw)

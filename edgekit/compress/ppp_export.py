@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgekit.compress.ppp import (NotPPPError, PPPResult, cost, fold_bn, load_checkpoint, personalize)
-from edgekit.compress.ppp_proto import COUPLING, DEPTHWISE, load_personal
+from edgekit.compress.ppp_proto import COUPLING, DEPTHWISE, check_output, load_personal
 from edgekit.models.ppp_nets import GatedNet, StaticNet
 
 GATES_FILE = "ppp_gates.json"
@@ -62,6 +62,7 @@ def export_personalized(res: PPPResult, base: str, meta: dict, out, name: str | 
 
 def personalize_checkpoint(ckpt, data, out, keep_ratio=None, threshold=0.5, name=None) -> dict:
     """CLI path for a checkpoint: read + check personal data first (nothing written on error)."""
+    check_output(out, name)
     gated, meta = load_checkpoint(ckpt)
     shape = tuple(gated.cfg.get("input_shape") or meta.get("input_shape"))
     x = load_personal(data, meta.get("input_name", "x"), shape)

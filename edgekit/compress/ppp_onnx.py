@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bundle import Artifact, Bundle, BundleWriter, Graph, Manifest, Validation
-from edgekit.compress.ppp_proto import NotPPPError, keep_masks, load_personal, prototype
+from edgekit.compress.ppp_proto import NotPPPError, check_output, keep_masks, load_personal, prototype
 from edgekit.errors import BundleError, ValidationFailed
 
 GATES_FILE = "ppp_gates.json"
@@ -192,11 +192,12 @@ def _openvino_artifact(w, pruned_bytes: bytes, x: np.ndarray, input_name: str, o
 
 def personalize_bundle(src, data, out, keep_ratio: float | None = None, threshold: float = 0.5,
                        name: str | None = None, openvino: bool | None = None) -> dict:
-    """``openvino``: also write an OpenVINO IR of the pruned graph (None = when the source bundle has
+    """Torch-free PPP: gated bundle + personal samples -> new pruned bundle. Returns the info dict.
+    ``openvino``: also write an OpenVINO IR of the pruned graph (None = when the source bundle has
     an OpenVINO artifact and openvino is installed)."""
-    """Torch-free PPP: gated bundle + personal samples -> new pruned bundle. Returns the info dict."""
     onnx, _ = _onnx()
     t0 = time.perf_counter()
+    check_output(out, name)
     bundle = Bundle.load(src)
     gmap = gate_info(bundle)
     main = bundle.find("onnx", graph="main", precision="fp32")

@@ -36,46 +36,75 @@ DEPTHWISE = {"inv": "dw.weight"}
 MIN_SAMPLES = 1
 
 
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK"
+
+
 def load_personal(path, input_name: str, sample_shape: tuple) -> np.ndarray:
     """Read personal samples from an .npz/.npy file and check them; returns float32 (N, *sample_shape)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"personal data file {p} does not exist", "pass an .npz with the samples under the input name")
+    save_hint = f"save the samples with numpy: np.savez(f, {input_name}=x)"
+    if p.is_dir():
+        raise DataError(f"personal data {p} is a folder, not a file", save_hint)
+    with open(p, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if not (magic.startswith(NPY_MAGIC) or magic.startswith(ZIP_MAGIC)):
+        raise DataError(f"personal data file {p} is not a NumPy .npz/.npy file" + (" (it is empty)" if not magic else ""),
+                        save_hint)
     try:
-        if p.suffix == ".npy":
+        if magic.startswith(NPY_MAGIC):
             x = np.load(p, allow_pickle=False)
         else:
             with np.load(p, allow_pickle=False) as z:
                 keys = list(z.keys())
                 if not keys:
-                    raise DataError(f"personal data file {p} is empty", f"save the samples as np.savez(f, {input_name}=x)")
+                    raise DataError(f"personal data file {p} is empty", save_hint)
                 key = input_name if input_name in keys else (keys[0] if len(keys) == 1 else None)
                 if key is None:
-                    raise DataError(f"{p} has arrays {keys} but none named {input_name!r}",
-                                    f"save the samples as np.savez(f, {input_name}=x)")
+                    raise DataError(f"{p} has arrays {keys} but none named {input_name!r}", save_hint)
                 x = z[key]
-    except (ValueError, OSError, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"cannot read personal data {p}: {e}", "write it with numpy.savez") from None
+    except DataError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays), OSError, EOFError ...
+        raise DataError(f"cannot read personal data {p}: {e}", save_hint + " (numbers only, no objects)") from None
     return check_personal(x, sample_shape, str(p))
 
 
 def check_personal(x, sample_shape: tuple, where: str = "personal data") -> np.ndarray:
+    """Personal samples -> float32 (N, *sample_shape). A single sample (no N axis) and, for
+    one-channel inputs, (N, H, W) / (H, W) without the channel axis are accepted."""
     x = np.asarray(x)
+    given = tuple(x.shape)
     if x.dtype.kind not in "fiu":
         raise DataError(f"{where}: dtype {x.dtype} is not numeric", "save float32 samples")
+    if x.dtype.kind in "iu":
+        raise DataError(f"{where}: samples are integers ({x.dtype}), which look like raw, unpreprocessed data",
+                        "convert to float32 preprocessed as the model's metadata.preprocessing says "
+                        "(`edgekit info BUNDLE` shows it)")
     sample_shape = tuple(int(d) for d in sample_shape)
-    if x.ndim == len(sample_shape):
+    if len(sample_shape) > 1 and sample_shape[0] == 1 and tuple(x.shape[-len(sample_shape) + 1:]) == sample_shape[1:] \
+            and x.ndim in (len(sample_shape) - 1, len(sample_shape)) and x.shape != sample_shape:
+        x = x.reshape(-1, *sample_shape)  # (H, W) or (N, H, W) for a one-channel (1, H, W) input
+    if x.shape == sample_shape:
         x = x[None]
     if x.ndim != len(sample_shape) + 1 or tuple(x.shape[1:]) != sample_shape:
-        raise DataError(f"{where}: samples have shape {tuple(x.shape)}, the model needs (N, {', '.join(map(str, sample_shape))})",
+        raise DataError(f"{where}: samples have shape {given}, the model needs (N, {', '.join(map(str, sample_shape))})",
                         "preprocess the samples as the manifest's metadata.preprocessing says")
     if x.shape[0] < MIN_SAMPLES:
-        raise DataError(f"{where}: no samples (shape {tuple(x.shape)})", "give at least one personal sample")
+        raise DataError(f"{where}: no samples (shape {given})", "give at least one personal sample")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{where}: contains NaN or infinite values", "clean the samples before personalizing")
     return x.astype(np.float32, copy=False)
+
+
+def check_output(out, name: str | None) -> None:
+    """Refuse an --out that is a file and a bundle name that is not a plain name (before any work)."""
+    o = Path(out)
+    if o.exists() and not o.is_dir():
+        raise UsageError(f"--out {o} is a file, not a folder", "give a new or existing folder for the bundle")
+    if name is not None and (not name.strip() or name in (".", "..") or Path(name).name != name or "\\" in name):
+        raise UsageError(f"bundle name {name!r} is not a plain name", "use e.g. --name my-model (no / or ..)")
 
 
 def prototype(probs: list[np.ndarray]) -> list[np.ndarray]:
@@ -94,6 +123,9 @@ def keep_masks(proto: list[np.ndarray], keep_ratio: float | None = None, thresho
     can be slower than the unpruned layer) and is at least one."""
     if keep_ratio is not None and not (0.0 < keep_ratio <= 1.0):
         raise UsageError(f"keep ratio {keep_ratio} is outside (0, 1]", "use e.g. --keep-ratio 0.5")
+    if keep_ratio is None and not (0.0 <= threshold < 1.0):
+        raise UsageError(f"threshold {threshold} is outside [0, 1) (gate probabilities are in [0, 1])",
+                         "use e.g. --threshold 0.5, or --keep-ratio")
     masks = []
     for p in proto:
         p = np.round(np.asarray(p, dtype=np.float64), 6)  # ORT vs torch float noise must not reorder

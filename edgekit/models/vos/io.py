@@ -50,12 +50,7 @@ def open_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
         first = read_image(files[0])
         it, info = (read_image(f) for f in files), {"width": first.shape[1], "height": first.shape[0], "fps": 25.0}
     elif path.suffix.lower() in (".npy", ".npz"):
-        arr = np.load(path)
-        arr = arr[arr.files[0]] if hasattr(arr, "files") else arr
-        if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise DataError(f"{path.name} has shape {list(arr.shape)}, expected [T,H,W,3]",
-                            hint="save the frames as one uint8 array [T,H,W,3]")
-        arr = arr.astype(np.uint8) if arr.dtype != np.uint8 else arr
+        arr = frames_array(_load_array(path), path.name)
         it, info = iter(arr), {"width": arr.shape[2], "height": arr.shape[1], "fps": 25.0}
     else:
         it, info = _ffmpeg_frames(path)
@@ -63,6 +58,52 @@ def open_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
         import itertools
         it = itertools.islice(it, max_frames)
     return it, info
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """The (first) array of an .npy/.npz file; never unpickles."""
+    try:
+        obj = np.load(path, allow_pickle=False)
+        if isinstance(obj, np.ndarray):
+            return obj
+        with obj:
+            if not obj.files:
+                raise DataError(f"{path.name} holds no arrays", hint="save the frames with np.save(f, frames)")
+            return obj[obj.files[0]]
+    except DataError:
+        raise
+    except Exception as e:  # object arrays, not a NumPy file, truncated zip ...
+        why = "not a NumPy .npy/.npz file" if "pickled" in str(e) else str(e).splitlines()[0][:200]
+        raise DataError(f"cannot read {path.name} as a NumPy array: {why}",
+                        hint="save the frames with np.save(f, frames) as one uint8 array [T,H,W,3]") from None
+
+
+def frames_array(arr: np.ndarray, name: str = "frames") -> np.ndarray:
+    """A [T,H,W,C] frame array (C = 1, 3 or 4; uint8 0-255, other integers 0-255 or floats in [0,1])
+    -> uint8 [T,H,W,3]. Anything that would be silently mangled by a cast is refused."""
+    arr = np.asarray(arr)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        hint = ("grayscale frames need a channel axis: np.save(f, frames[..., None])" if arr.ndim == 3
+                else "save the frames as one uint8 array [T,H,W,3]")
+        raise DataError(f"{name} has shape {list(arr.shape)}, expected [T,H,W,3] (or [T,H,W,1] / [T,H,W,4])",
+                        hint=hint)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{name} has dtype {arr.dtype}, expected uint8 frames", hint="save uint8 RGB frames")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{name} contains NaN or infinite values", hint="save uint8 RGB frames (0-255)")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+            arr = np.round(arr * 255.0)  # float frames in [0, 1]
+        elif lo < 0 or hi > 255:
+            raise DataError(f"{name} values span [{lo:g}, {hi:g}], outside 0-255 (and not floats in [0, 1])",
+                            hint="save uint8 RGB frames (0-255) or floats in [0, 1]")
+        arr = arr.astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]  # RGBA: alpha dropped, as for PNG frames
+    return arr
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -78,7 +119,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask PNG -> uint8 [H,W] with 1 where any channel is nonzero (palette PNGs: index > 0)."""
+    """A mask PNG -> uint8 [H,W] with 1 where any colour channel is nonzero (palette PNGs: index > 0;
+    transparent pixels of an RGBA/LA mask are background, see ``binary_mask``)."""
     from PIL import Image
     path = Path(path)
     if not path.exists():
@@ -88,9 +130,20 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             a = np.asarray(im)
     except OSError as e:
         raise DataError(f"cannot read mask {path.name}: {e}", hint="give a PNG mask (0 = background)") from None
-    if a.ndim == 3:
-        a = a[..., :3].max(axis=2) if a.shape[2] != 2 else a[..., 0]
-    return (a > 0).astype(np.uint8)
+    from edgekit.runtimes.vos_pipeline import binary_mask
+    return binary_mask(a)
+
+
+def mask_object_ids(path: str | os.PathLike) -> list[int]:
+    """The object ids of a multi-object label mask (palette PNG, or single-channel with small ids
+    such as 1, 2, 3); [] for a plain object/background mask (0/1, 0/255, colour)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        palette, a = im.mode == "P", np.asarray(im)
+    if a.ndim != 2:
+        return []
+    ids = [int(v) for v in np.unique(a) if v != 0]
+    return ids if len(ids) > 1 and (palette or max(ids) < 32) else []
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
