@@ -69,7 +69,8 @@ def train_clone(msg: Message, context: Context) -> Message:
 
     attack = str(node.get("attack", "") or "")
     version = int(cfg.get("version", 0))
-    train_seed = seed * 100_003 + version * 101 + int(node.get("partition-id", 0))
+    # modulo 2**63: torch seeds are 64-bit (unchanged for every seed below ~9e13)
+    train_seed = (seed * 100_003 + version * 101 + int(node.get("partition-id", 0))) % 2**63
     if attack == "label-flip":
         y = (s.n_classes - 1 - y).astype(np.int64)
     metrics = train_local(model, x, y, epochs=int(cfg.get("epochs", 1)), lr=float(cfg.get("lr", 0.05)),

@@ -56,6 +56,21 @@ class FedConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        from .data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise UsageError(f"unknown data set {self.dataset!r}", f"use one of {', '.join(DATASETS)}")
+        if not 0 <= self.seed < 2**62:  # numpy rejects negative seeds; torch takes 64-bit ones
+            raise UsageError(f"seed must be in [0, 2**62), got {self.seed}")
+        if not 0 < self.alpha < float("inf"):
+            raise UsageError(f"alpha (Dirichlet concentration) must be > 0 and finite, got {self.alpha}",
+                             "e.g. 0.1 (very non-IID) to 100 (nearly IID)")
+        if self.max_versions < 1:
+            raise UsageError(f"max-versions must be >= 1, got {self.max_versions}")
+        if self.max_time < 0:
+            raise UsageError(f"max-time must be >= 0 (0: no limit), got {self.max_time}")
+        if self.min_nodes < 0:
+            raise UsageError(f"min-nodes must be >= 0, got {self.min_nodes}")
         if self.buffer_size < 1:
             raise UsageError("buffer-size must be >= 1")
         if not 0.0 <= self.attend <= 1.0:
@@ -67,8 +82,8 @@ class FedConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.server_lr <= 0:
             raise UsageError(f"server-lr must be > 0, got {self.server_lr}")
-        if self.deadline <= 0:
-            raise UsageError("deadline must be > 0 seconds")
+        if not self.deadline > 0:
+            raise UsageError(f"deadline must be > 0 seconds, got {self.deadline}")
 
     @classmethod
     def from_run_config(cls, rc: dict) -> "FedConfig":

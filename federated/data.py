@@ -28,6 +28,8 @@ log = logging.getLogger("edgekit.federated")
 
 FASHION_DIR = Path(os.environ.get("EDGEKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 DATASETS = ("digits", "fashion-mnist")
+FALLBACK_NOTE = (f"Fashion-MNIST not found in {FASHION_DIR}; falling back to digits "
+                 "(apt-get install -y dataset-fashion-mnist, or set EDGEKIT_FASHION_MNIST)")
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,17 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarr
         d = np.loadtxt(csv, delimiter=",", dtype=np.float32)
         return d[:, :-1] / 16.0, d[:, -1].astype(np.int64), None, None
     if name == "fashion-mnist":
-        tr_x = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(-1, 784)
-        tr_y = read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
-        te_x = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(-1, 784)
-        te_y = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+        try:
+            tr_x = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(-1, 784)
+            tr_y = read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+            te_x = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(-1, 784)
+            te_y = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+            if len(tr_x) != len(tr_y) or len(te_x) != len(te_y):
+                raise ValueError("images and labels differ in number")
+        except (OSError, EOFError, ValueError, IndexError) as err:  # missing, truncated or not IDX
+            raise DataError(f"Fashion-MNIST in {FASHION_DIR} is incomplete or corrupt: {err}",
+                            "reinstall dataset-fashion-mnist, or point EDGEKIT_FASHION_MNIST at a "
+                            "directory with the four *-ubyte.gz files") from err
         f = lambda a: (a.astype(np.float32) / 255.0 - 0.2860) / 0.3530  # noqa: E731
         return f(tr_x), tr_y.astype(np.int64), f(te_x), te_y.astype(np.int64)
     raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
@@ -73,8 +82,7 @@ def resolve_dataset(name: str) -> str:
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
     if name == "fashion-mnist" and not fashion_available():
-        log.warning("Fashion-MNIST not found in %s; falling back to digits "
-                    "(apt-get install -y dataset-fashion-mnist)", FASHION_DIR)
+        log.warning(FALLBACK_NOTE)
         return "digits"
     return name
 
@@ -116,8 +124,8 @@ def dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, s
     """
     if num_partitions < 1:
         raise DataError(f"num-partitions must be >= 1, got {num_partitions}")
-    if alpha <= 0:
-        raise DataError(f"Dirichlet alpha must be > 0, got {alpha}")
+    if not 0 < alpha < float("inf"):
+        raise DataError(f"Dirichlet alpha must be > 0 and finite, got {alpha}")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(max_tries):

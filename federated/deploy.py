@@ -102,6 +102,26 @@ def write_flwr_home(home: str | os.PathLike, address: str, *, insecure: bool = T
     return h
 
 
+def check_address(address: str, flag: str = "--superlink") -> None:
+    """Raise UsageError unless ``address`` is HOST:PORT with a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} {address!r} is not HOST:PORT (port 1-65535)", "e.g. 127.0.0.1:9093")
+
+
+def check_port(port: int, flag: str = "--port", allow_zero: bool = False) -> None:
+    if not (0 if allow_zero else 1) <= port < 65536:
+        free = "0 (pick a free one) or " if allow_zero else ""
+        raise UsageError(f"{flag} {port} is not a TCP port", f"use {free}1-65535")
+
+
+def require_files(**files: str | os.PathLike | None) -> None:
+    """Raise UsageError naming the first given file that does not exist (keyword: option name)."""
+    for opt, path in files.items():
+        if path and not Path(path).is_file():
+            raise UsageError(f"--{opt.replace('_', '-')} {path}: no such file", "check the path")
+
+
 def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None) -> subprocess.Popen:
     """Start ``cmd`` in its own process group; output to ``log_path`` (None: inherit)."""
     out = open(log_path, "ab") if log_path else None
@@ -114,18 +134,28 @@ def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None)
             out.close()
 
 
+def check_superlink_options(port: int, *, insecure: bool, ssl_certfile: str | None = None,
+                            ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None) -> None:
+    """Raise UsageError for SuperLink options flower-superlink would reject (before starting it)."""
+    check_port(port)
+    if not insecure:
+        if not (ssl_certfile and ssl_keyfile):
+            raise UsageError("TLS needs --ssl-certfile and --ssl-keyfile", "or pass --insecure")
+        require_files(ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile)
+
+
 def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True,
                     ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
                     ssl_ca_certfile: str | None = None, enable_supernode_auth: bool = False,
                     database: str | None = None, log_path=None, env=None,
                     extra: list[str] | None = None) -> subprocess.Popen:
+    check_superlink_options(port, insecure=insecure, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                            ssl_ca_certfile=ssl_ca_certfile)
     cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     if insecure:
         cmd.append("--insecure")
     else:
-        if not (ssl_certfile and ssl_keyfile):
-            raise UsageError("TLS needs --ssl-certfile and --ssl-keyfile", "or pass --insecure")
         cmd += ["--ssl-certfile", ssl_certfile, "--ssl-keyfile", ssl_keyfile]
         if ssl_ca_certfile:
             cmd += ["--ssl-ca-certfile", ssl_ca_certfile]
@@ -140,8 +170,15 @@ def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, p
                     insecure: bool = True, root_certificates: str | None = None,
                     auth_private_key: str | None = None, node_config: dict | None = None,
                     log_path=None, env=None, extra: list[str] | None = None) -> subprocess.Popen:
-    if ":" not in superlink:
-        raise UsageError(f"--superlink {superlink!r} is not HOST:PORT", "e.g. 127.0.0.1:9093")
+    check_address(superlink)
+    check_port(port or 0, allow_zero=True)
+    if num_partitions < 1:
+        raise UsageError(f"--num-partitions must be >= 1, got {num_partitions}")
+    if not 0 <= partition_id < num_partitions:
+        raise UsageError(f"--partition-id {partition_id} is outside [0, {num_partitions})",
+                         "partition ids run from 0 to --num-partitions - 1")
+    require_files(root_certificates=None if insecure else root_certificates, auth_private_key=auth_private_key,
+                  data_path=(node_config or {}).get("data-path"))
     cfg = {"partition-id": int(partition_id), "num-partitions": int(num_partitions), **(node_config or {})}
     cmd = [_exe("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
            "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items())]

@@ -27,6 +27,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from edgekit.errors import EdgekitError
+
 from . import checkpoint as ckpt
 from .config import FedConfig
 from .strategies import Rejected, Update, _reply_problem
@@ -76,7 +78,7 @@ class AsyncServer:
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
                            "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
         self.resumed = False
-        self._grid_errors = 0  # Grid calls failed in a row (see _grid_call)
+        self._grid_errors: Counter = Counter()  # per Grid call: failures in a row (see _grid_call)
         self.served: dict | None = None  # EMA of the core (cfg.ema > 0): the model that is served
         self.ema_updates = 0  # EMA updates so far (for the warm-up)
         if cfg.checkpoint_dir:
@@ -183,17 +185,21 @@ class AsyncServer:
     def _grid_call(self, fn, *args, default):
         """A Grid call; a failure (SuperLink hiccup, a node killed mid-transfer) is logged and
         retried on the next pass instead of ending the run. Persistent failure still raises."""
+        name = fn.__name__
         try:
             out = fn(*args)
+        except EdgekitError:  # a user mistake (bad data set, bad partition): retrying cannot help
+            raise
         except Exception as err:  # noqa: BLE001 - Flower raises several transport error types
-            self._grid_errors += 1
-            if self._grid_errors > self.GRID_ERRORS_MAX:
+            # counted per call: a get_node_ids that works must not hide a push that always fails
+            self._grid_errors[name] += 1
+            if self._grid_errors[name] > self.GRID_ERRORS_MAX:
                 raise
-            log.warning("grid %s failed (%d in a row), retrying: %s: %s", fn.__name__,
-                        self._grid_errors, type(err).__name__, err)
+            log.warning("grid %s failed (%d in a row), retrying: %s: %s", name,
+                        self._grid_errors[name], type(err).__name__, err)
             self.clock.sleep(max(self.cfg.poll, 1.0))
             return default
-        self._grid_errors = 0
+        self._grid_errors[name] = 0
         return out
 
     GRID_ERRORS_MAX = 60
@@ -404,11 +410,21 @@ class _CountingGrid(Grid):
 
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    except OSError as err:
+        raise EdgekitError(f"cannot write the result to {p}: {err.strerror}", "pass a writable --out path") from err
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, p)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)  # never leave a half-written temporary behind
+        if isinstance(err, OSError):
+            raise EdgekitError(f"cannot write the result to {p}: {err.strerror}",
+                               "pass a writable --out path") from err
+        raise
 
 
 app = ServerApp()

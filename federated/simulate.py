@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from .client_app import ATTACKS
@@ -152,7 +153,12 @@ class VirtualGrid(Grid):
             if end is not None and done_at > end:
                 self.lost += 1  # the node leaves before it can answer: no reply, ever
                 continue
-            reply = self.client_fn(msg, self.contexts[p.node_id])
+            try:
+                reply = self.client_fn(msg, self.contexts[p.node_id])
+            except Exception as err:  # noqa: BLE001 - as Flower does: a raising ClientApp is an error reply
+                log.warning("node %s: ClientApp raised %s: %s", p.node_id, type(err).__name__, err)
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                      reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             self._schedule(done_at, mid, reply)
         return ids
 
@@ -217,10 +223,27 @@ class VirtualGrid(Grid):
         return min(cands) if cands else None
 
 
+def check_simulation(clients: int, malicious: float, horizon: float) -> None:
+    """Raise UsageError for settings no simulation can run with."""
+    from edgekit.errors import UsageError
+
+    if clients < 1:
+        raise UsageError(f"--clients must be >= 1, got {clients}")
+    if not 0.0 <= malicious < 1.0:
+        raise UsageError(f"--malicious must be in [0, 1), got {malicious}")
+    if round(malicious * clients) >= clients:
+        raise UsageError(f"--malicious {malicious} makes all {clients} nodes malicious",
+                         f"use a fraction below {(clients - 0.5) / clients:.3g} or more --clients")
+    if not 0.0 < horizon < float("inf"):
+        raise UsageError(f"--horizon must be a positive number of virtual time units, got {horizon}",
+                         "e.g. --horizon 1500 (a median node needs 10 units per epoch)")
+
+
 def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, seed: int = 0,
              dataset: str = "digits", horizon: float = 3000.0, churn: bool = True,
              speed_sigma: float = 1.0, **overrides) -> dict:
     """Run one method under the virtual clock and return the server's result (with curve)."""
+    check_simulation(clients, malicious, horizon)
     import torch
 
     from .config import FedConfig

@@ -43,6 +43,17 @@ def _curve_table(result: dict) -> None:
           ["time", "version", "accuracy", "accepted", "MB sent"], rows)
 
 
+def _check_out(path: Path) -> None:
+    """--out must name a file in a directory we can create or write (checked before a long run)."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory", f"give a file name, e.g. {path / 'result.json'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {path}: {parent} is not a writable directory", "pass a writable --out path")
+
+
 @fed.command("simulate")
 def simulate_cmd(
     method: str = typer.Option("cloned", help="cloned | fedbuff | fedavg"),
@@ -59,15 +70,19 @@ def simulate_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Virtual-clock simulation (heterogeneous speeds, churn): accuracy-vs-time curve."""
-    if not 0.0 <= malicious < 1.0:
-        raise UsageError(f"--malicious must be in [0, 1), got {malicious}")
-    if clients < 1:
-        raise UsageError("--clients must be >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import logging
 
     logging.getLogger("edgekit.federated").setLevel(logging.ERROR)
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated.simulate import check_simulation, simulate
+
+    check_simulation(clients, malicious, horizon)  # before any data is loaded
+    if out:
+        _check_out(out)
+    from edgekit.federated.data import FALLBACK_NOTE, resolve_dataset
+
+    if resolve_dataset(dataset) != dataset:  # the library only logs this, and logs are off here
+        typer.echo(f"edgekit: warning: {FALLBACK_NOTE}", err=True)
 
     result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=dataset,
                       horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
@@ -80,7 +95,8 @@ def simulate_cmd(
     _curve_table(result)
     typer.echo(f"final accuracy {result['final_acc']:.4f} after {result['accepted']} accepted updates "
                f"({result['version']} core versions); rejected {sum(result['rejected'].values())}, "
-               f"timeouts {result['timeouts']}, lost replies {result['lost_replies']}")
+               f"error replies {result['errors']}, timeouts {result['timeouts']}, "
+               f"lost replies {result['lost_replies']}")
 
 
 @fed.command("server")
@@ -111,11 +127,23 @@ def server_cmd(
     from edgekit.federated.config import FedConfig
 
     out, ckdir = out.resolve(), checkpoint_dir.resolve()
-    if out.exists():
-        out.unlink()
+    # every check before anything is written, started or deleted
     cfg = FedConfig(method=method, dataset=dataset, max_versions=max_versions, max_time=max_time,
                     deadline=deadline, buffer_size=buffer_size, attend=attend, min_nodes=min_nodes,
                     checkpoint_dir=str(ckdir), out=str(out))
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
+    _check_out(out)
+    if ckdir.exists() and not ckdir.is_dir():
+        raise UsageError(f"--checkpoint-dir {ckdir} is a file", "give a directory")
+    if superlink is None:
+        deploy.check_superlink_options(port, insecure=insecure, ssl_certfile=ssl_certfile,
+                                       ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile)
+    else:
+        deploy.check_address(superlink)
+        deploy.require_files(ssl_ca_certfile=None if insecure else ssl_ca_certfile)
+    if out.exists():
+        out.unlink()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fed-"))
     address = superlink or f"{host}:{port}"
     home = deploy.write_flwr_home(work / "flwr-home", address, insecure=insecure,
