@@ -105,6 +105,12 @@ def hf_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
     carried = [f for f in CARRIED if (path / f).is_file()]
     if carried:
         meta["preprocessing_files"] = carried
+    if "tokenizer.json" in carried and "input_ids" in ex:   # raw text in: `edgekit run BUNDLE --text ...`
+        emb = getattr(getattr(model, "base_model", model), "embeddings", None)
+        offset = int(emb.padding_idx) + 1 if hasattr(emb, "padding_idx") and emb.padding_idx is not None else 0
+        max_pos = int(getattr(cfg, "max_position_embeddings", 512) or 512)
+        meta["text"] = {"tokenizer": "tokenizer.json", "max_len": max_pos - offset,
+                        "pad_id": int(getattr(cfg, "pad_token_id", 0) or 0)}
     return ModelSource(module=model, example_inputs=ex, output_names=[], dynamic=dyn or None,
                        metadata=meta, name=path.resolve().name, description=f"transformers {type(model).__name__}",
                        extra_files={f: path / f for f in carried})

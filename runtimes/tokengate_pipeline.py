@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit.errors import BundleError, InputError, MissingFileError
 from edgekit.runtimes.pipeline import PipelineBase
+from edgekit.runtimes.text import TextEncoder
 
 
 # ----------------------------------------------------------------------------- selection rules
@@ -82,50 +83,6 @@ def layer_flops(n: int, hidden: int, inter: int) -> int:
 def last_layer_cls_flops(n: int, hidden: int, inter: int) -> int:
     """The last layer when only [CLS] is read: K, V over n tokens; Q, attention, O, FFN for 1 row."""
     return 2 * (2 * n * hidden * hidden + 2 * hidden * hidden + 2 * n * hidden + 2 * hidden * inter)
-
-
-# ----------------------------------------------------------------------------- tokenizer
-class TextEncoder:
-    """Raw text -> (input_ids, attention_mask) with the bundle's ``tokenizer.json``."""
-
-    def __init__(self, path: str, max_len: int, pad_id: int = 0):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:  # pragma: no cover
-            from edgekit.errors import BackendUnavailableError
-            raise BackendUnavailableError("raw-text input needs the 'tokenizers' library",
-                                          'pip install "edgekit[text]" (or pip install tokenizers)') from None
-        self.tok = Tokenizer.from_file(str(path))
-        self.tok.no_padding()
-        self.tok.no_truncation()
-        self.max_len, self.pad_id = int(max_len), int(pad_id)
-
-    def __call__(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not texts:
-            raise InputError("text input must be a non-empty list of strings", "pass e.g. ['a review']")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise InputError(f"text item {bad[0]} is {type(texts[bad[0]]).__name__}, not str",
-                             "pass strings only")
-        encs = self.tok.encode_batch(list(texts))
-        ids = []
-        for i, e in enumerate(encs):
-            seq = list(e.ids)
-            if len(seq) > self.max_len:
-                if not truncate:
-                    raise InputError(f"text {i} has {len(seq)} tokens, more than max_len={self.max_len}",
-                                     "shorten it or allow truncation (truncate=True)")
-                seq = seq[: self.max_len - 1] + [seq[-1]]  # keep [SEP]
-            ids.append(seq)
-        t = max(len(s) for s in ids)
-        out = np.full((len(ids), t), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), t), dtype=np.int64)
-        for i, s in enumerate(ids):
-            out[i, : len(s)] = s
-            mask[i, : len(s)] = 1
-        return {"input_ids": out, "attention_mask": mask}
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -59,9 +59,12 @@ def run(
     sess = edgekit.load(bundle, backend=backend)
     meta = sess.bundle.manifest.metadata if hasattr(sess, "bundle") else _manifest(bundle).metadata
     if text:
-        if not hasattr(sess, "run_text"):
-            raise UsageError(f"{Path(bundle).name} does not take text", "pass --input FILE.npz instead")
-        outs = sess.run_text(list(text))
+        if hasattr(sess, "run_text"):
+            outs = sess.run_text(list(text))
+        else:  # a single-graph text model that carries its tokenizer (metadata.text)
+            from edgekit.bundle import Bundle
+            from edgekit.runtimes.text import text_feeds
+            outs = sess.run(text_feeds(Bundle.load(bundle, verify=False), [s.name for s in sess.inputs], list(text)))
     elif input is not None:
         outs = sess.run(load_arrays(input, sess.inputs))
     else:

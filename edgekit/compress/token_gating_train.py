@@ -15,7 +15,7 @@ import torch
 
 from edgekit.compress.token_gating import SUPPORTED, TokenGatedBert
 from edgekit.errors import DataError, UsageError
-from edgekit.runtimes.tokengate_pipeline import TextEncoder
+from edgekit.runtimes.text import TextEncoder
 
 
 def minilm_path() -> Path:
