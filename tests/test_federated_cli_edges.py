@@ -249,3 +249,17 @@ def test_server_out_directory_and_checkpoint_file(tmp_path):
                 "is a directory")
     _user_error(run_cli("federated", "server", "--insecure", "--timeout", "5", "--out", tmp_path / "r.json",
                         "--checkpoint-dir", tmp_path / "afile", timeout=60), "is a file")
+
+
+def test_settings_that_lead_nowhere_are_warned_about():
+    """Accepted but useless settings: a malicious fraction that rounds to no attacker, a horizon too
+    short for clones to return, a buffer that never fills. The run still completes (exit 0, clean
+    JSON on stdout); stderr says what happened and what to change."""
+    r = run_cli("federated", "simulate", "--horizon", "100", "--clients", "3", "--malicious", "0.1",
+                "--buffer-size", "50", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["version"] == 0
+    assert "rounds to 0 malicious nodes" in r.stderr
+    assert "--horizon 100 is short" in r.stderr
+    assert "no core update happened" in r.stderr and "--buffer-size" in r.stderr

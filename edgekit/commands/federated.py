@@ -81,12 +81,23 @@ def simulate_cmd(
         _check_out(out)
     from edgekit.federated.data import FALLBACK_NOTE, resolve_dataset
 
+    def warn(msg: str) -> None:
+        typer.echo(f"edgekit: warning: {msg}", err=True)
+
     if resolve_dataset(dataset) != dataset:  # the library only logs this, and logs are off here
-        typer.echo(f"edgekit: warning: {FALLBACK_NOTE}", err=True)
+        warn(FALLBACK_NOTE)
+    if malicious > 0 and round(malicious * clients) == 0:
+        warn(f"--malicious {malicious} x {clients} clients rounds to 0 malicious nodes (use more than {0.5 / clients:.3g})")
+    if horizon < 400:
+        warn(f"--horizon {horizon:g} is short: a median node needs ~20 units per clone (2 epochs) and churn "
+             "sessions last ~horizon/4, so most clones may time out; 1500+ gives meaningful curves")
 
     result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=dataset,
                       horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
                       attend=attend, out=str(out) if out else "")
+    if not result.get("version"):
+        warn(f"no core update happened within --horizon {horizon:g} ({result['accepted']} accepted updates, "
+             f"{buffer_size} needed per core update): raise --horizon or lower --buffer-size")
     if as_json:
         from edgekit.cli import emit_json
 
