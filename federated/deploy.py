@@ -263,15 +263,58 @@ def serverapp_pids(superlink: subprocess.Popen) -> list[int]:
     return out
 
 
-def wait_for_file(path: str | os.PathLike, timeout: float, procs=(), poll: float = 0.5) -> dict:
-    """Wait for the server's result JSON; fail early if a watched process died."""
+def run_status(run_id: str, flwr_home: str | os.PathLike, timeout: float = 30.0) -> str | None:
+    """The run's status from ``flwr ls --run-id ID --format json`` ("pending", "running",
+    "finished:completed", "finished:failed", ...); None when it cannot be read right now."""
+    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
+    try:
+        p = subprocess.run([_exe("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+        payload = json.loads(p.stdout[p.stdout.find("{"):]) if "{" in p.stdout else {}
+    except (subprocess.TimeoutExpired, OSError, json.JSONDecodeError):
+        return None
+    runs = payload.get("runs") or []
+    return str(runs[0].get("status")) if runs and runs[0].get("status") else None
+
+
+def save_run_log(run_id: str, flwr_home: str | os.PathLike, dest: str | os.PathLike,
+                 timeout: float = 30.0) -> Path | None:
+    """``flwr log RUN_ID --show`` into ``dest`` (while the SuperLink still runs); None if unavailable."""
+    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
+    try:
+        p = subprocess.run([_exe("flwr"), "log", str(run_id), CONNECTION, "--show"],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    text = (p.stdout or "") + (p.stderr or "")
+    if not text.strip():
+        return None
+    Path(dest).write_text(text)
+    return Path(dest)
+
+
+def wait_for_file(path: str | os.PathLike, timeout: float, procs=(), poll: float = 0.5,
+                  status=None, status_every: float = 10.0, grace: float = 5.0,
+                  hint: str = "see the run's log (flwr log RUN_ID) and the SuperLink log") -> dict:
+    """Wait for the server's result JSON; fail early if a watched process died, or if ``status()``
+    (e.g. ``run_status``) says the run finished and, a few polls later, still no result exists
+    (the ServerApp crashed: waiting for ``timeout`` would only hide it)."""
     p = Path(path)
     end = time.monotonic() + timeout
+    next_status, finished_at, finished = time.monotonic() + status_every, None, None
     while time.monotonic() < end:
         if p.exists():
             return json.loads(p.read_text())
         for proc in procs:
             if proc.poll() is not None:
                 raise DeployError(f"a Flower process exited (code {proc.returncode}) before the run ended")
+        now = time.monotonic()
+        if finished_at is not None and now - finished_at > grace:
+            raise DeployError(f"the run ended ({finished}) without writing {p}", hint)
+        if status is not None and finished_at is None and now >= next_status:
+            finished = status()
+            next_status = now + status_every
+            if finished and finished.startswith("finished"):
+                finished_at = now            # grace: the result may still be landing
         time.sleep(poll)
     raise DeployError(f"no result at {p} after {timeout:.0f}s", "see the SuperLink log")

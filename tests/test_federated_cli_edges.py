@@ -263,3 +263,21 @@ def test_settings_that_lead_nowhere_are_warned_about():
     assert "rounds to 0 malicious nodes" in r.stderr
     assert "--horizon 100 is short" in r.stderr
     assert "no core update happened" in r.stderr and "--buffer-size" in r.stderr
+
+
+def test_server_wait_ends_when_the_run_failed_without_a_result(tmp_path):
+    """The server command polls the run's status: a ServerApp that crashed ends the wait at once
+    (seen for real: --out on an unwritable path failed at the end, the CLI waited --timeout)."""
+    import threading
+    import time
+
+    from edgekit.federated import deploy
+
+    t0 = time.monotonic()
+    with pytest.raises(deploy.DeployError, match=r"the run ended \(finished:failed\)"):
+        deploy.wait_for_file(tmp_path / "r.json", 60, poll=0.02, status=lambda: "finished:failed",
+                             status_every=0.05, grace=0.2)
+    assert time.monotonic() - t0 < 5
+    out = tmp_path / "ok.json"
+    threading.Timer(0.3, lambda: out.write_text('{"version": 3}')).start()
+    assert deploy.wait_for_file(out, 60, poll=0.02, status=lambda: "running", status_every=0.05) == {"version": 3}

@@ -173,7 +173,17 @@ def server_cmd(
         app_dir = deploy.write_app_dir(work / "app", cfg.to_run_config())
         run_id = deploy.submit_run(app_dir, home)
         typer.echo(f"run {run_id} started; waiting for {out}", err=True)
-        result = deploy.wait_for_file(out, timeout, procs=[link] if link else [])
+        try:
+            result = deploy.wait_for_file(out, timeout, procs=[link] if link else [],
+                                          status=lambda: deploy.run_status(run_id, home))
+        except deploy.DeployError as err:   # keep the run's log before the SuperLink goes away
+            saved = deploy.save_run_log(run_id, home, work / "run.log")
+            if saved is None:
+                raise
+            import re
+            causes = re.findall(r"^(?:\w+\.)*\w+(?:Error|Exception): .*$", saved.read_text(errors="replace"), re.M)
+            why = f"; last error in the run: {causes[-1][:300]}" if causes else ""
+            raise deploy.DeployError(err.message + why, f"the run's log: {saved}") from None
     finally:
         deploy.stop(link)
     if as_json:
