@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from edgekit.compress.token_gating import SUPPORTED, TokenGatedBert
+from edgekit.compress.token_gating import TokenGatedBert
+from edgekit.compress.token_gating_arch import SUPPORTED
 from edgekit.errors import DataError, UsageError
 from edgekit.runtimes.text import TextEncoder
 
