@@ -37,6 +37,32 @@ class ServerState:
     aux: State = field(default_factory=dict)  # aggregator state, e.g. the server momentum buffer
 
 
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """``write(fh)`` into a temporary beside ``path``, flushed and fsynced, then ``os.replace``d over
+    it: readers see the old file or the new one, never a partial one; the temporary never survives
+    a failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
+    """The server's result JSON (``--out``), written atomically; an unwritable path is a user error."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(p, lambda fh: json.dump(obj, fh, indent=1))
+    except OSError as err:
+        raise EdgekitError(f"cannot write the result to {p}: {err.strerror}", "pass a writable --out path") from err
+
+
 def checkpoint_path(directory: str | os.PathLike) -> Path:
     return Path(directory) / CKPT_NAME
 
@@ -51,16 +77,7 @@ def save(directory: str | os.PathLike, st: ServerState) -> Path:
     header = {"format": FORMAT, "version": st.version, "accepted": st.accepted,
               "buffer": [u.meta() for u in st.buffer], "meta": st.meta}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".server.ckpt.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, d / CKPT_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(d / CKPT_NAME, lambda fh: np.savez(fh, **arrays), binary=True)
     try:  # make the rename itself durable
         dfd = os.open(d, os.O_RDONLY)
         os.fsync(dfd)

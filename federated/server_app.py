@@ -15,13 +15,9 @@ advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own 
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -366,7 +362,7 @@ class AsyncServer:
                   "agg_stats": self.meta.get("agg-stats", {}),
                   "curve": self.meta["curve"]}
         if self.cfg.out:
-            write_json_atomic(self.cfg.out, result)
+            ckpt.write_json_atomic(self.cfg.out, result)
         return result
 
 
@@ -406,25 +402,6 @@ class _CountingGrid(Grid):
         self.replies += sum(1 for m in replies if not m.has_error())
         self.meta["bytes-up"] += sum(_array_bytes(m.content) for m in replies if not m.has_error())
         return replies
-
-
-def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    except OSError as err:
-        raise EdgekitError(f"cannot write the result to {p}: {err.strerror}", "pass a writable --out path") from err
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, p)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)  # never leave a half-written temporary behind
-        if isinstance(err, OSError):
-            raise EdgekitError(f"cannot write the result to {p}: {err.strerror}",
-                               "pass a writable --out path") from err
-        raise
 
 
 app = ServerApp()

@@ -163,7 +163,7 @@ def test_a_user_error_in_a_grid_call_is_not_retried():
 
 
 def test_result_write_failure_is_a_user_error_and_leaves_no_temporary(tmp_path):
-    from edgekit.federated.server_app import write_json_atomic
+    from edgekit.federated.checkpoint import write_json_atomic
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(EdgekitError, match="cannot write the result"):
