@@ -204,19 +204,28 @@ def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Pope
     raise DeployError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def _flwr(args: list[str], flwr_home: str | os.PathLike, timeout: float) -> subprocess.CompletedProcess:
+    """``flwr ARGS`` against the connection written in ``flwr_home`` (raises TimeoutExpired/OSError)."""
+    return subprocess.run([_exe("flwr"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "FLWR_HOME": str(flwr_home)})
+
+
+def _json_payload(stdout: str) -> dict:
+    """The JSON object a ``flwr ... --format json`` call prints (after any log lines); {} if none."""
+    start = stdout.find("{")
+    try:
+        return json.loads(stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, timeout: float = 60.0) -> str:
     """``flwr run APP_DIR edgekit --format json``; returns the run id."""
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     try:
-        p = subprocess.run([_exe("flwr"), "run", str(app_dir), CONNECTION, "--format", "json"],
-                           capture_output=True, text=True, env=env, timeout=timeout)
+        p = _flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home, timeout)
     except subprocess.TimeoutExpired as err:
         raise DeployError(f"flwr run did not return within {timeout:.0f}s") from err
-    start = p.stdout.find("{")
-    try:
-        payload = json.loads(p.stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        payload = {}
+    payload = _json_payload(p.stdout)
     if p.returncode != 0 or not payload.get("success"):
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         raise DeployError(f"flwr run failed: {' | '.join(tail)}",
@@ -266,24 +275,19 @@ def serverapp_pids(superlink: subprocess.Popen) -> list[int]:
 def run_status(run_id: str, flwr_home: str | os.PathLike, timeout: float = 30.0) -> str | None:
     """The run's status from ``flwr ls --run-id ID --format json`` ("pending", "running",
     "finished:completed", "finished:failed", ...); None when it cannot be read right now."""
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     try:
-        p = subprocess.run([_exe("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
-                           capture_output=True, text=True, env=env, timeout=timeout)
-        payload = json.loads(p.stdout[p.stdout.find("{"):]) if "{" in p.stdout else {}
-    except (subprocess.TimeoutExpired, OSError, json.JSONDecodeError):
+        p = _flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home, timeout)
+    except (subprocess.TimeoutExpired, OSError):
         return None
-    runs = payload.get("runs") or []
+    runs = _json_payload(p.stdout).get("runs") or []
     return str(runs[0].get("status")) if runs and runs[0].get("status") else None
 
 
 def save_run_log(run_id: str, flwr_home: str | os.PathLike, dest: str | os.PathLike,
                  timeout: float = 30.0) -> Path | None:
     """``flwr log RUN_ID --show`` into ``dest`` (while the SuperLink still runs); None if unavailable."""
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     try:
-        p = subprocess.run([_exe("flwr"), "log", str(run_id), CONNECTION, "--show"],
-                           capture_output=True, text=True, env=env, timeout=timeout)
+        p = _flwr(["log", str(run_id), CONNECTION, "--show"], flwr_home, timeout)
     except (subprocess.TimeoutExpired, OSError):
         return None
     text = (p.stdout or "") + (p.stderr or "")
