@@ -2,15 +2,17 @@
 
 Message in  (type "train"): RecordDict{"arrays": ArrayRecord (the core model clone),
                                        "config": ConfigRecord(version, model, dataset, alpha,
-                                                              seed, lr, epochs, batch-size)}
+                                                              seed, lr, epochs, batch-size,
+                                                              in-dim, n-classes, classes)}
 Message out: RecordDict{"arrays": ArrayRecord (the trained clone),
                         "metrics": MetricRecord(num-examples, base-version, train-loss,
                                                 train-acc)}
 Only the model and these metrics leave the node; the data never does.
 
 Node config (``flower-supernode --node-config``): partition-id, num-partitions, optional
-data-path (an .npz with x, y replacing the partition) and, for robustness experiments only,
-attack = label-flip | random-weights | scaled (a deliberately malicious client).
+data-path (an .npz with x, y replacing the partition; checked against the in-dim / n-classes /
+classes the server sends, so such a node needs no copy of the data set) and, for robustness
+experiments only, attack = label-flip | random-weights | scaled (a deliberately malicious client).
 
 A node whose data is empty or malformed replies with a Flower ``Error`` naming the reason (and
 logs it), so the server can skip it without crashing.
@@ -45,7 +47,7 @@ def train_clone(msg: Message, context: Context) -> Message:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from .data import load_partition, load_dataset
+    from .data import load_dataset, load_node_file, load_partition
     from .models import build_model, get_state, record_to_state, set_state, state_to_record, train_local
 
     torch.set_num_threads(1)
@@ -55,11 +57,17 @@ def train_clone(msg: Message, context: Context) -> Message:
         if "arrays" not in msg.content.array_records:
             raise EdgekitError("instruction carries no 'arrays' record")
         dataset, seed = str(cfg.get("dataset", "digits")), int(cfg.get("seed", 0))
-        x, y = load_partition(dataset, int(node.get("partition-id", -1)),
-                              int(node.get("num-partitions", 0)), float(cfg.get("alpha", 0.5)),
-                              seed, data_path=str(node["data-path"]) if node.get("data-path") else None)
-        s = load_dataset(dataset, seed)
-        model = build_model(str(cfg.get("model", "mlp")), s.in_dim, s.n_classes)
+        if node.get("data-path") and "in-dim" in cfg and "n-classes" in cfg:
+            # the node's own file, checked against the shape the server sent: no copy of the data set here
+            in_dim, n_classes = int(cfg["in-dim"]), int(cfg["n-classes"])
+            x, y = load_node_file(str(node["data-path"]), in_dim, n_classes, tuple(cfg.get("classes", ())))
+        else:
+            x, y = load_partition(dataset, int(node.get("partition-id", -1)),
+                                  int(node.get("num-partitions", 0)), float(cfg.get("alpha", 0.5)),
+                                  seed, data_path=str(node["data-path"]) if node.get("data-path") else None)
+            s = load_dataset(dataset, seed)
+            in_dim, n_classes = s.in_dim, s.n_classes
+        model = build_model(str(cfg.get("model", "mlp")), in_dim, n_classes)
         base = record_to_state(msg.content.array_records["arrays"])
         set_state(model, base)
     except (EdgekitError, KeyError, ValueError, RuntimeError) as err:
@@ -72,7 +80,7 @@ def train_clone(msg: Message, context: Context) -> Message:
     # modulo 2**63: torch seeds are 64-bit (unchanged for every seed below ~9e13)
     train_seed = (seed * 100_003 + version * 101 + int(node.get("partition-id", 0))) % 2**63
     if attack == "label-flip":
-        y = (s.n_classes - 1 - y).astype(np.int64)
+        y = (n_classes - 1 - y).astype(np.int64)
     metrics = train_local(model, x, y, epochs=int(cfg.get("epochs", 1)), lr=float(cfg.get("lr", 0.05)),
                           batch_size=int(cfg.get("batch-size", 32)), seed=train_seed)
     state = get_state(model)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from edgekit.errors import UsageError
+from edgekit.errors import DataError, UsageError
 
 METHODS = ("cloned", "fedbuff", "fedavg")
+MODELS = ("mlp", "cnn")  # federated/models.py builds them
 
 
 @dataclass
 class FedConfig:
     method: str = "cloned"  # cloned | fedbuff | fedavg
-    dataset: str = "digits"
+    dataset: str = "digits"  # digits | fashion-mnist | the path of an .npz/.csv file (made absolute)
     model: str = "mlp"
     seed: int = 0
     alpha: float = 0.5  # Dirichlet non-IID concentration of the partitions
@@ -56,10 +57,18 @@ class FedConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        from .data import DATASETS
+        if self.model not in MODELS:
+            raise UsageError(f"unknown model {self.model!r}", f"use one of {', '.join(MODELS)}")
+        from .data import dataset_ref
 
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown data set {self.dataset!r}", f"use one of {', '.join(DATASETS)}")
+        try:  # a data file goes into the run config as an absolute path (other processes, other cwd)
+            self.dataset = dataset_ref(self.dataset)
+        except DataError as err:
+            raise UsageError(err.message, err.hint) from None
+        if not self.epochs >= 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0 < self.lr < float("inf"):
+            raise UsageError(f"lr must be > 0 and finite, got {self.lr}")
         if not 0 <= self.seed < 2**62:  # numpy rejects negative seeds; torch takes 64-bit ones
             raise UsageError(f"seed must be in [0, 2**62), got {self.seed}")
         if not 0 < self.alpha < float("inf"):

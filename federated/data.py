@@ -4,6 +4,8 @@ Data sets (never downloaded at run time):
   digits         sklearn's bundled 8x8 digits (1797 images, 64 features) -- tests and CI
   fashion-mnist  Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist);
                  ``load_dataset("fashion-mnist")`` falls back to digits when it is absent.
+  PATH.npz|.csv  the user's own file (:mod:`edgekit.federated.userdata`: formats, label mapping,
+                 checks); referred to by its resolved absolute path.
 
 Every data set is split once, deterministically from ``seed``, into disjoint parts:
   pool    the clients' private training data (partitioned by :func:`dirichlet_partition`)
@@ -24,10 +26,15 @@ import numpy as np
 from edgekit.data.fashion_mnist import read_idx
 from edgekit.errors import DataError
 
+from . import userdata
+
 log = logging.getLogger("edgekit.federated")
 
 FASHION_DIR = Path(os.environ.get("EDGEKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 DATASETS = ("digits", "fashion-mnist")
+MIN_PER_CLIENT = 4  # a simulation on a data file needs this many pool examples per client
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot")
 FALLBACK_NOTE = (f"Fashion-MNIST not found in {FASHION_DIR}; falling back to digits "
                  "(apt-get install -y dataset-fashion-mnist, or set EDGEKIT_FASHION_MNIST)")
 
@@ -44,6 +51,8 @@ class Splits:
     val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    classes: tuple[str, ...] = ()  # class names, label i is classes[i]
+    notes: tuple[str, ...] = ()  # warnings about the data (a user file's feature scale)
 
 
 def fashion_available() -> bool:
@@ -74,23 +83,58 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarr
                             "directory with the four *-ubyte.gz files") from err
         f = lambda a: (a.astype(np.float32) / 255.0 - 0.2860) / 0.3530  # noqa: E731
         return f(tr_x), tr_y.astype(np.int64), f(te_x), te_y.astype(np.int64)
-    raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
+    raise DataError(f"unknown data set {name!r}", UNKNOWN_HINT)
+
+
+UNKNOWN_HINT = f"use one of {', '.join(DATASETS)}, or the path of an .npz or .csv file"
+
+
+def dataset_ref(name: str) -> str:
+    """A built-in name unchanged, a data file as its resolved absolute path (the ServerApp and
+    ClientApps run in other processes and working directories). Only the name is checked here."""
+    if name in DATASETS:
+        return name
+    if userdata.looks_like_file(name):
+        return userdata.absolute(name)
+    raise DataError(f"unknown data set {name!r}", UNKNOWN_HINT)
+
+
+def is_file_dataset(name: str) -> bool:
+    return name not in DATASETS
 
 
 def resolve_dataset(name: str) -> str:
     """Return the data set that will really be used (fashion-mnist falls back to digits)."""
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}", f"use one of {', '.join(DATASETS)}")
+    name = dataset_ref(name)
     if name == "fashion-mnist" and not fashion_available():
         log.warning(FALLBACK_NOTE)
         return "digits"
     return name
 
 
-@lru_cache(maxsize=4)
 def load_dataset(name: str = "digits", seed: int = 0, pool_size: int | None = None) -> Splits:
-    """Deterministic disjoint splits of a data set (see module doc)."""
+    """Deterministic disjoint splits of a data set (see module doc). Cached; a data file is
+    keyed by its absolute path, mtime and size, so an edited file is read again."""
     name = resolve_dataset(name)
+    return _load_dataset(name, seed, pool_size, _stamp(name))
+
+
+def _stamp(name: str) -> tuple[int, int] | None:
+    return userdata.file_stamp(name) if is_file_dataset(name) else None
+
+
+@lru_cache(maxsize=4)
+def _load_dataset(name: str, seed: int, pool_size: int | None, stamp) -> Splits:
+    if stamp is not None:
+        d = userdata.read(name)
+        for note in d["notes"]:
+            log.warning(note)
+        n_classes = len(d["classes"])
+        sp = userdata.split(d["x"], d["y"], d["test_x"], d["test_y"], n_classes, seed)
+        if pool_size is not None:
+            sp["pool_x"], sp["pool_y"] = sp["pool_x"][:pool_size], sp["pool_y"][:pool_size]
+        return Splits(name, n_classes, d["x"].shape[1], sp["pool_x"], sp["pool_y"], sp["public_x"], sp["val_x"],
+                      sp["val_y"], sp["test_x"], sp["test_y"], classes=d["classes"], notes=d["notes"])
     x, y, te_x, te_y = _raw(name)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
@@ -111,8 +155,10 @@ def load_dataset(name: str = "digits", seed: int = 0, pool_size: int | None = No
     pool_x, pool_y = rest_x[n_pub + n_val:], rest_y[n_pub + n_val:]
     if pool_size is not None:
         pool_x, pool_y = pool_x[:pool_size], pool_y[:pool_size]
-    return Splits(name, int(y.max()) + 1, x.shape[1], pool_x, pool_y, pub_x, val_x, val_y,
-                  test_x, test_y)
+    n_classes = int(y.max()) + 1
+    classes = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(c) for c in range(n_classes))
+    return Splits(name, n_classes, x.shape[1], pool_x, pool_y, pub_x, val_x, val_y,
+                  test_x, test_y, classes=classes)
 
 
 def dirichlet_partition(labels: np.ndarray, num_partitions: int, alpha: float, seed: int,
@@ -160,22 +206,36 @@ def validate_partition(x: np.ndarray, y: np.ndarray, in_dim: int, n_classes: int
         raise DataError(f"{where}: labels must be integers in [0, {n_classes})")
 
 
+def load_node_file(data_path: str, in_dim: int, n_classes: int,
+                   classes: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """A node's own .npz (x, y), validated against the data set's shape. Labels are integers in
+    [0, n_classes) or, where the data set has class names, those names."""
+    p = Path(data_path)
+    if not p.exists():
+        raise DataError(f"node data file {p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            x, y = np.asarray(z["x"]), np.asarray(z["y"])
+    except (KeyError, ValueError, OSError) as err:
+        raise DataError(f"node data file {p} is malformed: {err}",
+                        "write it with np.savez(path, x=features, y=labels)") from err
+    if y.dtype.kind == "U" and y.ndim == 1 and classes:  # string labels: the data set's class names
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [str(v) for v in np.unique(y) if v not in index]
+        if unknown:
+            raise DataError(f"data file {p.name}: label {unknown[0]!r} is not a class of the data set",
+                            f"use one of {', '.join(classes[:12])}")
+        y = np.asarray([index[v] for v in y], dtype=np.int64)
+    validate_partition(x, y, in_dim, n_classes, where=f"data file {p.name}")
+    return x.astype(np.float32), y.astype(np.int64)
+
+
 def load_partition(dataset: str, partition_id: int, num_partitions: int, alpha: float,
                    seed: int, data_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The private data of one node, validated. ``data_path`` (an .npz with x, y) overrides."""
     s = load_dataset(dataset, seed)
     if data_path:
-        p = Path(data_path)
-        if not p.exists():
-            raise DataError(f"node data file {p} does not exist")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                x, y = np.asarray(z["x"]), np.asarray(z["y"])
-        except (KeyError, ValueError, OSError) as err:
-            raise DataError(f"node data file {p} is malformed: {err}",
-                            "write it with np.savez(path, x=features, y=labels)") from err
-        validate_partition(x, y, s.in_dim, s.n_classes, where=f"data file {p.name}")
-        return x.astype(np.float32), y.astype(np.int64)
+        return load_node_file(data_path, s.in_dim, s.n_classes, s.classes)
     if not (0 <= int(partition_id) < int(num_partitions)):
         raise DataError(f"partition-id {partition_id} is outside [0, {num_partitions})",
                         "start the node with --node-config 'partition-id=I num-partitions=N'")
@@ -186,7 +246,11 @@ def load_partition(dataset: str, partition_id: int, num_partitions: int, alpha: 
     return x, y
 
 
-@lru_cache(maxsize=16)
 def _partitions(name: str, seed: int, n: int, alpha: float) -> list[np.ndarray]:
+    return _partitions_cached(name, seed, n, alpha, _stamp(name))
+
+
+@lru_cache(maxsize=16)
+def _partitions_cached(name: str, seed: int, n: int, alpha: float, stamp) -> list[np.ndarray]:
     s = load_dataset(name, seed)
     return dirichlet_partition(s.pool_y, n, alpha, seed, min_size=min(8, len(s.pool_y) // n))

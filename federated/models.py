@@ -11,7 +11,7 @@ from torch import nn
 
 from edgekit.errors import UsageError
 
-MODELS = ("mlp", "cnn")
+from .config import MODELS
 
 
 class MLP(nn.Module):

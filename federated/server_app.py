@@ -213,7 +213,7 @@ class AsyncServer:
         msgs = []
         for n in nodes:
             content = RecordDict({"arrays": rec,
-                                  "config": ConfigRecord(self.cfg.client_config(self.version))})
+                                  "config": ConfigRecord(self.client_config())})
             msgs.append(Message(content, dst_node_id=int(n), message_type="train",
                                 ttl=max(2 * self.cfg.deadline, 10.0), group_id=str(self.version)))
         ids = list(self._grid_call(self.grid.push_messages, msgs, default=[]))
@@ -336,7 +336,7 @@ class AsyncServer:
         while not self.done():
             res = strategy.start(grid=grid, initial_arrays=state_to_record(self.core), num_rounds=1,
                                  timeout=self.cfg.deadline,
-                                 train_config=ConfigRecord(self.cfg.client_config(self.version)))
+                                 train_config=ConfigRecord(self.client_config()))
             if res.arrays is not None and len(res.arrays):
                 self.core = record_to_state(res.arrays)
             self._update_served()  # the same serving EMA option as the async methods (per round)
@@ -350,10 +350,18 @@ class AsyncServer:
             self.save()
         return self.finish()
 
+    def client_config(self) -> dict:
+        """The instruction's config: the run's training settings and the data set's shape, so a
+        node with its own data file needs no copy of the server's data set."""
+        s = self.data
+        return {**self.cfg.client_config(self.version), "in-dim": int(s.in_dim), "n-classes": int(s.n_classes),
+                "classes": [str(c) for c in s.classes]}
+
     def finish(self) -> dict:
         self.save()
         result = {"method": self.cfg.method, "config": self.cfg.to_run_config(),
-                  "dataset": self.data.name, "version": self.version, "accepted": self.accepted,
+                  "dataset": self.data.name, "classes": list(self.data.classes),
+                  "version": self.version, "accepted": self.accepted,
                   "final_acc": self.meta["curve"][-1]["acc"], "elapsed": self.elapsed(),
                   "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],
                   "rejected": dict(self.rejected), "errors": self.meta["errors"],

@@ -257,10 +257,17 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
                   max_time=horizon, max_versions=10**9, poll=1.0, deadline=horizon / 20)
     cfg_kw.update(overrides)
     cfg = FedConfig(**cfg_kw)
-    from .data import load_dataset
+    from .data import MIN_PER_CLIENT, is_file_dataset, load_dataset
 
+    pool = len(load_dataset(dataset, seed).pool_y)
+    if is_file_dataset(dataset) and pool < MIN_PER_CLIENT * clients:
+        from edgekit.errors import DataError
+
+        raise DataError(f"data set file {dataset}: its client pool has {pool} examples, fewer than "
+                        f"{MIN_PER_CLIENT} for each of {clients} clients",
+                        f"use at most {max(1, pool // MIN_PER_CLIENT)} --clients, or more data")
     # time unit: a median-speed node needs 10 units for one epoch on an average partition
-    spe = 10.0 / max(1.0, len(load_dataset(dataset, seed).pool_y) / clients)
+    spe = 10.0 / max(1.0, pool / clients)
     profiles = make_profiles(clients, seed=seed, horizon=horizon, malicious=malicious,
                              speed_sigma=speed_sigma, churn=churn, sec_per_example=spe)
     grid = VirtualGrid(profiles).configure(dataset, seed, cfg.alpha)

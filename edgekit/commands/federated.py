@@ -54,13 +54,27 @@ def _check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: {parent} is not a writable directory", "pass a writable --out path")
 
 
+DATASET_HELP = "digits | fashion-mnist | PATH.npz (x, y[, x_test, y_test]) | PATH.csv (header, label column)"
+
+
+def _check_data_file(dataset: str, seed: int) -> tuple[str, ...]:
+    """Read and check a user data file before anything starts (DataError naming the problem);
+    returns its warnings. Built-in data sets are not loaded here."""
+    from edgekit.federated.data import is_file_dataset, load_dataset
+
+    return load_dataset(dataset, seed).notes if is_file_dataset(dataset) else ()
+
+
 @fed.command("simulate")
 def simulate_cmd(
     method: str = typer.Option("cloned", help="cloned | fedbuff | fedavg"),
     clients: int = typer.Option(20, help="number of simulated nodes"),
     malicious: float = typer.Option(0.0, help="fraction of malicious nodes (label-flip, random-weights, scaled)"),
     seed: int = typer.Option(0),
-    dataset: str = typer.Option("digits", help="digits | fashion-mnist (falls back to digits if absent)"),
+    dataset: str = typer.Option("digits", help=DATASET_HELP + " (fashion-mnist falls back to digits if absent)"),
+    model: str = typer.Option("mlp", help="mlp | cnn (cnn: square grey images, e.g. 8x8 or 28x28)"),
+    epochs: int = typer.Option(2, help="local epochs per clone"),
+    lr: float = typer.Option(0.05, help="client SGD learning rate"),
     horizon: float = typer.Option(1500.0, help="virtual time budget (a median node needs 10 units per epoch)"),
     alpha: float = typer.Option(0.5, help="Dirichlet non-IID concentration"),
     buffer_size: int = typer.Option(5, help="K updates per core update"),
@@ -84,17 +98,20 @@ def simulate_cmd(
     def warn(msg: str) -> None:
         typer.echo(f"edgekit: warning: {msg}", err=True)
 
-    if resolve_dataset(dataset) != dataset:  # the library only logs this, and logs are off here
+    ref = resolve_dataset(dataset)
+    if dataset == "fashion-mnist" and ref != dataset:  # the library only logs this, and logs are off here
         warn(FALLBACK_NOTE)
+    for note in _check_data_file(ref, seed):
+        warn(note)
     if malicious > 0 and round(malicious * clients) == 0:
         warn(f"--malicious {malicious} x {clients} clients rounds to 0 malicious nodes (use more than {0.5 / clients:.3g})")
     if horizon < 400:
         warn(f"--horizon {horizon:g} is short: a median node needs ~20 units per clone (2 epochs) and churn "
              "sessions last ~horizon/4, so most clones may time out; 1500+ gives meaningful curves")
 
-    result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=dataset,
+    result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=ref,
                       horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
-                      attend=attend, out=str(out) if out else "")
+                      attend=attend, model=model, epochs=epochs, lr=lr, out=str(out) if out else "")
     if not result.get("version"):
         warn(f"no core update happened within --horizon {horizon:g} ({result['accepted']} accepted updates, "
              f"{buffer_size} needed per core update): raise --horizon or lower --buffer-size")
@@ -116,7 +133,10 @@ def server_cmd(
     superlink: Optional[str] = typer.Option(None, help="use a running SuperLink HOST:PORT instead of starting one"),
     host: str = typer.Option("127.0.0.1", help="address the started SuperLink listens on"),
     port: int = typer.Option(9093, help="port of the started SuperLink (Fleet + Control API)"),
-    dataset: str = typer.Option("digits"),
+    dataset: str = typer.Option("digits", help=DATASET_HELP + "; every node reads the same path"),
+    model: str = typer.Option("mlp", help="mlp | cnn"),
+    epochs: int = typer.Option(2, help="local epochs per clone"),
+    lr: float = typer.Option(0.05, help="client SGD learning rate"),
     max_versions: int = typer.Option(20, help="stop after this many core updates (FedAvg: rounds)"),
     max_time: float = typer.Option(0.0, help="stop after this many seconds (0: no limit)"),
     deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take"),
@@ -139,9 +159,17 @@ def server_cmd(
 
     out, ckdir = out.resolve(), checkpoint_dir.resolve()
     # every check before anything is written, started or deleted
-    cfg = FedConfig(method=method, dataset=dataset, max_versions=max_versions, max_time=max_time,
-                    deadline=deadline, buffer_size=buffer_size, attend=attend, min_nodes=min_nodes,
-                    checkpoint_dir=str(ckdir), out=str(out))
+    cfg = FedConfig(method=method, dataset=dataset, model=model, epochs=epochs, lr=lr, max_versions=max_versions,
+                    max_time=max_time, deadline=deadline, buffer_size=buffer_size, attend=attend,
+                    min_nodes=min_nodes, checkpoint_dir=str(ckdir), out=str(out))
+    for note in _check_data_file(cfg.dataset, cfg.seed):  # cfg.dataset: a file's absolute path
+        typer.echo(f"edgekit: warning: {note}", err=True)
+    if cfg.model != "mlp":  # e.g. cnn on features that are not a square image
+        from edgekit.federated.data import load_dataset
+        from edgekit.federated.models import build_model
+
+        s = load_dataset(cfg.dataset, cfg.seed)
+        build_model(cfg.model, s.in_dim, s.n_classes)
     if not timeout > 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
     _check_out(out)
