@@ -1,10 +1,12 @@
 """edgekit.export: PyTorch model -> validated bundle (every artifact checked against PyTorch)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import io
-import tempfile
+import shutil
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekit.bundle import Artifact, Bundle, BundleWriter, Graph, Manifest, Validation
+from edgekit.bundle import WORK_DIRS, Artifact, Bundle, BundleWriter, Graph, Manifest, Validation, make_work_dir
 from edgekit.errors import EdgekitError, ExportError, UsageError
-from edgekit.exporters.adapter import adapt, reference
+from edgekit.exporters.adapter import adapt, as_input_array, keeping_modes, modes_kept, reference
 from edgekit.exporters.job import ExportJob
 from edgekit.exporters.targets import Target, resolve_targets
 from edgekit.exporters.validate import host, make_cases, validate_artifact
@@ -33,16 +35,10 @@ class GraphSource:
     onnx_path: str | None = None
 
 
-def _np(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
 def normalize_examples(model: Any, example_inputs: Any, input_names: list[str] | None) -> dict[str, np.ndarray]:
     """dict / tuple / single tensor -> ordered {name: np.ndarray}."""
     if isinstance(example_inputs, dict):
-        return {str(k): _np(v) for k, v in example_inputs.items()}
+        return {str(k): as_input_array(str(k), v) for k, v in example_inputs.items()}
     items = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
     if input_names is None:
         try:
@@ -56,7 +52,8 @@ def normalize_examples(model: Any, example_inputs: Any, input_names: list[str] |
     if len(input_names) != len(items):
         raise UsageError(f"{len(items)} example inputs but {len(input_names)} input names",
                          "give one name per example input")
-    return {n: _np(a) for n, a in zip(input_names, items)}
+    return {n: as_input_array(n, a) for n, a in zip(input_names, items)}
+
 
 
 def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
@@ -71,6 +68,8 @@ def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
             raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
     except Exception as e:
         raise _fails_on_example(e) from e
+    if isinstance(raw, tuple) and hasattr(raw, "_fields"):  # a namedtuple: name outputs after its fields
+        raw = raw._asdict()
     if isinstance(raw, dict):  # dicts and transformers ModelOutputs: name outputs after their keys
         names = []
         for key, value in raw.items():
@@ -81,13 +80,15 @@ def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
     return ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
 
 
+@keeping_modes
 def export(model: Any, example_inputs: Any = None, *, targets: Any = ("onnx",), out: str | Path = ".",
            name: str | None = None, precision: str = "fp32", dynamic: dict | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
            metadata: dict | None = None, calib: Any = None, opset: int | None = None,
            extra_files: dict | None = None, pipeline: dict | None = None, options: dict | None = None,
            progress: Callable[[str], None] | None = None) -> Bundle:
-    """Export one PyTorch module (or a ModelSource) to ``out/NAME.edgekit`` and validate every artifact."""
+    """Export one PyTorch module (or a ModelSource) to ``out/NAME.edgekit`` and validate every artifact.
+    The module runs in eval mode; its own train/eval state is restored afterwards."""
     from edgekit.source import ModelSource
 
     if isinstance(model, ModelSource) and model.exporter is not None:
@@ -238,7 +239,8 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
     asked = [n.strip().lower() for n in (targets.split(",") if isinstance(targets, str) else targets)]
     explicit = asked != ["all"]  # with "all", one target failing must not stop the others
     onnx_asked = "onnx" in asked or not explicit
-    with BundleWriter(out, name) as w, tempfile.TemporaryDirectory(prefix="edgekit-export-") as tmp:
+    with modes_kept(*(g.module for g in graphs.values())), BundleWriter(out, name) as w, \
+            _work_dir("edgekit-export-") as tmp:
         manifest = Manifest(name=name, inputs=[], outputs=[], graphs={}, metadata=metadata, pipeline=pipeline)
         calib_list = None
         for gname, src in graphs.items():
@@ -283,6 +285,17 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
     return Bundle.load(dest)
 
 
+@contextlib.contextmanager
+def _work_dir(prefix: str):
+    """A temporary directory that a terminated CLI removes too (bundle.WORK_DIRS)."""
+    d = make_work_dir(prefix)
+    try:
+        yield str(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        WORK_DIRS.discard(d)
+
+
 def _torch(a: np.ndarray):
     import torch
 
@@ -318,7 +331,9 @@ class _GraphCtx:
                         options=options, inputs=self.graph.inputs, outputs=self.graph.outputs)
         self.say(f"[{self.gname}] exporting {t.name} {p}" + (f" again with {retry}" if retry else ""))
         try:
-            res = importlib.import_module(t.module).export(job)
+            # exporter libraries' progress output (NNCF's int8 bars) belongs on stderr: stdout carries --json
+            with contextlib.redirect_stdout(sys.stderr):
+                res = importlib.import_module(t.module).export(job)
         except Exception as e:  # one target's failure must not sink the others (unless it is the base ONNX)
             if self.explicit and t.name == "onnx" and not retry:
                 if isinstance(e, EdgekitError):

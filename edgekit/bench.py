@@ -15,6 +15,18 @@ from edgekit.bundle import Bundle
 from edgekit.errors import BackendUnavailableError, EdgekitError
 
 
+def check_counts(iters: int, warmup: int = 0, batch: int | None = None) -> None:
+    """Refuse run counts no measurement can come from (--iters 0 used to end in an IndexError)."""
+    from edgekit.errors import UsageError
+
+    if iters < 1:
+        raise UsageError(f"--iters {iters}: at least one timed run is needed", "use --iters 1 or more (default 100-200)")
+    if warmup < 0:
+        raise UsageError(f"--warmup {warmup} is negative", "use --warmup 0 or more")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch {batch}: a batch needs at least one sample", "use --batch 1 or more")
+
+
 def summarize(ns: np.ndarray, batch: int = 1) -> dict[str, float]:
     ms = ns / 1e6
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
@@ -96,6 +108,7 @@ def bench_bundle(bundle: Bundle, graph: str = "main", batch: int | None = None, 
     """One row per artifact of ``graph``: accuracy facts from the manifest + measured latency here."""
     from edgekit.runtimes import open_graph
 
+    check_counts(iters, warmup, batch)
     feeds = example_feeds(bundle, graph, batch)
     n = next(iter(feeds.values())).shape[0] if feeds else 1
     rows = []
@@ -125,6 +138,8 @@ def torch_eager(module: Any, feeds: dict[str, np.ndarray], warmup: int = 20, ite
     import torch
 
     import gc
+
+    check_counts(iters, warmup)
 
     from edgekit.exporters.adapter import adapt, to_tensors
 

@@ -17,13 +17,39 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import (BundleError, ChecksumError, FormatVersionError, MissingFileError,
-                            UnsafePathError)
+                            UnsafePathError, UsageError)
 from edgekit.specs import TensorSpec, specs_from_list, specs_to_list
 
 FORMAT = "edgekit.bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".edgekit"
 STATUSES = ("ok", "not-validated", "failed", "pending-build")
+# staging/work directories in use: removed by remove_work_dirs() when the process is terminated
+WORK_DIRS: set[Path] = set()
+
+
+def check_name(name: str) -> str:
+    """A bundle name is one visible path component: ``out/NAME.edgekit`` must stay inside ``out``."""
+    bad = (not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0")
+           or name.strip() != name)
+    if bad:
+        raise UsageError(f"bundle name {name!r} is not a plain file name (the bundle must land inside --out, "
+                         "visible)", "use letters, digits, '-', '_' (no '/', no leading '.'), e.g. --name my-model")
+    return name
+
+
+def remove_work_dirs() -> None:
+    """Remove every staging/work directory still registered (the CLI's SIGTERM handler calls this)."""
+    for d in list(WORK_DIRS):
+        shutil.rmtree(d, ignore_errors=True)
+        WORK_DIRS.discard(d)
+
+
+def make_work_dir(prefix: str, dir: str | os.PathLike | None = None, suffix: str = "") -> Path:
+    """tempfile.mkdtemp, registered in WORK_DIRS (forget it with ``WORK_DIRS.discard``)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
+    WORK_DIRS.add(d)
+    return d
 
 
 def sha256_of(path: Path) -> str:
@@ -180,6 +206,9 @@ class Bundle:
             raw = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath} is not valid JSON ({e})", "re-export the bundle") from None
+        if not isinstance(raw, dict):
+            raise BundleError(f"{mpath} holds a JSON {type(raw).__name__}, not a bundle manifest (an object)",
+                              "re-export the bundle; manifests are written by edgekit")
         bundle = cls(root, Manifest.from_dict(raw, str(mpath)))
         if verify:
             bundle.verify()
@@ -239,18 +268,27 @@ class BundleWriter:
 
     def __init__(self, out_dir: str | os.PathLike, name: str):
         self.out_dir = Path(out_dir)
-        self.name = name
+        self.name = check_name(name)
         self.dest = self.out_dir / (name if name.endswith(SUFFIX) else name + SUFFIX)
         self.stage: Path | None = None
 
     def __enter__(self) -> "BundleWriter":
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", suffix=".tmp", dir=self.out_dir))
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"output directory {str(self.out_dir)!r} cannot be made: a file is in the way",
+                             "choose another --out directory (or move the file)") from None
+        except OSError as e:
+            raise UsageError(f"output directory {str(self.out_dir)!r} cannot be made ({e.strerror})",
+                             "choose a writable --out directory") from None
+        self.stage = make_work_dir(f".{self.dest.name}.", self.out_dir, ".tmp")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.stage is not None and self.stage.exists():
-            shutil.rmtree(self.stage, ignore_errors=True)
+        if self.stage is not None:
+            if self.stage.exists():
+                shutil.rmtree(self.stage, ignore_errors=True)
+            WORK_DIRS.discard(self.stage)
 
     def add(self, rel: str, src: str | os.PathLike | bytes) -> Path:
         """Copy a file or directory (or write bytes) to ``rel`` inside the staged bundle."""
@@ -289,6 +327,7 @@ class BundleWriter:
             os.replace(self.dest, old)
         os.chmod(self.stage, 0o755)  # mkdtemp made it private
         os.replace(self.stage, self.dest)
+        WORK_DIRS.discard(self.stage)
         self.stage = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
+import signal
 import pkgutil
 import sys
 import traceback
@@ -29,16 +31,26 @@ DEBUG = False
 
 
 def emit_json(data: Any) -> None:
-    """Machine-readable output: one JSON document on stdout, nothing else."""
-    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+    """Machine-readable output: one strict JSON document on stdout, nothing else (NaN/±inf, which
+    JSON has no literal for, become null so jq, JavaScript and other strict parsers read it)."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _default(o: Any) -> Any:
+def _finite(o: Any) -> Any:
+    """A JSON-ready copy of ``o``: arrays/numpy scalars as lists/numbers, non-finite floats as None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, (str, int, bool)) or o is None:
+        return o
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return _finite(o.tolist())
     if hasattr(o, "item"):
-        return o.item()
+        return _finite(o.item())
     return str(o)
 
 
@@ -113,6 +125,24 @@ def _quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM (kill, a job scheduler, docker stop): remove the staged bundle and work directories
+    (an abrupt exit would leave them behind), then exit 143 at once (an exception could be swallowed
+    by library code and leave the process running)."""
+    def handler(signum: int, frame: Any) -> None:
+        from edgekit.bundle import remove_work_dirs
+
+        remove_work_dirs()
+        sys.stderr.write("edgekit: terminated\n")
+        sys.stderr.flush()
+        os._exit(143)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave the default
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     global DEBUG
     import click
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         DEBUG = True
     DEBUG = DEBUG or os.environ.get("EDGEKIT_DEBUG") == "1"
     _quiet_libraries()
+    _terminate_cleanly()
     _register_commands()
     cmd = typer.main.get_command(app)
     try:
@@ -141,6 +172,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"edgekit: error: {e}\n")
         sys.exit(e.exit_code)
     except Exception as e:  # a bug, not a user mistake: still one line unless --debug
+        if isinstance(e, OSError) and e.filename:  # a path the user named: a file in the way, no permission, disk full
+            if DEBUG:
+                traceback.print_exc()
+            what = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+            sys.stderr.write(f"edgekit: error: {e.strerror or type(e).__name__}: {what} "
+                             "(fix: check the path, its permissions and the free disk space)\n")
+            sys.exit(1)
         if DEBUG:
             traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0][:300]

@@ -1,11 +1,13 @@
 """Turn a CLI MODEL argument into a ModelSource.
 
 Forms: omitted (the embedded default), builtin:NAME, FILE.pt2 (torch.export.save), FILE.onnx,
-pkg.mod:fn (a callable returning an nn.Module, a ModelSource, or (module, example_inputs)).
+pkg.mod:fn (a callable returning an nn.Module, a ModelSource, or (module, example_inputs)),
+path/file.py:fn (the same, from a file), FILE.pt/.pth (TorchScript, a whole pickled nn.Module, or a token-gating checkpoint; --input gives shapes).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -133,14 +135,15 @@ def _pt2_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
 
 
 def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
-    mod_name, fn_name = ref.split(":", 1)
+    mod_name, fn_name = ref.rsplit(":", 1)
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`, let users name modules in the current directory
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
+        fn = getattr(_import(mod_name), fn_name)
+    except Exception as e:  # ImportError, a missing name, or the user's module failing as it runs
         raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {e})",
-                         "give MODEL as package.module:function importable from the current directory") from None
+                         "give MODEL as package.module:function importable from the current directory, "
+                         "or path/to/file.py:function") from None
     try:
         made: Any = fn()
     except Exception as e:
@@ -157,17 +160,95 @@ def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
     if not isinstance(made, torch.nn.Module):
         raise UsageError(f"{ref}() returned {type(made).__name__}, not a torch.nn.Module",
                          "return an nn.Module, (module, example_inputs) or a ModelSource")
+    return _module_source(made, example, inputs, dynamic, fn_name, ref, ref)
+
+
+def _import(mod_name: str) -> Any:
+    """``pkg.module``, or a file ``path/to/models.py`` (imported under its stem, its folder on sys.path
+    so its own sibling imports and pickled classes resolve)."""
+    if not mod_name.endswith(".py"):
+        return importlib.import_module(mod_name)
+    path = Path(mod_name).resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file: {mod_name}")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _module_source(module: Any, example: Any, inputs: list[str], dynamic: dict, name: str, source: str,
+                   description: str) -> ModelSource:
+    """An nn.Module + its example inputs (``--input`` specs win over ``example``) -> ModelSource."""
     if inputs:
         ex = _examples(inputs)
     elif example is not None:
         from edgekit.api import normalize_examples
 
-        ex = normalize_examples(made, example, None)
+        ex = normalize_examples(module, example, None)
     else:
-        raise UsageError(f"{ref} returned a module without example inputs", "pass --input NAME:SHAPE[:DTYPE]")
+        raise UsageError(f"{source} gives a module without example inputs", "pass --input NAME:SHAPE[:DTYPE] for each input")
     check_dynamic(dynamic, ex)
-    return ModelSource(module=made.eval(), example_inputs=ex, output_names=[], dynamic=dynamic or None,
-                       name=fn_name, metadata={"source": ref}, description=ref)
+    return ModelSource(module=module.eval(), example_inputs=ex, output_names=[], dynamic=dynamic or None,
+                       name=name, metadata={"source": source}, description=description)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save archives hold constants.pkl / code/ (torch.save zips hold data.pkl only)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _pt_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
+    """A ``.pt``/``.pth``: a TorchScript module, a whole pickled nn.Module (torch.save(model)), or a
+    token-gating checkpoint. A state_dict holds no architecture and is refused with the way out."""
+    import torch
+
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise UsageError(f"{path.name} is a TorchScript archive that torch.jit.load cannot read "
+                             f"({type(e).__name__}: {_first(e)})", "re-save it with torch.jit.save") from None
+        return _module_source(module, None, inputs, dynamic, path.stem, path.name, "TorchScript module")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # a pickled module's class is imported by name, as with pkg.mod:fn
+    try:  # the user's own file, given to be exported: a whole pickled module needs weights_only=False
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as e:
+        fix = ("its class was defined in the script that saved it (__main__): move the class into a module and "
+               "save again, or give MODEL as path/to/file.py:function returning the model"
+               if "__main__" in str(e) else "run from the directory its module imports from, or give MODEL as "
+               "package.module:function returning the model")
+        raise UsageError(f"{path.name} holds a pickled model whose code cannot be imported ({type(e).__name__}: "
+                         f"{_first(e)})", fix) from None
+    except Exception as e:
+        raise UsageError(f"{path.name} is not a file torch.load can read ({type(e).__name__}: {_first(e)})",
+                         "give a torch.save / torch.jit.save file, FILE.pt2, FILE.onnx or package.module:function") from None
+    if isinstance(obj, torch.nn.Module):
+        return _module_source(obj, None, inputs, dynamic, path.stem, path.name, "pickled nn.Module")
+    if isinstance(obj, dict) and "arch" in obj and "state" in obj:  # from `edgekit tokengate train`
+        from edgekit.models.pipelines import tokengate_checkpoint
+
+        return tokengate_checkpoint(str(path))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path.name} holds a state_dict (weights only, no architecture)",
+                         "give MODEL as package.module:function that builds the model and calls "
+                         "load_state_dict, plus --input NAME:SHAPE; or torch.jit.save / torch.export.save it")
+    raise UsageError(f"{path.name} holds a {type(obj).__name__}, not a model",
+                     "give a torch.save(model) / torch.jit.save file, FILE.pt2, FILE.onnx or package.module:function")
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[str] | None = None) -> ModelSource:
@@ -186,18 +267,16 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
         if not p.is_file():
             raise MissingFileError(f"model file {model!r} does not exist", "check the path")
         return _onnx_source(p, inputs, dyn) if model.endswith(".onnx") else _pt2_source(p, inputs, dyn)
-    if model.endswith(".pt"):  # a token-gating checkpoint from `edgekit tokengate train`
+    if model.endswith((".pt", ".pth")):  # TorchScript, torch.save(model), or a token-gating checkpoint
         if not p.is_file():
-            raise MissingFileError(f"checkpoint {model!r} does not exist", "check the path")
-        from edgekit.models.pipelines import tokengate_checkpoint
-
-        return tokengate_checkpoint(model)
+            raise MissingFileError(f"model file {model!r} does not exist", "check the path")
+        return _pt_source(p, inputs, dyn)
     from edgekit.hf import hf_source, is_hf_dir
 
     if is_hf_dir(p):  # a transformers model directory (save_pretrained)
         return hf_source(p, inputs, dyn)
-    if re.fullmatch(r"[\w.]+:\w+", model):
+    if re.fullmatch(r"[\w.]+:\w+", model) or re.fullmatch(r".+\.py:\w+", model):  # pkg.mod:fn, path/file.py:fn
         return _callable_source(model, inputs, dyn)
     raise UsageError(f"cannot understand MODEL {model!r}" + (" (a directory without config.json)" if p.is_dir() else ""),
-                     "use builtin:NAME, FILE.pt2, FILE.onnx, a token-gating FILE.pt, a transformers model "
-                     "directory, or package.module:function (or nothing for the default)")
+                     "use builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript, torch.save(model) or a "
+                     "token-gating checkpoint), a transformers model directory, or package.module:function (or nothing for the default)")

@@ -2,6 +2,8 @@
 positional tensor inputs in a fixed order, and a flat tuple of tensor outputs."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import re
 from typing import Any
@@ -25,6 +27,59 @@ def flatten_outputs(out: Any) -> tuple:
             continue
         flat.extend(flatten_outputs(o))
     return tuple(flat)
+
+
+def as_input_array(name: str, a: Any) -> np.ndarray:
+    """One example input as an array; a dict/list/None (a forward taking a structure) is refused by name."""
+    from edgekit.errors import UsageError
+
+    if isinstance(a, (dict, list, tuple)) or a is None:
+        kind = "None" if a is None else f"a {type(a).__name__}" + (f" (keys {list(a)[:5]})" if isinstance(a, dict) else "")
+        raise UsageError(f"example input {name!r} is {kind}, not a tensor: exported graphs take flat tensor inputs",
+                         "wrap the model in an nn.Module whose forward takes one tensor per input "
+                         "(e.g. forward(self, a, b): return model({'a': a, 'b': b})) and export that")
+    if hasattr(a, "detach"):
+        _numpy_dtype(a, f"example input {name!r}", "give float32 example inputs and cast inside forward "
+                     "(x.to(torch.bfloat16)), or export model.float()")
+    arr = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    if arr.dtype == object:
+        raise UsageError(f"example input {name!r} is not a numeric tensor (numpy dtype object)",
+                         "give one numeric tensor or array per input")
+    return arr
+
+
+def _numpy_dtype(t: Any, what: str, fix: str) -> None:
+    """Refuse a torch tensor whose dtype numpy (so the bundle's IO and every runtime) cannot hold."""
+    import torch
+
+    try:
+        torch.empty(0, dtype=t.dtype).numpy()
+    except TypeError:
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"{what} is {str(t.dtype).replace('torch.', '')}, which numpy and the runtimes cannot "
+                         "hold as a bundle input/output", fix) from None
+
+
+@contextlib.contextmanager
+def modes_kept(*modules: Any):
+    """Restore every submodule's ``training`` flag on exit: exporting runs the model in eval mode but
+    must not leave a user's model (e.g. one mid-training) switched to eval."""
+    flags = [(m, m.training) for mod in modules if hasattr(mod, "modules") for m in mod.modules()]
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def keeping_modes(fn):
+    """Decorator: ``fn(model, ...)`` with ``modes_kept(model)`` (a ModelSource's module too)."""
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any):
+        with modes_kept(getattr(model, "module", model)):
+            return fn(model, *args, **kwargs)
+    return wrapper
 
 
 def adapt(module: Any, input_names: list[str]):
@@ -55,6 +110,9 @@ def adapt(module: Any, input_names: list[str]):
             return flatten_outputs(self.raw(*args))
 
     wrapped = Adapted()
+    # a TorchScript module cannot be traced from inside a Python wrapper: exporters that trace
+    # (the TorchScript ONNX exporter) take it as it is; it already returns tensors positionally
+    wrapped.script = module if isinstance(module, torch.jit.ScriptModule) else None
     try:
         wrapped.eval()
     except NotImplementedError:  # unlifted torch.export programs refuse train()/eval(); they are eval already
@@ -70,11 +128,15 @@ def to_tensors(feeds: dict[str, np.ndarray], names: list[str]) -> tuple:
 
 def reference(module: Any, cases: list[dict[str, np.ndarray]], input_names: list[str],
               output_names: list[str]) -> list[dict[str, np.ndarray]]:
-    """PyTorch outputs of the adapted module for each case (no grad, eval mode)."""
+    """PyTorch outputs of the adapted module for each case (no grad, eval mode).
+
+    Without the MultiheadAttention/TransformerEncoder inference fast path: exported graphs compute
+    the regular path, and the fast path differs from it where it is free to (it writes 0 at positions
+    a key padding mask hides, via nested tensors), which failed every padded-mask transformer."""
     import torch
 
     refs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _mha_fastpath(False):
         for feeds in cases:
             outs = module(*to_tensors(feeds, input_names))
             if len(outs) != len(output_names):
@@ -83,8 +145,26 @@ def reference(module: Any, cases: list[dict[str, np.ndarray]], input_names: list
                 raise UsageError(f"the model returns {len(outs)} output tensor(s) but {len(output_names)} output "
                                  f"name(s) were given ({output_names})",
                                  "give one name per output tensor, or none for the defaults")
+            for n, o in zip(output_names, outs):
+                _numpy_dtype(o, f"output {n!r}", "return float32 from forward (e.g. out.float()), or export model.float()")
             refs.append({n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)})
     return refs
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "get_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def dim_symbol(name: str) -> str:

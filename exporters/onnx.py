@@ -3,7 +3,6 @@ then onnx.checker, optional onnxslim, optional fp16 conversion."""
 from __future__ import annotations
 
 import re
-import shutil
 import warnings
 
 from edgekit.errors import ExportError
@@ -29,13 +28,33 @@ def _torchscript(job: ExportJob, args: tuple, path, opset: int) -> None:
     import torch
 
     axes = {n: {int(a): s for a, s in d.items()} for n, d in (job.dynamic or {}).items()}
-    torch.onnx.export(job.module, args, str(path), input_names=job.input_names,
+    module = getattr(job.module, "script", None) or job.module  # a TorchScript module is exported as is
+    torch.onnx.export(module, args, str(path), input_names=job.input_names,
                       output_names=job.output_names, opset_version=opset, dynamo=False,
                       dynamic_axes=axes or None, do_constant_folding=True)
 
 
+def _keep_inputs(model, job: ExportJob) -> None:
+    """Put back graph inputs the exporter or onnxslim dropped because the model never reads them
+    (``forward(x, unused)``), in the manifest's order: the artifact must take every manifest input,
+    or the runtime's feed of it fails ("Invalid input name")."""
+    import numpy as np
+    from onnx import helper
+
+    have = {vi.name: vi for vi in model.graph.input}
+    if not job.inputs or all(s.name in have for s in job.inputs):
+        return
+    init = {i.name for i in model.graph.initializer}
+    keep = [vi for vi in model.graph.input if vi.name in init and vi.name not in {s.name for s in job.inputs}]
+    ordered = [have.get(s.name) or helper.make_tensor_value_info(
+        s.name, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape)) for s in job.inputs]
+    del model.graph.input[:]
+    model.graph.input.extend(ordered + keep)
+
+
 def _name_dims(model, job: ExportJob) -> None:
     """Give the graph's inputs/outputs the manifest's symbolic dim names (batch, seq, ...)."""
+    _keep_inputs(model, job)
     for vi, spec in [*zip(model.graph.input, job.inputs), *zip(model.graph.output, job.outputs)]:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) != len(spec.shape):
@@ -74,6 +93,23 @@ def _toposort(graph) -> None:
     graph.node.extend(ordered)
 
 
+def _inline_copy(src, dst) -> None:
+    """Copy an ONNX file into one self-contained file: weights kept as external data beside the source
+    (``model.onnx.data``, which torch.onnx and Optimum write) are read from there and stored inline,
+    since the bundle's artifact is the one .onnx file."""
+    import onnx
+
+    try:
+        model = onnx.load(str(src))  # loads external data relative to the source file
+    except Exception as e:
+        raise ExportError(f"cannot read {src} with its external data ({type(e).__name__}: {str(e)[:200]})",
+                          "keep the .onnx file next to the data files it names") from None
+    if model.ByteSize() > 2**31 - 1:
+        raise ExportError(f"{src} holds {model.ByteSize() / 2**30:.1f} GB of weights; a single ONNX file is "
+                          "limited to 2 GB", "export a smaller model (bundles do not carry external data yet)")
+    onnx.save(model, str(dst))
+
+
 def export(job: ExportJob) -> ExportResult:
     import onnx
     import torch
@@ -83,20 +119,25 @@ def export(job: ExportJob) -> ExportResult:
     notes: list[str] = []
     extra: dict = {}
     if job.module is None:  # the source is an ONNX file already
-        shutil.copyfile(job.onnx_path, path)
+        _inline_copy(job.onnx_path, path)
         extra["exporter"] = "source-onnx"
     else:
         args, shapes = export_args(job.example_inputs, job.input_names, job.dynamic)
         want = job.options.get("exporter", "dynamo")
+        if getattr(job.module, "script", None) is not None and "exporter" not in job.options:
+            want = "torchscript"  # torch.export cannot take a TorchScript module
         try:
             if want != "dynamo":
-                raise RuntimeError(f"exporter {want!r} requested")
+                raise RuntimeError("a TorchScript module (torch.export cannot take one)"
+                                   if getattr(job.module, "script", None) is not None and "exporter" not in job.options
+                                   else f"exporter {want!r} requested")
             _dynamo(job, args, shapes, path, opset)
             extra["exporter"] = "dynamo"
         except Exception as e:  # any failure of the new exporter: fall back, keep the reason
             reason = _reason(e)
             extra.update(exporter="torchscript", fallback_reason=reason)
-            notes.append(f"dynamo exporter not used ({reason}); used the TorchScript exporter")
+            if getattr(job.module, "script", None) is None:
+                notes.append(f"dynamo exporter not used ({reason}); used the TorchScript exporter")
             path.unlink(missing_ok=True)
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -126,6 +167,7 @@ def export(job: ExportJob) -> ExportResult:
             notes.append("onnxslim not installed; graph not slimmed")
         except Exception as e:  # slimming is an optimisation; never fail the export on it
             notes.append(f"onnxslim skipped: {type(e).__name__}: {str(e)[:200]}")
+    _keep_inputs(model, job)  # onnxslim drops unused inputs too
     if job.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

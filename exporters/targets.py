@@ -64,8 +64,10 @@ def resolve_targets(spec: str | list[str] | tuple[str, ...], precisions: list[st
             if n not in TARGETS:
                 raise UsageError(f"unknown target {n!r}", f"choose from {', '.join(TARGETS)} or all")
             t = TARGETS[n]
-            bad = [p for p in precisions if p not in t.precisions]
-            if bad:
+            # like "all": a target is built at the asked precisions it supports (-t onnx,openvino
+            # -p fp16,int8 = onnx fp16 + openvino fp16/int8); one supporting none of them is a mistake
+            if not any(p in t.precisions for p in precisions):
+                bad = [p for p in precisions if p not in t.precisions]
                 raise UsageError(f"target {n} does not support precision {bad[0]}",
                                  f"{n} supports {', '.join(t.precisions)}")
             if not t.installed():

@@ -63,14 +63,22 @@ def compare(refs: list[dict[str, np.ndarray]], gots: list[dict[str, np.ndarray]]
                                 f"!= reference {list(np.shape(r))}")
                 continue
             r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
-            diff = np.abs(r64 - g64)
-            bad = ~np.isfinite(g64) & np.isfinite(r64)
-            if bad.any():
-                mismatch.append(f"case {i} output {name}: {int(bad.sum())} NaN/inf values where PyTorch's "
+            # NaN/inf in the reference (log of 0, -inf attention masks) must be matched exactly and kept
+            # out of the scale: one inf there would make the tolerance inf and pass any artifact
+            fr, fg = np.isfinite(r64), np.isfinite(g64)
+            both = fr & fg
+            same = (np.isnan(r64) & np.isnan(g64)) | (~fr & ~np.isnan(r64) & (r64 == g64))
+            lost, changed = fr & ~fg, ~fr & ~same
+            if lost.any():
+                mismatch.append(f"case {i} output {name}: {int(lost.sum())} NaN/inf values where PyTorch's "
                                 "are finite")
-            err = float(np.inf) if bad.any() else float(np.nanmax(diff)) if diff.size else 0.0
+            if changed.any():
+                mismatch.append(f"case {i} output {name}: {int(changed.sum())} values differ where PyTorch's "
+                                "are NaN/inf")
+            diff = np.abs(r64[both] - g64[both])
+            err = float(np.inf) if (lost.any() or changed.any()) else float(diff.max()) if diff.size else 0.0
             max_abs = max(max_abs, err)
-            scale = max(scale, float(np.nanmax(np.abs(r64))) if r64.size else 0.0)
+            scale = max(scale, float(np.abs(r64[fr]).max()) if fr.any() else 0.0)
         if classifier and ref:
             first = next(iter(ref))
             if first in got and np.shape(got[first]) == np.shape(ref[first]) and np.ndim(ref[first]) >= 1:

@@ -41,6 +41,16 @@ class BackendBase:
         return self.run
 
 
+def _as_array(v: Any) -> np.ndarray:
+    """A feed as an ndarray; torch tensors (even ones that require grad, or on a GPU) by duck typing,
+    so this module never imports torch."""
+    if isinstance(v, np.ndarray):
+        return v
+    if hasattr(v, "detach") and hasattr(v, "cpu"):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
 class Session:
     """A runnable graph: ``run({name: array}) -> {name: array}`` with inputs checked first."""
 
@@ -73,7 +83,7 @@ class Session:
         if feeds.keys() != self._names:
             self._name_error(feeds)
         out = feeds if all(type(feeds[n]) is np.ndarray for n in self._names) else {
-            k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in feeds.items()}
+            k: _as_array(v) for k, v in feeds.items()}
         symbols: dict[str, int] = {}
         for name, dtype, rank, fixed, sym, spec in self._checks:
             a = out[name]

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    model: Optional[str] = typer.Argument(None, help="omitted = embedded default; builtin:NAME, FILE.pt2, FILE.onnx, pkg.mod:fn"),
+    model: Optional[str] = typer.Argument(None, help="omitted = embedded default; builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript / torch.save(model) / token-gating checkpoint), a transformers dir, pkg.mod:fn or path/file.py:fn"),
     target: str = typer.Option("all", "--target", "-t", help="onnx,openvino,coreml,tensorrt or all (= every target installed here)"),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (comma list allowed)"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data for int8: .npz or a directory of .npy"),
@@ -39,6 +39,14 @@ def export(
         parse_input(spec)
     parse_dynamic(dynamic)
     options = parse_options(option)
+    if bench:
+        from edgekit.bench import check_counts
+
+        check_counts(iters)
+    if name is not None:
+        from edgekit.bundle import check_name
+
+        check_name(name)
     from edgekit.api import export as do_export
     from edgekit.bench import bench_bundle, torch_eager
     from edgekit.resolve import resolve

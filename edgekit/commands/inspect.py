@@ -126,9 +126,10 @@ def bench(
     json_out: bool = JSON,
 ) -> None:
     """Latency of every artifact runnable here: session vs raw backend call (runtime overhead), p50/p90/p99."""
-    from edgekit.bench import bench_bundle, example_feeds
+    from edgekit.bench import bench_bundle, check_counts, example_feeds
     from edgekit.bundle import Bundle
 
+    check_counts(iters, warmup, batch)
     b = Bundle.load(bundle)
     graphs = [graph] if graph else ["main"] if "main" in b.manifest.graphs else list(b.manifest.graphs)
     for g in graphs:

@@ -25,11 +25,18 @@ GATE_STEPS, HARD_STEPS, GATE_LR, SPARSITY = 300, 500, 0.02, "gates"   # the benc
 
 
 def _cache_key(*parts) -> str:
+    """A key over the parts; a Path stands for its content (a directory: every file in it), so a
+    model directory re-saved with other weights, config or tokenizer never reuses a stale cache."""
     import hashlib
     h = hashlib.sha1()
     for p in parts:
-        if isinstance(p, Path) and p.is_file():
-            h.update(p.read_bytes())
+        if isinstance(p, Path) and p.exists():
+            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            for f in files:
+                h.update(str(f.relative_to(p) if p.is_dir() else "").encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
         else:
             h.update(repr(p).encode())
     return h.hexdigest()[:12]
@@ -52,8 +59,21 @@ def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = 
     torch.set_num_threads(1)
     from edgekit.compress import token_gating_train as T
 
-    if knob < 0:
-        raise UsageError(f"--knob must be >= 0, got {knob}", "larger knob = fewer tokens; try 2 .. 4")
+    import math
+
+    if not (math.isfinite(knob) and knob >= 0):   # NaN compares False with everything
+        raise UsageError(f"--knob must be a number >= 0, got {knob}", "larger knob = fewer tokens; try 2 .. 4")
+    for flag, value, low, fix in (("--steps", steps, 0, "use 0 or more gate steps"),
+                                  ("--hard-steps", hard_steps, 0, "use 0 (no frozen-gate phase) or more"),
+                                  ("--max-len", max_len, 2, "room for [CLS] and at least one token: use 2 or more (e.g. 64)"),
+                                  ("--limit", 1 if limit is None else limit, 1, "use 1 or more examples, or drop --limit"),
+                                  ("--kd", kd, 0, "use 0 (off) or a positive weight"),
+                                  ("--bimodal", bimodal, 0, "use 0 (off) or a positive weight")):
+        if not (math.isfinite(value) and value >= low):
+            raise UsageError(f"{flag} must be >= {low}, got {value}", fix)
+    for flag, value in (("--gate-lr", gate_lr), ("--ungated-lr", ungated_lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} must be > 0, got {value}", "use a small positive learning rate, e.g. 2e-5 .. 0.05")
     if sparsity not in ("gates", "flops"):
         raise UsageError(f"unknown --sparsity {sparsity!r}", "use gates (the measured recipe) or flops")
     if dev and not data:
@@ -106,7 +126,7 @@ def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = 
         if model == "minilm" and not data:
             base_path = CACHE / "ungated.pt"          # the benchmarked rotten-tomatoes start
         else:
-            key = _cache_key(model if builtin else str(Path(model).resolve()), Path(data) if data else None,
+            key = _cache_key(model if builtin else Path(model).resolve(), Path(data) if data else None,
                              Path(dev) if dev else None, text_column, label_column, max_len, limit, seed, epochs,
                              ungated_lr)
             base_path = CACHE / f"ungated_{key}.pt"

@@ -8,6 +8,7 @@ be strings or integers; they are numbered in sorted order unless an order is giv
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,24 @@ LABEL_KEYS = ("label", "labels", "category", "class", "target", "sentiment")
 def _rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"data file not found: {path}", "pass an existing .csv, .tsv, .jsonl or .json file")
+    if not path.is_file():
+        raise DataError(f"{path} is a directory, not a data file", "pass one .csv, .tsv, .jsonl or .json file")
     suf = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text", "save the file as UTF-8") from None
+    # rows end at \n (or \r\n) only: str.splitlines() also splits at U+2028, U+0085, \x0b, \x1c..., which
+    # users' texts contain (and json.dumps(ensure_ascii=False) writes raw), so a row broke in two
     if suf in (".csv", ".tsv", ".txt"):
-        delim = "\t" if suf == ".tsv" or (suf == ".txt" and "\t" in text.split("\n", 1)[0]) else ","
-        return list(csv.DictReader(text.splitlines(), delimiter=delim))
+        header = text.split("\n", 1)[0]
+        # spreadsheet exports in many locales separate with ';' (or '|'): take the header's separator
+        delim = "\t" if suf == ".tsv" else max(("," if suf == ".csv" else "\t", ",", ";", "\t", "|"),
+                                               key=header.count)
+        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delim))
     if suf == ".jsonl":
         out = []
-        for i, line in enumerate(text.splitlines()):
+        for i, line in enumerate(text.split("\n")):
             if line.strip():
                 try:
                     out.append(json.loads(line))
