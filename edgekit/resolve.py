@@ -6,8 +6,6 @@ path/file.py:fn (the same, from a file), FILE.pt/.pth (TorchScript, a whole pick
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -19,6 +17,8 @@ from edgekit.errors import MissingFileError, UsageError
 from edgekit.models import registry
 from edgekit.source import ModelSource
 from edgekit.specs import check_dynamic
+from edgekit.userimport import first_line as _first
+from edgekit.userimport import is_callable_ref, load_callable
 
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
@@ -135,19 +135,13 @@ def _pt2_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
 
 
 def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
-    mod_name, fn_name = ref.rsplit(":", 1)
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`, let users name modules in the current directory
-    try:
-        fn = getattr(_import(mod_name), fn_name)
-    except Exception as e:  # ImportError, a missing name, or the user's module failing as it runs
-        raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {e})",
-                         "give MODEL as package.module:function importable from the current directory, "
-                         "or path/to/file.py:function") from None
+    fn_name = ref.rsplit(":", 1)[1]
+    fn = load_callable(ref, "give MODEL as package.module:function importable from the current directory, "
+                            "or path/to/file.py:function")
     try:
         made: Any = fn()
     except Exception as e:
-        raise UsageError(f"calling {ref}() failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}",
+        raise UsageError(f"calling {ref}() failed: {type(e).__name__}: {_first(e, 300)}",
                          "fix the function; it must return an nn.Module, (module, example_inputs) or a "
                          "ModelSource") from e
     if isinstance(made, ModelSource):
@@ -161,23 +155,6 @@ def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
         raise UsageError(f"{ref}() returned {type(made).__name__}, not a torch.nn.Module",
                          "return an nn.Module, (module, example_inputs) or a ModelSource")
     return _module_source(made, example, inputs, dynamic, fn_name, ref, ref)
-
-
-def _import(mod_name: str) -> Any:
-    """``pkg.module``, or a file ``path/to/models.py`` (imported under its stem, its folder on sys.path
-    so its own sibling imports and pickled classes resolve)."""
-    if not mod_name.endswith(".py"):
-        return importlib.import_module(mod_name)
-    path = Path(mod_name).resolve()
-    if not path.is_file():
-        raise ImportError(f"no such file: {mod_name}")
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _module_source(module: Any, example: Any, inputs: list[str], dynamic: dict, name: str, source: str,
@@ -247,10 +224,6 @@ def _pt_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
                      "give a torch.save(model) / torch.jit.save file, FILE.pt2, FILE.onnx or package.module:function")
 
 
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
-
-
 def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[str] | None = None) -> ModelSource:
     inputs, dyn = list(inputs or []), parse_dynamic(list(dynamic or []))
     if not model:
@@ -275,7 +248,7 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
 
     if is_hf_dir(p):  # a transformers model directory (save_pretrained)
         return hf_source(p, inputs, dyn)
-    if re.fullmatch(r"[\w.]+:\w+", model) or re.fullmatch(r".+\.py:\w+", model):  # pkg.mod:fn, path/file.py:fn
+    if is_callable_ref(model):  # pkg.mod:fn, path/file.py:fn
         return _callable_source(model, inputs, dyn)
     raise UsageError(f"cannot understand MODEL {model!r}" + (" (a directory without config.json)" if p.is_dir() else ""),
                      "use builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript, torch.save(model) or a "

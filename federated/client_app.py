@@ -14,8 +14,10 @@ data-path (an .npz with x, y replacing the partition; checked against the in-dim
 classes the server sends, so such a node needs no copy of the data set) and, for robustness
 experiments only, attack = label-flip | random-weights | scaled (a deliberately malicious client).
 
-A node whose data is empty or malformed replies with a Flower ``Error`` naming the reason (and
-logs it), so the server can skip it without crashing.
+``model`` is mlp | cnn or the user's ``pkg.mod:fn`` / ``/abs/path/file.py:fn`` (usermodel.py): the
+node imports it, so the module or file must be there too.
+A node whose data is empty or malformed, or that cannot build the model (import failure), replies
+with a Flower ``Error`` naming the reason (and logs it), so the server can skip it without crashing.
 """
 from __future__ import annotations
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass, fields
 from edgekit.errors import DataError, UsageError
 
 METHODS = ("cloned", "fedbuff", "fedavg")
-MODELS = ("mlp", "cnn")  # federated/models.py builds them
+MODELS = ("mlp", "cnn")  # federated/models.py builds them; or the user's pkg.mod:fn / path/file.py:fn
 
 
 @dataclass
 class FedConfig:
     method: str = "cloned"  # cloned | fedbuff | fedavg
     dataset: str = "digits"  # digits | fashion-mnist | the path of an .npz/.csv file (made absolute)
-    model: str = "mlp"
+    model: str = "mlp"  # mlp | cnn | pkg.mod:fn | path/file.py:fn (made absolute; see usermodel.py)
     seed: int = 0
     alpha: float = 0.5  # Dirichlet non-IID concentration of the partitions
     num_partitions: int = 0  # informative; nodes carry their own partition config
@@ -57,9 +57,10 @@ class FedConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        if self.model not in MODELS:
-            raise UsageError(f"unknown model {self.model!r}", f"use one of {', '.join(MODELS)}")
         from .data import dataset_ref
+        from .usermodel import model_ref
+
+        self.model = model_ref(self.model)  # a model file too goes in as an absolute path
 
         try:  # a data file goes into the run config as an absolute path (other processes, other cwd)
             self.dataset = dataset_ref(self.dataset)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import State, accuracy
+from .models import State, accuracy, float_keys, needs_pairs
 
 
 def staleness_weight(tau: int, kind: str = "sqrt") -> float:
@@ -106,7 +106,7 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
             for i in alive:
                 sd = teachers[i].state_dict()
                 dist.append(math.log(1e-12 + math.sqrt(sum(
-                    float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in core_state))))
+                    float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in float_keys(core_state)))))
             for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k, 0.25)):
                 dropped.setdefault(alive[j], "weights are far from the other teachers' (outlier)")
     kept = [i for i in range(len(teachers)) if i not in dropped]
@@ -148,11 +148,13 @@ def distill(student: nn.Module, teachers: list, weights: list[float],
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     g = torch.Generator().manual_seed(seed)
     student.train()
-    last = 0.0
+    last, pairs = 0.0, needs_pairs(student)
     for _ in range(max(1, int(epochs))):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
             b = perm[i:i + batch_size]
+            if pairs and len(b) == 1 < len(x):  # BatchNorm cannot train on one example
+                continue
             logq = F.log_softmax(student(x[b]) / T, dim=1)
             loss = attend * F.kl_div(logq, p_teach[b], reduction="batchmean")
             if attend < 1.0:

@@ -1,7 +1,10 @@
 """Small models for federated experiments, and model <-> Flower record conversion.
 
-Models are plain ``torch.nn`` modules described by a name and input/output sizes, so the server
-and every client can build the same architecture from the run config alone.
+Models are plain ``torch.nn`` modules described by a name (``mlp``, ``cnn``, or the user's
+``pkg.mod:fn`` / ``path/file.py:fn``, see :mod:`edgekit.federated.usermodel`) and input/output
+sizes, so the server and every client can build the same architecture from the run config alone.
+Only floating-point state entries are aggregated; integer buffers are kept from the core
+(:func:`merge_fixed`).
 """
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import torch
 from torch import nn
 
 from edgekit.errors import UsageError
-
-from .config import MODELS
 
 
 class MLP(nn.Module):
@@ -47,7 +48,9 @@ def build_model(name: str, in_dim: int, n_classes: int, seed: int = 0) -> nn.Mod
         return MLP(in_dim, n_classes, hidden=64 if in_dim <= 64 else 128)
     if name == "cnn":
         return SmallCNN(in_dim, n_classes)
-    raise UsageError(f"unknown model {name!r}", f"use one of {', '.join(MODELS)}")
+    from . import usermodel
+
+    return usermodel.build(usermodel.model_ref(name), in_dim, n_classes)  # UsageError for unknown names
 
 
 State = dict[str, np.ndarray]
@@ -62,10 +65,26 @@ def set_state(model: nn.Module, state: State) -> nn.Module:
     return model
 
 
+def is_float(v) -> bool:
+    return np.asarray(v).dtype.kind == "f"
+
+
+def float_keys(state: State) -> list[str]:
+    """The entries that are averaged: floating-point weights and buffers (BatchNorm running stats)."""
+    return [k for k, v in state.items() if is_float(v)]
+
+
+def merge_fixed(new: State, core: State) -> State:
+    """``new``'s floating-point entries (in the core's dtypes) with the core's other entries: integer
+    buffers such as BatchNorm's ``num_batches_tracked`` are counters, never averaged or stepped."""
+    return {k: np.asarray(new[k]).astype(v.dtype, copy=False) if is_float(v) else v for k, v in core.items()}
+
+
 def state_to_record(state: State):
     from flwr.app import Array, ArrayRecord
 
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    # np.asarray, not np.ascontiguousarray: that makes 0-d arrays (BatchNorm's num_batches_tracked) 1-d
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in state.items()})
 
 
 def record_to_state(record) -> State:
@@ -101,10 +120,13 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int =
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    pairs = needs_pairs(model)
     for _ in range(max(1, int(epochs))):
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), batch_size):
             b = perm[i:i + batch_size]
+            if pairs and len(b) == 1 < len(xt):
+                continue
             opt.zero_grad()
             loss = loss_fn(model(xt[b]), yt[b])
             loss.backward()
@@ -114,6 +136,11 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int =
         out = model(xt)
         return {"train-loss": float(loss_fn(out, yt)),
                 "train-acc": float((out.argmax(1) == yt).float().mean())}
+
+
+def needs_pairs(model: nn.Module) -> bool:
+    """BatchNorm cannot train on a batch of one example: such a last batch is skipped."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @torch.no_grad()

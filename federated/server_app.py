@@ -141,7 +141,8 @@ class AsyncServer:
             self.meta["ema-updates"] = self.ema_updates
             if self.cfg.ema_warmup:  # early on the average must not lag the fast-moving core
                 b = min(b, (1.0 + self.ema_updates) / (10.0 + self.ema_updates))
-            self.served = {k: (b * self.served[k] + (1 - b) * v).astype(v.dtype) for k, v in self.core.items()}
+            self.served = {k: (b * self.served[k] + (1 - b) * v).astype(v.dtype) if v.dtype.kind == "f" else v
+                           for k, v in self.core.items()}  # integer buffers: the core's
 
     def _record(self, used: int) -> None:
         """One curve point. ``acc`` is test accuracy (reported only); ``val`` is the server's
@@ -326,7 +327,7 @@ class AsyncServer:
     def run_fedavg(self) -> dict:
         """Flower's FedAvg, one ``strategy.start`` round at a time so that time limits,
         checkpoints and the curve work as for the async methods."""
-        from .models import record_to_state, state_to_record
+        from .models import merge_fixed, record_to_state, state_to_record
         from .strategies import flower_fedavg
 
         strategy = flower_fedavg()
@@ -338,7 +339,7 @@ class AsyncServer:
                                  timeout=self.cfg.deadline,
                                  train_config=ConfigRecord(self.client_config()))
             if res.arrays is not None and len(res.arrays):
-                self.core = record_to_state(res.arrays)
+                self.core = merge_fixed(record_to_state(res.arrays), self.core)  # Flower averages every array
             self._update_served()  # the same serving EMA option as the async methods (per round)
             n = grid.replies
             grid.replies = 0
@@ -360,7 +361,8 @@ class AsyncServer:
     def finish(self) -> dict:
         self.save()
         result = {"method": self.cfg.method, "config": self.cfg.to_run_config(),
-                  "dataset": self.data.name, "classes": list(self.data.classes),
+                  "dataset": self.data.name, "classes": list(self.data.classes), "model": self.cfg.model,
+                  "model_arrays": {k: list(np.shape(v)) for k, v in self.core.items()},
                   "version": self.version, "accepted": self.accepted,
                   "final_acc": self.meta["curve"][-1]["acc"], "elapsed": self.elapsed(),
                   "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],

@@ -266,6 +266,9 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
         raise DataError(f"data set file {dataset}: its client pool has {pool} examples, fewer than "
                         f"{MIN_PER_CLIENT} for each of {clients} clients",
                         f"use at most {max(1, pool // MIN_PER_CLIENT)} --clients, or more data")
+    from .usermodel import check_run
+
+    check_run(cfg.model, dataset, seed)  # the model, on a few real examples, before anything runs
     # time unit: a median-speed node needs 10 units for one epoch on an average partition
     spe = 10.0 / max(1.0, pool / clients)
     profiles = make_profiles(clients, seed=seed, horizon=horizon, malicious=malicious,

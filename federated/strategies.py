@@ -5,6 +5,8 @@ passed since the oldest) the core model is replaced by ``aggregate``.
   ClonedDistillation  teachers -> screened -> distilled together into the core (distill.py)
   FedBuff             staleness-weighted average of deltas (Nguyen et al., FedBuff)
 ``buffer`` is plain data (numpy states + metadata) so checkpoint.py can persist it.
+Only floating-point entries are averaged or stepped; integer buffers (BatchNorm's
+``num_batches_tracked``) stay the core's (models.merge_fixed).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .models import State
+from .models import State, float_keys, merge_fixed
 
 log = logging.getLogger("edgekit.federated")
 
@@ -88,7 +90,7 @@ class FedBuff(AsyncAggregator):
         base = history.get(update.base_version)
         if base is None:
             raise Rejected(f"base version {update.base_version} is no longer kept (too stale)")
-        delta = {k: (update.state[k] - base[k]).astype(base[k].dtype) for k in base}
+        delta = {k: (update.state[k] - base[k]).astype(base[k].dtype) for k in float_keys(base)}
         self.buffer.append(Update(update.node_id, update.base_version, update.num_examples, delta,
                                   update.arrived, update.metrics))
 
@@ -97,9 +99,9 @@ class FedBuff(AsyncAggregator):
 
         s = [staleness_weight(version - u.base_version, self.staleness) for u in self.buffer]
         step = {k: sum(si * u.state[k] for si, u in zip(s, self.buffer)) / len(self.buffer)
-                for k in core}
+                for k in float_keys(core)}
         m = self.momentum_step(step)
-        new = {k: (v + self.server_lr * m[k]).astype(v.dtype) for k, v in core.items()}
+        new = merge_fixed({k: core[k] + self.server_lr * m[k] for k in m}, core)
         info = {"used": len(self.buffer), "dropped": 0}
         self.buffer = []
         return new, info
@@ -173,7 +175,7 @@ class ClonedDistillation(AsyncAggregator):
             raise Rejected(f"base version {update.base_version} is no longer kept (too stale)")
         self.node_counts[update.node_id] = self.node_counts.get(update.node_id, 0) + 1
         both = {f"t/{k}": v for k, v in update.state.items()}
-        both.update({f"d/{k}": (update.state[k] - base[k]).astype(base[k].dtype) for k in base})
+        both.update({f"d/{k}": (update.state[k] - base[k]).astype(base[k].dtype) for k in float_keys(base)})
         self.buffer.append(Update(update.node_id, update.base_version, update.num_examples, both,
                                   update.arrived, update.metrics))
 
@@ -231,7 +233,7 @@ class ClonedDistillation(AsyncAggregator):
             version - self.buffer[i].base_version, self.staleness) for i in kept]
         tot = sum(w)
         if self.init == "delta":  # one (momentum) server step along the teachers' updates
-            deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in core} for i in kept}
+            deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in float_keys(core)} for i in kept}
             norms = {i: float(np.sqrt(sum(float((d ** 2).sum()) for d in deltas[i].values()))) for i in kept}
             cap = float(np.median(list(norms.values())))  # norm clipping: no update outweighs the median
             scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
@@ -241,15 +243,15 @@ class ClonedDistillation(AsyncAggregator):
                  for i in kept]
             s_w = [staleness_weight(version - self.buffer[i].base_version, self.staleness) for i in kept]
             step = {k: sum(ri * si * scale[i] * deltas[i][k] for ri, si, i in zip(r, s_w, kept)) / sum(r)
-                    for k in core}
+                    for k in float_keys(core)}
             m = self.momentum_step(step)
             eta = self.server_lr / np.sqrt(1.0 + version / self.lr_decay) if self.lr_decay > 0 \
                 else self.server_lr
-            start = {k: (core[k] + eta * m[k]).astype(core[k].dtype) for k in core}
+            start = merge_fixed({k: core[k] + eta * m[k] for k in m}, core)
         elif self.init == "average":  # FedDF-style start: weighted average of the kept teachers
             avg = {k: sum(wi * self._teacher(self.buffer[i])[k] for wi, i in zip(w, kept)) / tot
-                   for k in core}
-            start = {k: avg[k].astype(core[k].dtype) for k in core}
+                   for k in float_keys(core)}
+            start = merge_fixed(avg, core)
         else:
             start = core
         buffer_meta = [(u.base_version, float(u.num_examples)) for u in self.buffer]
@@ -271,7 +273,7 @@ class ClonedDistillation(AsyncAggregator):
             info.update(distill(student, t_list, t_w, self.public_x,
                                 attend=self.attend, temperature=self.temperature, epochs=self.epochs,
                                 lr=self.lr, seed=self.seed + version, retain=retain))
-            distilled = get_state(student)
+            distilled = merge_fixed(get_state(student), core)
             if self.distill_accept:  # distillation may only help (judged on validation, never test)
                 v_start, v_dist = self._val(start), self._val(distilled)
                 keep = v_dist > v_start

@@ -54,6 +54,8 @@ def _check_out(path: Path) -> None:
         raise UsageError(f"--out {path}: {parent} is not a writable directory", "pass a writable --out path")
 
 
+MODEL_HELP = ("mlp | cnn | package.module:function | path/to/file.py:function (called as fn(in_dim, n_classes), "
+              "returns an nn.Module: (N, in_dim) float32 -> (N, n_classes) logits)")
 DATASET_HELP = "digits | fashion-mnist | PATH.npz (x, y[, x_test, y_test]) | PATH.csv (header, label column)"
 
 
@@ -72,7 +74,7 @@ def simulate_cmd(
     malicious: float = typer.Option(0.0, help="fraction of malicious nodes (label-flip, random-weights, scaled)"),
     seed: int = typer.Option(0),
     dataset: str = typer.Option("digits", help=DATASET_HELP + " (fashion-mnist falls back to digits if absent)"),
-    model: str = typer.Option("mlp", help="mlp | cnn (cnn: square grey images, e.g. 8x8 or 28x28)"),
+    model: str = typer.Option("mlp", help=MODEL_HELP + " (cnn: square grey images, e.g. 8x8 or 28x28)"),
     epochs: int = typer.Option(2, help="local epochs per clone"),
     lr: float = typer.Option(0.05, help="client SGD learning rate"),
     horizon: float = typer.Option(1500.0, help="virtual time budget (a median node needs 10 units per epoch)"),
@@ -134,7 +136,7 @@ def server_cmd(
     host: str = typer.Option("127.0.0.1", help="address the started SuperLink listens on"),
     port: int = typer.Option(9093, help="port of the started SuperLink (Fleet + Control API)"),
     dataset: str = typer.Option("digits", help=DATASET_HELP + "; every node reads the same path"),
-    model: str = typer.Option("mlp", help="mlp | cnn"),
+    model: str = typer.Option("mlp", help=MODEL_HELP + "; every node imports the same reference"),
     epochs: int = typer.Option(2, help="local epochs per clone"),
     lr: float = typer.Option(0.05, help="client SGD learning rate"),
     max_versions: int = typer.Option(20, help="stop after this many core updates (FedAvg: rounds)"),
@@ -164,12 +166,10 @@ def server_cmd(
                     min_nodes=min_nodes, checkpoint_dir=str(ckdir), out=str(out))
     for note in _check_data_file(cfg.dataset, cfg.seed):  # cfg.dataset: a file's absolute path
         typer.echo(f"edgekit: warning: {note}", err=True)
-    if cfg.model != "mlp":  # e.g. cnn on features that are not a square image
-        from edgekit.federated.data import load_dataset
-        from edgekit.federated.models import build_model
+    if cfg.model != "mlp":  # cnn on features that are not a square image, the user's model
+        from edgekit.federated.usermodel import check_run
 
-        s = load_dataset(cfg.dataset, cfg.seed)
-        build_model(cfg.model, s.in_dim, s.n_classes)
+        check_run(cfg.model, cfg.dataset, cfg.seed)
     if not timeout > 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
     _check_out(out)
