@@ -51,3 +51,15 @@ def fed_digits():
     """The federated digits dataset (pool / public / validation / test splits), seed 0."""
     from edgekit.federated.data import load_dataset
     return load_dataset("digits", 0)
+
+
+def assert_user_error(res, *needles: str) -> None:
+    """A CLI user mistake: exit 1, nothing on stdout, no traceback, one last 'edgekit: error:' line
+    containing every needle."""
+    assert res.returncode == 1, (res.returncode, res.stderr)
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("edgekit: error: "), res.stderr
+    for n in needles:
+        assert n in line, (n, line)

@@ -17,19 +17,13 @@ from tests.conftest import REPO, run_cli
 pytest.importorskip("flwr")
 pytest.importorskip("sklearn")
 
+from tests.conftest import assert_user_error  # noqa: E402
 from edgekit.errors import DataError, UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import load_dataset, load_partition  # noqa: E402
 
 
-def _user_error(res, *needles: str) -> None:
-    assert res.returncode == 1, (res.returncode, res.stderr)
-    assert res.stdout == ""
-    assert "Traceback" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgekit: error: "), res.stderr
-    for n in needles:
-        assert n in line, (n, line)
+_user_error = assert_user_error
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from tests.conftest import run_cli
 pytest.importorskip("flwr")
 pytest.importorskip("sklearn")
 
+from tests.conftest import assert_user_error  # noqa: E402
 from edgekit.errors import UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 
@@ -74,14 +75,7 @@ def models(tmp_path_factory):
     return d
 
 
-def _user_error(res, *needles: str) -> None:
-    assert res.returncode == 1, (res.returncode, res.stderr)
-    assert res.stdout == ""
-    assert "Traceback" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgekit: error: "), res.stderr
-    for n in needles:
-        assert n in line, (n, line)
+_user_error = assert_user_error
 
 
 def test_simulate_with_a_user_mlp_from_a_relative_file(models):
