@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekit.bundle import WORK_DIRS, Artifact, Bundle, BundleWriter, Graph, Manifest, Validation, make_work_dir
-from edgekit.errors import EdgekitError, ExportError, UsageError
+from edgekit.errors import EdgekitError, ExportError, UsageError, first_line
 from edgekit.exporters.adapter import adapt, as_input_array, keeping_modes, modes_kept, reference
 from edgekit.exporters.job import ExportJob
 from edgekit.exporters.targets import Target, resolve_targets
@@ -139,7 +139,7 @@ def _references(src: GraphSource, module: Any, cases: list[dict]) -> tuple[list[
             if i == 0:
                 raise _fails_on_example(e) from e
             dropped.append(f"case {i} ({', '.join(f'{k}{list(v.shape)}' for k, v in case.items())}): "
-                           f"{type(e).__name__}: {_first_line(e)[:200]}")
+                           f"{type(e).__name__}: {first_line(e, 200)}")
             continue
         keep.append(case)
         refs.append(r)
@@ -176,7 +176,7 @@ def _insensitive(cases: list[dict], refs: list[dict]) -> list[str]:
 
 
 def _fails_on_example(e: Exception) -> ExportError:
-    return ExportError(f"the model fails on its own example inputs: {type(e).__name__}: {_first_line(e)}",
+    return ExportError(f"the model fails on its own example inputs: {type(e).__name__}: {first_line(e)}",
                        "check the example input names, shapes and dtypes (--input NAME:SHAPE[:DTYPE])")
 
 
@@ -338,10 +338,10 @@ class _GraphCtx:
             if self.explicit and t.name == "onnx" and not retry:
                 if isinstance(e, EdgekitError):
                     raise
-                raise ExportError(f"onnx export failed: {type(e).__name__}: {_first_line(e)}",
+                raise ExportError(f"onnx export failed: {type(e).__name__}: {first_line(e)}",
                                   "run with --debug for the trace") from e
             art.status = "failed"
-            art.status_reason = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {_first_line(e)}"
+            art.status_reason = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {first_line(e)}"
             if retry:
                 art.status_reason = f"{why}; the retry with {retry} failed too: {art.status_reason}"
             if not isinstance(e, EdgekitError):
@@ -397,6 +397,3 @@ class _GraphCtx:
                                  + (f"; top-1 agreement {v.detail['top1_agreement']:.3f}"
                                     if "top1_agreement" in v.detail else ""))
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 
 app = typer.Typer(name="edgekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Take PyTorch models to edge devices: export, validate, run and benchmark bundles.")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if DEBUG:
             traceback.print_exc()
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        first = first_line(e)
         sys.stderr.write(f"edgekit: internal error: {type(e).__name__}: {first} (run with --debug for the traceback)\n")
         sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -76,3 +76,8 @@ class DataError(EdgekitError, ValueError):
 
 class UsageError(EdgekitError, ValueError):
     """Bad arguments: unknown target, precision, model spec, ..."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (one-line errors)."""
+    return (str(e).strip().splitlines() or [""])[0][:limit]

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import MissingFileError, UsageError
+from edgekit.errors import MissingFileError, UsageError, first_line
 from edgekit.models import registry
 from edgekit.source import ModelSource
 from edgekit.specs import check_dynamic
-from edgekit.userimport import first_line as _first
 from edgekit.userimport import is_callable_ref, load_callable
 
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
@@ -141,7 +140,7 @@ def _callable_source(ref: str, inputs: list[str], dynamic: dict) -> ModelSource:
     try:
         made: Any = fn()
     except Exception as e:
-        raise UsageError(f"calling {ref}() failed: {type(e).__name__}: {_first(e, 300)}",
+        raise UsageError(f"calling {ref}() failed: {type(e).__name__}: {first_line(e)}",
                          "fix the function; it must return an nn.Module, (module, example_inputs) or a "
                          "ModelSource") from e
     if isinstance(made, ModelSource):
@@ -194,7 +193,7 @@ def _pt_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise UsageError(f"{path.name} is a TorchScript archive that torch.jit.load cannot read "
-                             f"({type(e).__name__}: {_first(e)})", "re-save it with torch.jit.save") from None
+                             f"({type(e).__name__}: {first_line(e, 200)})", "re-save it with torch.jit.save") from None
         return _module_source(module, None, inputs, dynamic, path.stem, path.name, "TorchScript module")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # a pickled module's class is imported by name, as with pkg.mod:fn
@@ -206,9 +205,9 @@ def _pt_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
                if "__main__" in str(e) else "run from the directory its module imports from, or give MODEL as "
                "package.module:function returning the model")
         raise UsageError(f"{path.name} holds a pickled model whose code cannot be imported ({type(e).__name__}: "
-                         f"{_first(e)})", fix) from None
+                         f"{first_line(e, 200)})", fix) from None
     except Exception as e:
-        raise UsageError(f"{path.name} is not a file torch.load can read ({type(e).__name__}: {_first(e)})",
+        raise UsageError(f"{path.name} is not a file torch.load can read ({type(e).__name__}: {first_line(e, 200)})",
                          "give a torch.save / torch.jit.save file, FILE.pt2, FILE.onnx or package.module:function") from None
     if isinstance(obj, torch.nn.Module):
         return _module_source(obj, None, inputs, dynamic, path.stem, path.name, "pickled nn.Module")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekit.errors import UsageError
+from edgekit.errors import UsageError, first_line
 
 
 def is_callable_ref(ref: str) -> bool:
@@ -59,11 +59,8 @@ def load_callable(ref: str, hint: str) -> Callable:
     try:
         fn = getattr(import_module_or_file(mod_name), fn_name)
     except Exception as e:  # ImportError, a missing name, or the user's module failing as it runs
-        raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {first_line(e, 300)})", hint) from None
+        raise UsageError(f"cannot import {ref!r} ({type(e).__name__}: {first_line(e)})", hint) from None
     if not callable(fn):
         raise UsageError(f"{ref} is not callable (it is of type {type(fn).__name__})", hint)
     return fn
 
-
-def first_line(e: BaseException, limit: int = 200) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:limit]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekit.bundle import Validation
+from edgekit.errors import first_line
 from edgekit.exporters.targets import MIN_AGREEMENT, TOLERANCE
 
 
@@ -112,7 +113,7 @@ def run_cases(run: Callable[[dict], dict], cases: list[dict]) -> list[dict[str, 
         try:
             gots.append(run(c))
         except Exception as e:  # backend libraries raise their own types
-            first = (str(e).strip().splitlines() or [""])[0][:300]
+            first = first_line(e)
             shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in c.items())
             gots.append(RuntimeError(f"the artifact raised on inputs {shapes}: {type(e).__name__}: {first}"))
     return gots

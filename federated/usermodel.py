@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from edgekit.errors import UsageError
-from edgekit.userimport import absolute_ref, file_of, first_line, is_callable_ref, load_callable
+from edgekit.errors import UsageError, first_line
+from edgekit.userimport import absolute_ref, file_of, is_callable_ref, load_callable
 
 from .config import MODELS
 
@@ -46,7 +46,7 @@ def build(ref: str, in_dim: int, n_classes: int):
     try:
         model = fn(int(in_dim), int(n_classes))
     except Exception as e:  # the user's code: any exception is a usage problem
-        raise UsageError(f"calling {ref}({in_dim}, {n_classes}) failed: {type(e).__name__}: {first_line(e, 300)}",
+        raise UsageError(f"calling {ref}({in_dim}, {n_classes}) failed: {type(e).__name__}: {first_line(e)}",
                          f"fix the function; {CONTRACT}") from None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{ref}({in_dim}, {n_classes}) returned {type(model).__name__}, not a torch.nn.Module",
@@ -95,7 +95,7 @@ def check(ref: str, x, n_classes: int, seed: int = 0) -> None:
             out = model.eval()(xs)
     except Exception as e:
         raise UsageError(f"{where} fails on a batch of {n} examples of shape ({n}, {in_dim}): {type(e).__name__}: "
-                         f"{first_line(e, 300)}", "the model gets flattened float32 features (N, in_dim); "
+                         f"{first_line(e)}", "the model gets flattened float32 features (N, in_dim); "
                          "a model for images reshapes inside forward, e.g. x.view(-1, 1, 8, 8)") from None
     if not isinstance(out, torch.Tensor):
         raise UsageError(f"{where} returns {type(out).__name__} from forward, not a tensor", "return the logits")
@@ -110,7 +110,7 @@ def check(ref: str, x, n_classes: int, seed: int = 0) -> None:
         torch.nn.functional.cross_entropy(model.train()(xs), torch.zeros(n, dtype=torch.int64)).backward()
         trained = any(p.grad is not None for p in params)
     except Exception as e:
-        raise UsageError(f"{where} cannot be trained: {type(e).__name__}: {first_line(e, 300)}",
+        raise UsageError(f"{where} cannot be trained: {type(e).__name__}: {first_line(e)}",
                          "the logits must depend on the parameters (no .detach() or torch.no_grad() in forward)") from None
     if not trained:
         raise UsageError(f"{where} cannot be trained: the loss reaches none of its parameters",
