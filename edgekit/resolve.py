@@ -7,7 +7,6 @@ path/file.py:fn (the same, from a file), FILE.pt/.pth (TorchScript, a whole pick
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from edgekit.errors import MissingFileError, UsageError, first_line
 from edgekit.models import registry
 from edgekit.source import ModelSource
 from edgekit.specs import check_dynamic
-from edgekit.userimport import is_callable_ref, load_callable
+from edgekit.userimport import cwd_on_path, is_callable_ref, load_callable
 
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
 
@@ -195,8 +194,7 @@ def _pt_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
             raise UsageError(f"{path.name} is a TorchScript archive that torch.jit.load cannot read "
                              f"({type(e).__name__}: {first_line(e, 200)})", "re-save it with torch.jit.save") from None
         return _module_source(module, None, inputs, dynamic, path.stem, path.name, "TorchScript module")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # a pickled module's class is imported by name, as with pkg.mod:fn
+    cwd_on_path()  # a pickled module's class is imported by name, as with pkg.mod:fn
     try:  # the user's own file, given to be exported: a whole pickled module needs weights_only=False
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except (ImportError, AttributeError) as e:

@@ -50,12 +50,18 @@ def import_module_or_file(mod_name: str) -> Any:
     return module
 
 
+def cwd_on_path() -> None:
+    """Like ``python -m``: modules in the current directory can be imported by name (``pkg.mod:fn``,
+    and the classes of a pickled model)."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+
+
 def load_callable(ref: str, hint: str) -> Callable:
     """The function ``ref`` names; a UsageError (with ``hint`` as the fix) if it cannot be imported,
     does not exist or is not callable."""
     mod_name, fn_name = ref.rsplit(":", 1)
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`, let users name modules in the current directory
+    cwd_on_path()
     try:
         fn = getattr(import_module_or_file(mod_name), fn_name)
     except Exception as e:  # ImportError, a missing name, or the user's module failing as it runs
