@@ -78,25 +78,23 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
     common = dict(clients=a.clients, seed=seed, dataset=a.dataset, horizon=a.horizon,
                   alpha=a.alpha, speed_sigma=sigma)
     methods = a.methods.split(",")
-    sweep, sweep_val = {}, {}
+    sweep, sweep_val, variants = {}, {}, {}
     if "fedavg" in methods:  # FedAvg's round deadline decides how long it waits for stragglers;
         # it may also serve an EMA of its rounds (as the async methods serve one of their versions)
         # and its local epochs per round are swept too (the async methods use 1: ASYNC_SETTINGS)
         for d in (a.horizon / 100, a.horizon / 50, a.horizon / 25):
             for ema in (0.0, 0.5):
                 for ep in (1, 2):
-                    r = simulate("fedavg", deadline=d, fedavg_ema=ema, epochs=ep, **common)
                     key = f"deadline={d:g},ema={ema:g},epochs={ep}"
+                    variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep}
+                    r = simulate("fedavg", **variants[key], **common)
                     sweep_val[key] = round(smoothed_final(r["curve"], a.horizon, key="val"), 4)
                     sweep[key] = round(smoothed_final(r["curve"], a.horizon), 4)
                     print(f"seed {seed} sigma {sigma} fedavg {key}: val {sweep_val[key]:.4f} "
                           f"(test {sweep[key]:.4f})", flush=True)
     # chosen on validation; a tie goes to the EMA variant (the stronger baseline on test)
     best = max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
-    fa_kw = {}
-    if best is not None:
-        d, e, ep = (float(part.split("=")[1]) for part in best.split(","))
-        fa_kw = {"deadline": d, "fedavg_ema": e, "epochs": int(ep)}
+    fa_kw = variants[best] if best is not None else {}
     runs = {}
     for method in methods:
         for mal in ((0.0,) if clean_only else (0.0, a.malicious)):
@@ -203,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.reuse:  # settings already measured by this script with the same setup and code
         prev = json.loads(Path(a.reuse).read_text())
         ps = prev["setup"]
-        if all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon")):
+        if all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon")) \
+                and ps.get("async_settings") == ASYNC_SETTINGS:  # results of older settings are re-run
             reuse = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
     settings = [reuse.get((seed, sigma)) or run_setting(seed, sigma, a, a.clean_only)
                 for sigma in sigmas for seed in seeds]
