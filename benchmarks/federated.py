@@ -42,7 +42,8 @@ OUT = ROOT / "benchmarks" / "results"
 
 # the async methods' client/serving settings, chosen on the tuning seeds 0/6/7 (validation only;
 # results/federated_tuning.json "session6"); the library/CLI defaults keep 2 local epochs, EMA 0.9
-# without warm-up, because with 1 epoch a tiny-data run can stall (docs/federated.md)
+# without warm-up: on the small 12-client digits runs they ended higher on 3 of 3 seeds
+# (docs/federated.md, "Screening liveness")
 ASYNC_SETTINGS = {"epochs": 1, "ema": 0.95, "ema_warmup": True}
 
 
@@ -76,10 +77,24 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
     from edgekit.federated.simulate import simulate
 
     common = dict(clients=a.clients, seed=seed, dataset=a.dataset, horizon=a.horizon,
-                  alpha=a.alpha, speed_sigma=sigma)
+                  alpha=a.alpha, speed_sigma=sigma, mean_on=a.mean_on, mean_off=a.mean_off)
     methods = a.methods.split(",")
     sweep, sweep_val, variants = {}, {}, {}
-    if "fedavg" in methods:  # FedAvg's round deadline decides how long it waits for stragglers;
+    old = a.fedavg_from.get((seed, sigma))
+    runs = {}
+    if old is not None and "fedavg" in methods:  # FedAvg's sweep and runs from an earlier file
+        sweep_val, sweep = old["fedavg_deadline_sweep_val"], old["fedavg_deadline_sweep_test"]
+        for key, sm in old["summary"].items():
+            if key.startswith("fedavg@"):
+                runs[key] = {"curve": old["curves"][key], "final_smoothed": sm["final_smoothed"],
+                             "final_acc": sm["final_last"], "accepted": sm["accepted"],
+                             "version": sm["versions"], "bytes": sm["MB"] * 1e6,
+                             "timeouts": sm["timeouts"], "lost_replies": sm["lost_replies"],
+                             "rejected": sm["rejected"], "agg_stats": sm["agg_stats"],
+                             "wall_s": sm["wall_s"], "config": old["configs"].get(key, {})}
+        methods = [m for m in methods if m != "fedavg"]
+        print(f"seed {seed} sigma {sigma}: FedAvg ({old['fedavg_choice']}) reused", flush=True)
+    elif "fedavg" in methods:  # FedAvg's round deadline decides how long it waits for stragglers;
         # it may also serve an EMA of its rounds (as the async methods serve one of their versions)
         # and its local epochs per round are swept too (the async methods use 1: ASYNC_SETTINGS)
         for d in (a.horizon / 100, a.horizon / 50, a.horizon / 25):
@@ -94,8 +109,7 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
                           f"(test {sweep[key]:.4f})", flush=True)
     # chosen on validation; a tie goes to the EMA variant (the stronger baseline on test)
     best = max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
-    fa_kw = variants[best] if best is not None else {}
-    runs = {}
+    fa_kw = variants.get(best, {})
     for method in methods:
         for mal in ((0.0,) if clean_only else (0.0, a.malicious)):
             t = time.time()
@@ -174,6 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--horizon", type=float, default=2000.0)
     ap.add_argument("--seeds", default="1,2,3", help="comma list (seed 0 was used for tuning)")
     ap.add_argument("--sigmas", default="1.0", help="speed heterogeneity: log-normal sigma(s)")
+    ap.add_argument("--mean-on", type=float, default=None,
+                    help="churn: mean online period in virtual units (default horizon/4)")
+    ap.add_argument("--mean-off", type=float, default=None,
+                    help="churn: mean offline period in virtual units (default horizon/12)")
     ap.add_argument("--malicious", type=float, default=0.2)
     ap.add_argument("--clean-only", action="store_true", help="skip the malicious runs")
     ap.add_argument("--methods", default="cloned,fedbuff,fedavg")
@@ -181,9 +199,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(OUT / "federated.json"))
     ap.add_argument("--reuse", default="", help="a results JSON whose matching (seed, sigma) "
                                                 "settings are reused instead of re-run")
+    ap.add_argument("--reuse-fedavg", default="", help="a results JSON whose FedAvg sweep and runs "
+                    "are reused (same setup); only the async methods are re-run (after a change "
+                    "to the async server, which FedAvg does not use)")
     a = ap.parse_args(argv)
     if a.quick:
         a.dataset, a.clients, a.horizon = "digits", 12, 600.0
+    a.mean_on = a.mean_on or a.horizon / 4
+    a.mean_off = a.mean_off or a.horizon / 12
 
     import torch
 
@@ -201,9 +224,21 @@ def main(argv: list[str] | None = None) -> dict:
     if a.reuse:  # settings already measured by this script with the same setup and code
         prev = json.loads(Path(a.reuse).read_text())
         ps = prev["setup"]
-        if all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon")) \
+        churn = {"mean_on": ps["horizon"] / 4, "mean_off": ps["horizon"] / 12}  # files before the flags
+        if all(ps.get(k, churn[k]) == getattr(a, k) for k in churn) \
+                and all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon")) \
                 and ps.get("async_settings") == ASYNC_SETTINGS:  # results of older settings are re-run
             reuse = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
+    a.fedavg_from = {}
+    if a.reuse_fedavg:
+        prev = json.loads(Path(a.reuse_fedavg).read_text())
+        ps = prev["setup"]
+        churn = {"mean_on": ps["horizon"] / 4, "mean_off": ps["horizon"] / 12}
+        if not (all(ps.get(k, churn[k]) == getattr(a, k) for k in churn)
+                and all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon"))
+                and ps.get("malicious") == (None if a.clean_only else a.malicious)):
+            sys.exit(f"--reuse-fedavg {a.reuse_fedavg}: measured with another setup: {ps}")
+        a.fedavg_from = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
     settings = [reuse.get((seed, sigma)) or run_setting(seed, sigma, a, a.clean_only)
                 for sigma in sigmas for seed in seeds]
     by_sigma = {str(sg): verdict([s for s in settings if s["sigma"] == sg]) for sg in sigmas}
@@ -213,13 +248,16 @@ def main(argv: list[str] | None = None) -> dict:
                     "cpus": os.cpu_count(), "torch": torch.__version__, "flwr": flwr.__version__},
         "setup": {"dataset": a.dataset, "clients": a.clients, "alpha": a.alpha, "horizon": a.horizon,
                   "seeds": seeds, "sigmas": sigmas, "malicious": None if a.clean_only else a.malicious,
+                  "mean_on": a.mean_on, "mean_off": a.mean_off,
                   "time_unit": "a median-speed client needs 10 units per local epoch",
+                  "churn": "exponential online/offline periods with means mean_on/mean_off; 20% join late",
                   "final": "time-weighted mean test accuracy over the last 10% of the horizon",
                   "speedup": "t(FedAvg first reaches its final) / t(method first reaches it)",
                   "async_settings": ASYNC_SETTINGS,
                   "fedavg_choice": "best of deadline horizon/{100,50,25} x per-round EMA {0,0.5} x local epochs {1,2} on "
                                    "validation, per setting",
                   "async_deadline": a.horizon / 20,
+                  "fedavg_reused_from": Path(a.reuse_fedavg).name if a.reuse_fedavg else None,
                   "defaults": FedConfig().to_run_config()},
         "verdict_by_sigma": by_sigma, "settings": settings,
     }

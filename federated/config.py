@@ -35,6 +35,7 @@ class FedConfig:
     example_weighting: bool = True  # cloned: weight updates by examples (False: uniform, as FedBuff)
     ema: float = 0.9  # async: serve (and evaluate) an EMA of the core over versions (0: the core)
     fedavg_ema: float = 0.0  # the same for FedAvg, per round (0: Flower's latest aggregate)
+    combine: str = "mean"  # cloned: distillation target, mean of teachers | bayes (distill.bayes_targets)
     teacher_window: int = 0  # cloned: distil from the last N kept teachers (0: the buffer only)
     distill_accept: bool = True  # keep the distilled core only if it beats the undistilled start on val
     refill: bool = True  # cloned: a buffer is aggregated only once K teachers passed screening
@@ -90,6 +91,10 @@ class FedConfig:
         for name in ("ema", "fedavg_ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.combine not in ("mean", "bayes"):
+            raise UsageError(f"combine must be 'mean' or 'bayes', got {self.combine!r}")
+        if self.combine == "bayes" and self.teacher_window > 0:
+            raise UsageError("combine=bayes cannot be used with a teacher-window", "use teacher-window 0")
         if self.server_lr <= 0:
             raise UsageError(f"server-lr must be > 0, got {self.server_lr}")
         if not self.deadline > 0:

@@ -73,14 +73,33 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
     accs = [accuracy(t, val_x, val_y) for t in teachers]
     precs = [_precision(t, val_x, val_y) for t in teachers]
     chance = 1.0 / n_classes
-    # early on, while the core itself is at chance, only clearly-below-chance teachers (label
-    # flippers) are dropped here; random models are caught by the weight-distance rule below
-    bar = chance + chance_margin
+    # A model's chance level of precision is the precision that a model ignoring its input would
+    # get with the same predicted classes: their mean validation frequency ("blind" precision). A
+    # clone that has so far learned only its partition's class prior predicts one class everywhere
+    # and is *at* chance, even where that class is rare (precision < 1/K); a label flipper is
+    # below it whatever it predicts.
+    vy = np.asarray(val_y)
+    freq = np.bincount(vy, minlength=n_classes) / max(1, len(vy))
+    vx = torch.from_numpy(np.asarray(val_x, np.float32))
+
+    @torch.no_grad()
+    def blind(model: nn.Module, min_support: int = 5) -> float:  # the classes _precision counts
+        pred = model.eval()(vx).argmax(1).numpy()
+        cls = [c for c in np.unique(pred) if (pred == c).sum() >= min_support]
+        return float(freq[cls].mean()) if cls else float(freq[pred].mean())
+
+    # Liveness: while the core is not measurably better than chance (precision <= 1/K + margin,
+    # or within 2 binomial standard errors of its own blind precision), a clone of it trained
+    # briefly need not be either, so only clearly-below-chance teachers (label flippers) are
+    # dropped here; random models are caught by the weight-distance rule below. (With 1/K alone,
+    # a tiny-data run stalled: every clone of a weak core was dropped, the core never moved.)
+    weak = False
     if core_state is not None:
         core = copy.deepcopy(teachers[0]).eval()
         core.load_state_dict({k: torch.from_numpy(np.asarray(v).copy()) for k, v in core_state.items()})
-        if _precision(core, val_x, val_y) <= chance + chance_margin:
-            bar = chance - chance_margin
+        cp, cb = _precision(core, val_x, val_y), blind(core)
+        noise = 2.0 * math.sqrt(max(cb * (1.0 - cb), 1e-4) / max(1, len(vy)))
+        weak = cp <= chance + chance_margin or cp - cb <= max(chance_margin, noise)
     dropped: dict[int, str] = {}
     if update_norms is not None and norm_ref is not None:
         med, mad = norm_ref
@@ -93,7 +112,12 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
             continue
         # a non-IID teacher that knows 2 classes has ~20% accuracy but its predictions are
         # still mostly right; label flippers and random models are wrong whatever they predict
-        if pr <= bar:
+        if weak:  # below chance in both senses: 1/K and this teacher's own blind precision
+            bar = min(chance, blind(teachers[i])) - chance_margin
+            if pr <= bar:
+                dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is below chance "
+                              f"({bar + chance_margin:.3f}) while the core is at chance")
+        elif pr <= chance + chance_margin:
             dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is not better than "
                           f"chance ({chance:.3f})")
     alive = [i for i in range(len(teachers)) if i not in dropped]
@@ -122,10 +146,12 @@ def soft_labels(model: nn.Module, public_x: np.ndarray, temperature: float = 2.0
 def distill(student: nn.Module, teachers: list, weights: list[float],
             public_x: np.ndarray, *, attend: float = 0.8, temperature: float = 2.0,
             epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-            retain: nn.Module | None = None, optimizer: str = "sgd") -> dict:
+            retain: nn.Module | None = None, optimizer: str = "sgd",
+            targets: torch.Tensor | None = None) -> dict:
     """Distil the weighted teacher ensemble into ``student`` in place; returns loss stats.
 
-    ``teachers`` are modules or precomputed :func:`soft_labels` (same temperature).
+    ``teachers`` are modules or precomputed :func:`soft_labels` (same temperature); ``targets``
+    (e.g. :func:`bayes_targets`) replaces their weighted mean as the soft labels.
     The retain target is ``retain``'s predictions (default: the student's before this step)."""
     if not 0.0 <= attend <= 1.0:
         raise ValueError(f"attend must be in [0, 1], got {attend}")
@@ -134,8 +160,9 @@ def distill(student: nn.Module, teachers: list, weights: list[float],
     w = w / w.sum()
     T = float(temperature)
     with torch.no_grad():
-        p_teach = sum(wi * (t if isinstance(t, torch.Tensor) else soft_labels(t, public_x, T))
-                      for wi, t in zip(w, teachers))
+        p_teach = targets if targets is not None else sum(
+            wi * (t if isinstance(t, torch.Tensor) else soft_labels(t, public_x, T))
+            for wi, t in zip(w, teachers))
         p_self = F.softmax((retain if retain is not None else student).eval()(x) / T, dim=1)
     # SGD (momentum 0.9) by default: its steps scale with the KL gradient, so a student that
     # already agrees with the teachers barely moves. A fresh Adam moves every weight by ~lr per
@@ -166,3 +193,38 @@ def distill(student: nn.Module, teachers: list, weights: list[float],
             last = loss.item()
     student.eval()
     return {"distill-loss": last}
+
+
+@torch.no_grad()
+def bayes_targets(models: list[nn.Module], weights: list[float], public_x: np.ndarray,
+                  val_x: np.ndarray, val_y: np.ndarray, n_classes: int,
+                  temperature: float = 2.0) -> torch.Tensor:
+    """Distillation targets from a per-class-competence (Bayesian) combination of ``models``.
+
+    A non-IID teacher is competent on the classes it saw and confidently wrong elsewhere, so a
+    plain mean of the teachers' predictions is pulled towards each teacher's own classes. Here
+    each model's prediction passes through its confusion matrix C[y, y'] = P(predicts y' | true y)
+    (estimated on the labeled validation split, Laplace 1), and the models' likelihoods multiply
+    (independent-evidence product, each raised to its normalised weight x n):
+
+        log p(y | x) = log prior(y) + sum_m w_m log sum_y' C_m[y, y'] p_m(y' | x)
+
+    so a teacher that never predicts a class correctly carries no evidence about it. The result is
+    softened with ``temperature`` (p^(1/T), renormalised) to match the students' T-softmax."""
+    vx = torch.from_numpy(np.asarray(val_x, np.float32))
+    px = torch.from_numpy(np.asarray(public_x, np.float32))
+    vy = torch.from_numpy(np.asarray(val_y, np.int64))
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = w / w.sum() * len(weights)  # mean weight 1: stale teachers count less, the total stays n
+    counts = torch.bincount(vy, minlength=n_classes).double()
+    logp = torch.log((counts + 1.0) / (counts.sum() + n_classes))  # validation class prior
+    for wm, m in zip(w, models):
+        m.eval()
+        pred = m(vx).argmax(1)
+        conf = torch.ones(n_classes, n_classes, dtype=torch.float64)  # Laplace 1
+        conf.index_put_((vy, pred), torch.ones(len(vy), dtype=torch.float64), accumulate=True)
+        conf = conf / conf.sum(1, keepdim=True)
+        p = F.softmax(m(px), dim=1).double()  # (N, C) over predicted labels
+        logp = logp + wm * torch.log(p @ conf.T + 1e-12)  # (N, C) over true labels
+    logp = logp / float(temperature)
+    return F.softmax(logp, dim=1).float()

@@ -67,7 +67,7 @@ class AsyncServer:
             temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
             seed=cfg.seed, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum,
             staleness=cfg.staleness, distill_accept=cfg.distill_accept,
-            example_weighting=cfg.example_weighting, teacher_window=cfg.teacher_window,
+            example_weighting=cfg.example_weighting, teacher_window=cfg.teacher_window, combine=cfg.combine,
             refill=cfg.refill, guard_window=cfg.guard_window, rate_weighting=cfg.rate_weighting, norm_history=cfg.norm_history, lr_decay=cfg.lr_decay,
             max_wait=cfg.max_wait or None)
         self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
@@ -95,6 +95,7 @@ class AsyncServer:
                 self.served = {k[7:]: v for k, v in st.aux.items() if k.startswith("served/")} or None
                 if "norm-hist" in st.aux and hasattr(self.aggregator, "norm_hist"):
                     self.aggregator.norm_hist = [float(x) for x in st.aux["norm-hist"]]
+                    self.aggregator.norm_nodes = [int(x) for x in st.aux.get("norm-nodes", [])]
                 if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
                     self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
                 self.ema_updates = int(self.meta.get("ema-updates", self.version))
@@ -106,6 +107,7 @@ class AsyncServer:
                          self.version, len(st.buffer), self.accepted)
         self.history = {self.version: self.core}
         self.inflight: dict[str, tuple[int, int, float]] = {}  # msg id -> node, version, deadline
+        self.departed: set[str] = set()  # in-flight messages whose node has left (see dispatch)
         self.backoff: dict[int, tuple[float, int]] = {}  # node -> (until, consecutive misses)
         self.rejected: Counter = Counter(self.meta.get("rejected", {}))
         self._t0 = self.clock.now() - float(self.meta.get("elapsed", 0.0))
@@ -165,6 +167,7 @@ class AsyncServer:
             hist = getattr(self.aggregator, "norm_hist", None)
             if hist:
                 aux["norm-hist"] = np.asarray(hist, np.float64)
+                aux["norm-nodes"] = np.asarray(self.aggregator.norm_nodes, np.uint64)  # Flower node ids are uint64
             if getattr(self.aggregator, "val_hist", None):
                 aux["val-hist"] = np.asarray(self.aggregator.val_hist, np.float64)
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(
@@ -205,9 +208,19 @@ class AsyncServer:
         from .models import state_to_record
 
         now = self.clock.now()
-        busy = {n for n, _, _ in self.inflight.values()}
-        nodes = [n for n in self._grid_call(self.grid.get_node_ids, default=[])
-                 if n not in busy and self.backoff.get(n, (0.0, 0))[0] <= now]
+        online = self._grid_call(self.grid.get_node_ids, default=None)
+        if online is None:
+            return 0
+        online = {int(n) for n in online}
+        # a node that left the grid (churn; or a dead node once Flower's heartbeat noticed) cannot
+        # answer: its node is free again at once, without a back-off, when it returns. Its message
+        # stays pullable until its deadline (a reply sent just before leaving is still accepted)
+        for mid, (n, _, _) in self.inflight.items():
+            if n not in online and mid not in self.departed:
+                self.departed.add(mid)
+                self.meta["departed"] = self.meta.get("departed", 0) + 1
+        busy = {n for mid, (n, _, _) in self.inflight.items() if mid not in self.departed}
+        nodes = [n for n in online if n not in busy and self.backoff.get(n, (0.0, 0))[0] <= now]
         if not nodes:
             return 0
         rec = state_to_record(self.core)
@@ -233,6 +246,7 @@ class AsyncServer:
             if key not in self.inflight:
                 continue
             node, version, _ = self.inflight.pop(key)
+            self.departed.discard(key)
             got += 1
             if reply.has_error():
                 self.meta["errors"] += 1
@@ -278,6 +292,9 @@ class AsyncServer:
         for mid, (node, version, deadline) in list(self.inflight.items()):
             if deadline <= now:
                 del self.inflight[mid]
+                if mid in self.departed:  # explained by the node leaving: no back-off
+                    self.departed.discard(mid)
+                    continue
                 self.meta["timeouts"] += 1
                 misses = self.backoff.get(node, (0.0, 0))[1] + 1
                 self.backoff[node] = (now + self.cfg.deadline * min(2 ** (misses - 1), 8), misses)
@@ -367,7 +384,8 @@ class AsyncServer:
                   "final_acc": self.meta["curve"][-1]["acc"], "elapsed": self.elapsed(),
                   "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],
                   "rejected": dict(self.rejected), "errors": self.meta["errors"],
-                  "timeouts": self.meta["timeouts"], "resumed": self.resumed,
+                  "timeouts": self.meta["timeouts"], "departed": self.meta.get("departed", 0),
+                  "resumed": self.resumed,
                   "by_partition": self.meta.get("by-partition", {}),
                   "agg_stats": self.meta.get("agg-stats", {}),
                   "curve": self.meta["curve"]}

@@ -241,9 +241,19 @@ def check_simulation(clients: int, malicious: float, horizon: float) -> None:
 
 def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, seed: int = 0,
              dataset: str = "digits", horizon: float = 3000.0, churn: bool = True,
-             speed_sigma: float = 1.0, **overrides) -> dict:
-    """Run one method under the virtual clock and return the server's result (with curve)."""
+             speed_sigma: float = 1.0, mean_on: float | None = None, mean_off: float | None = None,
+             **overrides) -> dict:
+    """Run one method under the virtual clock and return the server's result (with curve).
+
+    Churn: a node's online and offline periods are exponential with means ``mean_on`` and
+    ``mean_off`` virtual units (default horizon/4 and horizon/12; a median node needs 10 units
+    per local epoch)."""
     check_simulation(clients, malicious, horizon)
+    for name, v in (("mean-on", mean_on), ("mean-off", mean_off)):
+        if v is not None and not 0.0 < v < float("inf"):
+            from edgekit.errors import UsageError
+
+            raise UsageError(f"--{name} must be a positive number of virtual time units, got {v}")
     import torch
 
     from .config import FedConfig
@@ -272,10 +282,12 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
     # time unit: a median-speed node needs 10 units for one epoch on an average partition
     spe = 10.0 / max(1.0, pool / clients)
     profiles = make_profiles(clients, seed=seed, horizon=horizon, malicious=malicious,
-                             speed_sigma=speed_sigma, churn=churn, sec_per_example=spe)
+                             speed_sigma=speed_sigma, churn=churn, sec_per_example=spe,
+                             mean_on=mean_on, mean_off=mean_off)
     grid = VirtualGrid(profiles).configure(dataset, seed, cfg.alpha)
     result = AsyncServer(grid, cfg).run()
     result.update({"clients": clients, "malicious": malicious, "horizon": horizon,
                    "lost_replies": grid.lost, "churn": churn, "speed_sigma": speed_sigma,
+                   "mean_on": mean_on or horizon / 4, "mean_off": mean_off or horizon / 12,
                    "attacks": {str(p.node_id): p.attack for p in profiles if p.attack}})
     return result

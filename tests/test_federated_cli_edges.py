@@ -50,6 +50,9 @@ def _stop_started_node(res) -> None:
     (["--malicious", "0.99"], ["makes all 20 nodes malicious"]),
     (["--horizon", "0"], ["--horizon must be a positive"]),
     (["--horizon", "nan"], ["--horizon must be a positive"]),
+    (["--mean-on", "0"], ["--mean-on must be a positive"]),
+    (["--mean-off", "-5"], ["--mean-off must be a positive"]),
+    (["--combine", "product"], ["combine must be 'mean' or 'bayes'", "product"]),
 ])
 def test_simulate_rejects_bad_values_with_one_line(args, needles):
     _user_error(run_cli("federated", "simulate", "--horizon", "30", *args, timeout=120), *needles)

@@ -349,3 +349,51 @@ def _wrong_shape_reply(reply, msg, shape):
 
     arrays = {k: Array(np.zeros(shape, np.float32)) for k in reply.content["arrays"].keys()}
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}), reply_to=msg)
+
+
+def test_bayes_targets_ignore_a_teacher_that_carries_no_evidence():
+    """A teacher that predicts class 0 for everything (it only ever saw class 0) drags the plain
+    mean of the teachers to class 0; through its confusion matrix it carries no evidence, so the
+    Bayesian combination follows the competent teacher."""
+    import torch
+    from torch import nn
+
+    from edgekit.federated.distill import bayes_targets, soft_labels
+
+    rng = np.random.default_rng(0)
+    n_cls = 3
+    y = rng.integers(0, n_cls, 300)
+    x = (np.eye(n_cls)[y] + 0.3 * rng.standard_normal((300, n_cls))).astype(np.float32)
+    good, zero = nn.Linear(n_cls, n_cls), nn.Linear(n_cls, n_cls)
+    with torch.no_grad():
+        good.weight.copy_(torch.eye(n_cls) * 1.5)  # right, moderately confident
+        good.bias.zero_()
+        zero.weight.zero_()
+        zero.bias.copy_(torch.tensor([6.0, 0.0, 0.0]))  # always class 0, very confident
+    val_x, val_y, pub_x, pub_y = x[:150], y[:150], x[150:], y[150:]
+    mean = (soft_labels(good, pub_x, 1.0) + soft_labels(zero, pub_x, 1.0)) / 2
+    bayes = bayes_targets([good, zero], [1.0, 1.0], pub_x, val_x, val_y, n_cls, temperature=1.0)
+    assert torch.allclose(bayes.sum(1), torch.ones(len(pub_x)), atol=1e-5)
+    own = good(torch.from_numpy(pub_x)).argmax(1).numpy()
+    assert (bayes.argmax(1).numpy() == own).mean() > 0.95
+    assert (mean.argmax(1).numpy() == 0).mean() > 0.9  # the plain mean follows the useless teacher
+    assert (bayes.argmax(1).numpy() == pub_y).mean() > (mean.argmax(1).numpy() == pub_y).mean() + 0.3
+
+
+def test_combine_bayes_aggregates_and_is_checked(fed_digits):
+    from edgekit.errors import UsageError
+    from edgekit.federated.strategies import ClonedDistillation
+
+    core, ups = _teacher_buffer(fed_digits)
+    a = ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
+                           fed_digits.val_y, 10, buffer_size=len(ups), screen=False,
+                           epochs=1, lr=0.05, combine="bayes")
+    for u in ups:
+        a.add(u, {0: core})
+    new, info = a.aggregate(core, 0)
+    assert info["used"] == len(ups) and "distill-loss" in info
+    assert set(new) == set(core) and all(np.isfinite(v).all() for v in new.values())
+    with pytest.raises(UsageError, match="combine"):
+        FedConfig(combine="product")
+    with pytest.raises(UsageError, match="teacher-window"):
+        FedConfig(combine="bayes", teacher_window=4)

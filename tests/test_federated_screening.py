@@ -208,11 +208,14 @@ def test_screening_state_survives_a_restart(tmp_path):
     srv.run()
     agg = srv.aggregator
     assert agg.norm_hist and agg.val_hist and agg.node_counts
+    agg.norm_nodes[-1] = 2**64 - 1  # real Flower node ids are uint64 (a deployment run crashed on one)
+    srv.save()
     st = ckpt.load(tmp_path)
     assert "norm-hist" in st.aux and "val-hist" in st.aux
     back = AsyncServer(grid, FedConfig(max_versions=4, **kw))
     assert back.resumed
     assert back.aggregator.norm_hist == pytest.approx(agg.norm_hist)
+    assert back.aggregator.norm_nodes == agg.norm_nodes and len(agg.norm_nodes) == len(agg.norm_hist)
     assert back.aggregator.val_hist == pytest.approx(agg.val_hist)
     assert back.aggregator.node_counts == agg.node_counts
     assert back.ema_updates == srv.ema_updates

@@ -81,7 +81,11 @@ def simulate_cmd(
     alpha: float = typer.Option(0.5, help="Dirichlet non-IID concentration"),
     buffer_size: int = typer.Option(5, help="K updates per core update"),
     attend: float = typer.Option(1.0, help="distillation: attend to teachers (1) vs retain the core (0)"),
+    combine: str = typer.Option("mean", help="cloned: distillation target, mean of the teachers | bayes "
+                                             "(per-class competence; docs/federated.md)"),
     no_churn: bool = typer.Option(False, "--no-churn", help="all nodes stay online"),
+    mean_on: Optional[float] = typer.Option(None, help="churn: mean online period (default horizon/4)"),
+    mean_off: Optional[float] = typer.Option(None, help="churn: mean offline period (default horizon/12)"),
     out: Optional[Path] = typer.Option(None, help="also write the result JSON here"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
@@ -113,7 +117,8 @@ def simulate_cmd(
 
     result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=ref,
                       horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
-                      attend=attend, model=model, epochs=epochs, lr=lr, out=str(out) if out else "")
+                      attend=attend, combine=combine, mean_on=mean_on, mean_off=mean_off, model=model,
+                      epochs=epochs, lr=lr, out=str(out) if out else "")
     if not result.get("version"):
         warn(f"no core update happened within --horizon {horizon:g} ({result['accepted']} accepted updates, "
              f"{buffer_size} needed per core update): raise --horizon or lower --buffer-size")
@@ -126,6 +131,7 @@ def simulate_cmd(
     typer.echo(f"final accuracy {result['final_acc']:.4f} after {result['accepted']} accepted updates "
                f"({result['version']} core versions); rejected {sum(result['rejected'].values())}, "
                f"error replies {result['errors']}, timeouts {result['timeouts']}, "
+               f"nodes that left mid-clone {result.get('departed', 0)}, "
                f"lost replies {result['lost_replies']}")
 
 
@@ -144,6 +150,7 @@ def server_cmd(
     deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take"),
     buffer_size: int = typer.Option(5),
     attend: float = typer.Option(1.0),
+    combine: str = typer.Option("mean", help="cloned: distillation target, mean | bayes"),
     min_nodes: int = typer.Option(1, help="wait for this many nodes before starting"),
     checkpoint_dir: Path = typer.Option(Path("federated-ckpt"), help="atomic checkpoint; a restart resumes from it"),
     out: Path = typer.Option(Path("federated-result.json"), help="result JSON written when the run ends"),
@@ -162,7 +169,7 @@ def server_cmd(
     out, ckdir = out.resolve(), checkpoint_dir.resolve()
     # every check before anything is written, started or deleted
     cfg = FedConfig(method=method, dataset=dataset, model=model, epochs=epochs, lr=lr, max_versions=max_versions,
-                    max_time=max_time, deadline=deadline, buffer_size=buffer_size, attend=attend,
+                    max_time=max_time, deadline=deadline, buffer_size=buffer_size, attend=attend, combine=combine,
                     min_nodes=min_nodes, checkpoint_dir=str(ckdir), out=str(out))
     for note in _check_data_file(cfg.dataset, cfg.seed):  # cfg.dataset: a file's absolute path
         typer.echo(f"edgekit: warning: {note}", err=True)
