@@ -205,8 +205,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.quick:
         a.dataset, a.clients, a.horizon = "digits", 12, 600.0
-    a.mean_on = a.mean_on or a.horizon / 4
-    a.mean_off = a.mean_off or a.horizon / 12
+    from edgekit.federated.simulate import churn_means
+
+    a.mean_on, a.mean_off = churn_means(a.horizon, a.mean_on, a.mean_off)
+
+    def same_setup(ps: dict) -> bool:  # a results file measured with this dataset, clients, churn
+        churn = dict(zip(("mean_on", "mean_off"), churn_means(ps["horizon"])))  # files before the flags
+        return all(ps.get(k, churn[k]) == getattr(a, k) for k in churn) \
+            and all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon"))
 
     import torch
 
@@ -224,19 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
     if a.reuse:  # settings already measured by this script with the same setup and code
         prev = json.loads(Path(a.reuse).read_text())
         ps = prev["setup"]
-        churn = {"mean_on": ps["horizon"] / 4, "mean_off": ps["horizon"] / 12}  # files before the flags
-        if all(ps.get(k, churn[k]) == getattr(a, k) for k in churn) \
-                and all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon")) \
-                and ps.get("async_settings") == ASYNC_SETTINGS:  # results of older settings are re-run
+        if same_setup(ps) and ps.get("async_settings") == ASYNC_SETTINGS:  # results of older settings are re-run
             reuse = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
     a.fedavg_from = {}
     if a.reuse_fedavg:
         prev = json.loads(Path(a.reuse_fedavg).read_text())
         ps = prev["setup"]
-        churn = {"mean_on": ps["horizon"] / 4, "mean_off": ps["horizon"] / 12}
-        if not (all(ps.get(k, churn[k]) == getattr(a, k) for k in churn)
-                and all(ps[k] == getattr(a, k) for k in ("dataset", "clients", "alpha", "horizon"))
-                and ps.get("malicious") == (None if a.clean_only else a.malicious)):
+        if not (same_setup(ps) and ps.get("malicious") == (None if a.clean_only else a.malicious)):
             sys.exit(f"--reuse-fedavg {a.reuse_fedavg}: measured with another setup: {ps}")
         a.fedavg_from = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
     settings = [reuse.get((seed, sigma)) or run_setting(seed, sigma, a, a.clean_only)

@@ -59,6 +59,12 @@ class NodeProfile:
         return None
 
 
+def churn_means(horizon: float, mean_on: float | None = None,
+                mean_off: float | None = None) -> tuple[float, float]:
+    """Mean online and offline periods (virtual units); defaults horizon/4 and horizon/12."""
+    return mean_on or horizon / 4, mean_off or horizon / 12
+
+
 def make_profiles(n: int, *, seed: int, horizon: float, malicious: float = 0.0,
                   speed_sigma: float = 1.0, sec_per_example: float = 0.2,
                   bandwidth: float = 2e5, mean_on: float | None = None,
@@ -66,8 +72,7 @@ def make_profiles(n: int, *, seed: int, horizon: float, malicious: float = 0.0,
                   churn: bool = True) -> list[NodeProfile]:
     """Heterogeneous nodes: log-normal speed and bandwidth, exponential on/off churn."""
     rng = np.random.default_rng(seed + 7919)
-    mean_on = mean_on or horizon / 4
-    mean_off = mean_off or horizon / 12
+    mean_on, mean_off = churn_means(horizon, mean_on, mean_off)
     # a separate stream: the same seed gives the same speeds and churn with or without attackers
     pick = np.random.default_rng(seed + 104729)
     bad = set(pick.choice(n, size=int(round(malicious * n)), replace=False).tolist()) if malicious else set()
@@ -288,6 +293,6 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
     result = AsyncServer(grid, cfg).run()
     result.update({"clients": clients, "malicious": malicious, "horizon": horizon,
                    "lost_replies": grid.lost, "churn": churn, "speed_sigma": speed_sigma,
-                   "mean_on": mean_on or horizon / 4, "mean_off": mean_off or horizon / 12,
+                   **dict(zip(("mean_on", "mean_off"), churn_means(horizon, mean_on, mean_off))),
                    "attacks": {str(p.node_id): p.attack for p in profiles if p.attack}})
     return result
