@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import State, accuracy, float_keys, needs_pairs
+from .models import State, float_keys, needs_pairs
 
 
 def staleness_weight(tau: int, kind: str = "sqrt") -> float:
@@ -51,12 +51,23 @@ def _robust_high(values: np.ndarray, k: float, floor: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def _precision(model: nn.Module, x: np.ndarray, y: np.ndarray, min_support: int = 5) -> float:
-    """Mean precision over the classes the model predicts at least ``min_support`` times."""
-    model.eval()
-    pred = model(torch.from_numpy(np.asarray(x, np.float32))).argmax(1).numpy()
-    vals = [float((y[pred == c] == c).mean()) for c in np.unique(pred) if (pred == c).sum() >= min_support]
+def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    return model.eval()(torch.from_numpy(np.asarray(x, np.float32))).argmax(1).numpy()
+
+
+def _supported(pred: np.ndarray, min_support: int = 5) -> list[int]:
+    """The classes a model predicts at least ``min_support`` times (the ones its precision counts)."""
+    return [c for c in np.unique(pred) if (pred == c).sum() >= min_support]
+
+
+def _precision_of(pred: np.ndarray, y: np.ndarray) -> float:
+    vals = [float((y[pred == c] == c).mean()) for c in _supported(pred)]
     return float(np.mean(vals)) if vals else float((pred == y).mean())
+
+
+def _precision(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean precision over the classes the model predicts at least 5 times."""
+    return _precision_of(_predict(model, x), np.asarray(y))
 
 
 def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
@@ -70,22 +81,20 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
     accepted ones (log norm > median + outlier_k * max(MAD, 0.25), i.e. at least e^1 = 2.7x the
     median) is dropped whatever the rest of this buffer looks like. The in-buffer weight-distance
     rule below cannot do this when 2 of 4 teachers are attackers (the median is then theirs)."""
-    accs = [accuracy(t, val_x, val_y) for t in teachers]
-    precs = [_precision(t, val_x, val_y) for t in teachers]
+    vy = np.asarray(val_y)
+    preds = [_predict(t, val_x) for t in teachers]  # one pass per model; every rule reads these
+    accs = [float((p == vy).mean()) for p in preds]
+    precs = [_precision_of(p, vy) for p in preds]
     chance = 1.0 / n_classes
     # A model's chance level of precision is the precision that a model ignoring its input would
     # get with the same predicted classes: their mean validation frequency ("blind" precision). A
     # clone that has so far learned only its partition's class prior predicts one class everywhere
     # and is *at* chance, even where that class is rare (precision < 1/K); a label flipper is
     # below it whatever it predicts.
-    vy = np.asarray(val_y)
     freq = np.bincount(vy, minlength=n_classes) / max(1, len(vy))
-    vx = torch.from_numpy(np.asarray(val_x, np.float32))
 
-    @torch.no_grad()
-    def blind(model: nn.Module, min_support: int = 5) -> float:  # the classes _precision counts
-        pred = model.eval()(vx).argmax(1).numpy()
-        cls = [c for c in np.unique(pred) if (pred == c).sum() >= min_support]
+    def blind(pred: np.ndarray) -> float:  # over the classes _precision_of counts
+        cls = _supported(pred)
         return float(freq[cls].mean()) if cls else float(freq[pred].mean())
 
     # Liveness: while the core is not measurably better than chance (precision <= 1/K + margin,
@@ -97,7 +106,8 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
     if core_state is not None:
         core = copy.deepcopy(teachers[0]).eval()
         core.load_state_dict({k: torch.from_numpy(np.asarray(v).copy()) for k, v in core_state.items()})
-        cp, cb = _precision(core, val_x, val_y), blind(core)
+        core_pred = _predict(core, val_x)
+        cp, cb = _precision_of(core_pred, vy), blind(core_pred)
         noise = 2.0 * math.sqrt(max(cb * (1.0 - cb), 1e-4) / max(1, len(vy)))
         weak = cp <= chance + chance_margin or cp - cb <= max(chance_margin, noise)
     dropped: dict[int, str] = {}
@@ -113,7 +123,7 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
         # a non-IID teacher that knows 2 classes has ~20% accuracy but its predictions are
         # still mostly right; label flippers and random models are wrong whatever they predict
         if weak:  # below chance in both senses: 1/K and this teacher's own blind precision
-            bar = min(chance, blind(teachers[i])) - chance_margin
+            bar = min(chance, blind(preds[i])) - chance_margin
             if pr <= bar:
                 dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is below chance "
                               f"({bar + chance_margin:.3f}) while the core is at chance")
