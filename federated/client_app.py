@@ -80,7 +80,10 @@ def train_clone(msg: Message, context: Context) -> Message:
     attack = str(node.get("attack", "") or "")
     version = int(cfg.get("version", 0))
     # modulo 2**63: torch seeds are 64-bit (unchanged for every seed below ~9e13)
-    train_seed = (seed * 100_003 + version * 101 + int(node.get("partition-id", 0))) % 2**63
+    # ``repeat``: this node's earlier clones of the same version (0: the first; the seed is then
+    # the same as without it, so FedAvg, which sends each round once, is unchanged)
+    train_seed = (seed * 100_003 + version * 101 + int(node.get("partition-id", 0))
+                  + int(cfg.get("repeat", 0)) * 1_000_003) % 2**63
     if attack == "label-flip":
         y = (n_classes - 1 - y).astype(np.int64)
     metrics = train_local(model, x, y, epochs=int(cfg.get("epochs", 1)), lr=float(cfg.get("lr", 0.05)),

@@ -46,7 +46,7 @@ class FedConfig:
     ema_warmup: bool = False  # serving EMA decay min(ema, (1+n)/(10+n)) after n updates
     staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none
     max_staleness: int = 20  # older updates are rejected
-    deadline: float = 60.0  # seconds a dispatched clone may take (also FedAvg round timeout)
+    deadline: float = 60.0  # a clone's first deadline (then per node: node_deadline); FedAvg: round timeout
     max_wait: float = 0.0  # aggregate a partial buffer after this long (0: never)
     poll: float = 0.2  # seconds between pulls
     max_versions: int = 20  # stop after this many core updates (FedAvg: rounds)

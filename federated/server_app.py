@@ -106,9 +106,12 @@ class AsyncServer:
                 log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
                          self.version, len(st.buffer), self.accepted)
         self.history = {self.version: self.core}
-        self.inflight: dict[str, tuple[int, int, float]] = {}  # msg id -> node, version, deadline
+        self.inflight: dict[str, tuple[int, int, float, float]] = {}  # msg id -> node, version, deadline, sent
+        # each node's own deadline (see node_deadline): learned from its replies, grown by its misses
+        self.node_timeout: dict[int, float] = {}
         self.departed: set[str] = set()  # in-flight messages whose node has left (see dispatch)
-        self.backoff: dict[int, tuple[float, int]] = {}  # node -> (until, consecutive misses)
+        self.backoff: dict[int, float] = {}  # node -> no new clone before this time (error replies)
+        self.last_sent: dict[int, tuple[int, int]] = {}  # node -> (version, clones of it sent so far)
         self.rejected: Counter = Counter(self.meta.get("rejected", {}))
         self._t0 = self.clock.now() - float(self.meta.get("elapsed", 0.0))
         if not self.meta["curve"]:
@@ -203,6 +206,12 @@ class AsyncServer:
         return out
 
     GRID_ERRORS_MAX = 60
+    DEADLINE_GROWTH_MAX = 8  # a node's own deadline is at most this many times --deadline
+
+    def node_deadline(self, node: int) -> float:
+        """How long a clone sent to ``node`` may take: --deadline until the node has answered or
+        missed; then twice its last round trip, doubled by each miss (bounded)."""
+        return self.node_timeout.get(node, self.cfg.deadline)
 
     def dispatch(self) -> int:
         from .models import state_to_record
@@ -215,25 +224,33 @@ class AsyncServer:
         # a node that left the grid (churn; or a dead node once Flower's heartbeat noticed) cannot
         # answer: its node is free again at once, without a back-off, when it returns. Its message
         # stays pullable until its deadline (a reply sent just before leaving is still accepted)
-        for mid, (n, _, _) in self.inflight.items():
+        for mid, (n, *_) in self.inflight.items():
             if n not in online and mid not in self.departed:
                 self.departed.add(mid)
                 self.meta["departed"] = self.meta.get("departed", 0) + 1
-        busy = {n for mid, (n, _, _) in self.inflight.items() if mid not in self.departed}
-        nodes = [n for n in online if n not in busy and self.backoff.get(n, (0.0, 0))[0] <= now]
+        busy = {n for mid, (n, *_) in self.inflight.items() if mid not in self.departed}
+        nodes = [n for n in online if n not in busy and self.backoff.get(n, 0.0) <= now]
         if not nodes:
             return 0
         rec = state_to_record(self.core)
         msgs = []
         for n in nodes:
+            # a node that gets the same version again (the core has not moved since its last clone)
+            # must not repeat the same training: ``repeat`` changes its shuffling seed. Otherwise
+            # its clones are identical, and copies of one update in a buffer are counted as
+            # agreeing teachers (seen: 3 identical clones made every other node's teacher look
+            # like an outlier; the core never moved again)
+            v, count = self.last_sent.get(int(n), (-1, 0))
+            repeat = count if v == self.version else 0
+            self.last_sent[int(n)] = (self.version, repeat + 1)
             content = RecordDict({"arrays": rec,
-                                  "config": ConfigRecord(self.client_config())})
+                                  "config": ConfigRecord({**self.client_config(), "repeat": repeat})})
             msgs.append(Message(content, dst_node_id=int(n), message_type="train",
-                                ttl=max(2 * self.cfg.deadline, 10.0), group_id=str(self.version)))
+                                ttl=max(2 * self.node_deadline(int(n)), 10.0), group_id=str(self.version)))
         ids = list(self._grid_call(self.grid.push_messages, msgs, default=[]))
         for n, mid in zip(nodes, ids):
             if mid:
-                self.inflight[mid] = (int(n), self.version, now + self.cfg.deadline)
+                self.inflight[mid] = (int(n), self.version, now + self.node_deadline(int(n)), now)
                 self.meta["bytes-down"] += _array_bytes(msgs[0].content)
         return len(ids)
 
@@ -245,17 +262,20 @@ class AsyncServer:
             key = reply.metadata.reply_to_message_id
             if key not in self.inflight:
                 continue
-            node, version, _ = self.inflight.pop(key)
+            node, version, _, sent = self.inflight.pop(key)
             self.departed.discard(key)
             got += 1
             if reply.has_error():
                 self.meta["errors"] += 1
                 log.warning("node %s replied with an error (code %s): %s", node,
                             reply.error.code, reply.error.reason)
-                self.backoff[node] = (self.clock.now() + self.cfg.deadline / 4, 0)
+                self.backoff[node] = self.clock.now() + self.cfg.deadline / 4
                 continue
             self.meta["bytes-up"] += _array_bytes(reply.content)
             self.backoff.pop(node, None)
+            # a node that answers: twice its measured round trip (never below --deadline)
+            self.node_timeout[node] = min(max(self.cfg.deadline, 2.0 * (self.clock.now() - sent)),
+                                          self.DEADLINE_GROWTH_MAX * self.cfg.deadline)
             self.accept(node, version, reply)
         return got
 
@@ -289,17 +309,21 @@ class AsyncServer:
 
     def expire(self) -> None:
         now = self.clock.now()
-        for mid, (node, version, deadline) in list(self.inflight.items()):
+        for mid, (node, version, deadline, sent) in list(self.inflight.items()):
             if deadline <= now:
                 del self.inflight[mid]
                 if mid in self.departed:  # explained by the node leaving: no back-off
                     self.departed.discard(mid)
                     continue
                 self.meta["timeouts"] += 1
-                misses = self.backoff.get(node, (0.0, 0))[1] + 1
-                self.backoff[node] = (now + self.cfg.deadline * min(2 ** (misses - 1), 8), misses)
-                log.warning("node %s missed its deadline (%.1fs) for version %d", node,
-                            self.cfg.deadline, version)
+                # a slow node is not a dead one: its next clone gets twice the time (at most
+                # DEADLINE_GROWTH_MAX x --deadline). With one fixed deadline a node whose honest
+                # training takes longer could never contribute (its data was lost to the run).
+                # The doubled deadline is the back-off for a dead node that the grid still lists.
+                self.node_timeout[node] = min(2.0 * (deadline - sent),
+                                              self.DEADLINE_GROWTH_MAX * self.cfg.deadline)
+                log.warning("node %s missed its deadline (%.1fs) for version %d; next: %.1fs", node,
+                            deadline - sent, version, self.node_timeout[node])
 
     def maybe_aggregate(self) -> bool:
         if not self.aggregator.ready(self.clock.now()):

@@ -147,7 +147,8 @@ def server_cmd(
     lr: float = typer.Option(0.05, help="client SGD learning rate"),
     max_versions: int = typer.Option(20, help="stop after this many core updates (FedAvg: rounds)"),
     max_time: float = typer.Option(0.0, help="stop after this many seconds (0: no limit)"),
-    deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take"),
+    deadline: float = typer.Option(60.0, help="seconds a dispatched clone may take at first; per node "
+                                   "it becomes 2x its measured round trip, doubled by each miss (max 8x)"),
     buffer_size: int = typer.Option(5),
     attend: float = typer.Option(1.0),
     combine: str = typer.Option("mean", help="cloned: distillation target, mean | bayes"),
