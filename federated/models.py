@@ -148,3 +148,8 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     model.eval()
     out = model(torch.from_numpy(np.asarray(x, np.float32)))
     return float((out.argmax(1).numpy() == y).mean())
+
+
+def record_bytes(content) -> int:
+    """Bytes of the arrays in a Flower ``RecordDict`` (what a message carries over the wire)."""
+    return int(sum(a.numpy().nbytes for rec in content.array_records.values() for a in rec.values()))

@@ -7,11 +7,13 @@ Each pass of the loop
      data) are logged and the node is freed; replies of the wrong shape/keys, without examples,
      with a wrong base version or too stale are rejected with a logged reason,
   4. expires messages past their own deadline (a SIGKILLed node never answers and Flower's
-     heartbeat takes about a minute to notice), putting the node on a back-off,
+     heartbeat takes about a minute to notice); deadlines are per node (node_deadline): a slow
+     node gets more time, a dead one a growing, bounded wait,
   5. when the aggregator is ready (K buffered) it updates the core model and bumps the version,
   6. checkpoints atomically after every accepted update and every core update.
 The same loop runs on a real SuperLink and on the virtual-clock grid (simulate.py), which
-advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own FedAvg instead.
+advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own FedAvg instead
+(fedavg_baseline.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from edgekit.errors import EdgekitError
 
 from . import checkpoint as ckpt
 from .config import FedConfig
+from .models import record_bytes
 from .strategies import Rejected, Update, _reply_problem
 
 log = logging.getLogger("edgekit.federated")
@@ -38,10 +41,6 @@ class RealClock:
 
     def sleep(self, dt: float) -> None:
         time.sleep(dt)
-
-
-def _array_bytes(content: RecordDict) -> int:
-    return int(sum(a.numpy().nbytes for rec in content.array_records.values() for a in rec.values()))
 
 
 class AsyncServer:
@@ -251,7 +250,7 @@ class AsyncServer:
         for n, mid in zip(nodes, ids):
             if mid:
                 self.inflight[mid] = (int(n), self.version, now + self.node_deadline(int(n)), now)
-                self.meta["bytes-down"] += _array_bytes(msgs[0].content)
+                self.meta["bytes-down"] += record_bytes(msgs[0].content)
         return len(ids)
 
     def collect(self) -> int:
@@ -271,7 +270,7 @@ class AsyncServer:
                             reply.error.code, reply.error.reason)
                 self.backoff[node] = self.clock.now() + self.cfg.deadline / 4
                 continue
-            self.meta["bytes-up"] += _array_bytes(reply.content)
+            self.meta["bytes-up"] += record_bytes(reply.content)
             self.backoff.pop(node, None)
             # a node that answers: twice its measured round trip (never below --deadline)
             self.node_timeout[node] = min(max(self.cfg.deadline, 2.0 * (self.clock.now() - sent)),
@@ -353,7 +352,9 @@ class AsyncServer:
 
     def run(self) -> dict:
         if self.cfg.method == "fedavg":
-            return self.run_fedavg()
+            from .fedavg_baseline import run_fedavg
+
+            return run_fedavg(self)
         self.wait_for_nodes()
         while not self.done():
             self.dispatch()
@@ -362,34 +363,6 @@ class AsyncServer:
             aggregated = self.maybe_aggregate()
             if not got and not aggregated:
                 self.clock.sleep(self.cfg.poll)
-        return self.finish()
-
-    # ----------------------------------------------------------------- FedAvg baseline
-    def run_fedavg(self) -> dict:
-        """Flower's FedAvg, one ``strategy.start`` round at a time so that time limits,
-        checkpoints and the curve work as for the async methods."""
-        from .models import merge_fixed, record_to_state, state_to_record
-        from .strategies import flower_fedavg
-
-        strategy = flower_fedavg()
-        strategy.reference = self.core
-        grid = _CountingGrid(self.grid, self.meta)
-        self.wait_for_nodes()
-        while not self.done():
-            res = strategy.start(grid=grid, initial_arrays=state_to_record(self.core), num_rounds=1,
-                                 timeout=self.cfg.deadline,
-                                 train_config=ConfigRecord(self.client_config()))
-            if res.arrays is not None and len(res.arrays):
-                self.core = merge_fixed(record_to_state(res.arrays), self.core)  # Flower averages every array
-            self._update_served()  # the same serving EMA option as the async methods (per round)
-            n = grid.replies
-            grid.replies = 0
-            self.version += 1
-            self.accepted += n
-            self._record(n)
-            log.info("fedavg round %d: acc %.4f at t=%.1f", self.version,
-                     self.meta["curve"][-1]["acc"], self.elapsed())
-            self.save()
         return self.finish()
 
     def client_config(self) -> dict:
@@ -416,44 +389,6 @@ class AsyncServer:
         if self.cfg.out:
             ckpt.write_json_atomic(self.cfg.out, result)
         return result
-
-
-class _CountingGrid(Grid):
-    """Delegates to a grid and counts model bytes, for the FedAvg baseline's curve."""
-
-    def __init__(self, inner: Grid, meta: dict):
-        self.inner, self.meta, self.replies = inner, meta, 0
-
-    def set_run(self, run):
-        self.inner.set_run(run)
-
-    @property
-    def run(self):
-        return self.inner.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self):
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages):
-        messages = list(messages)
-        self.meta["bytes-down"] += sum(_array_bytes(m.content) for m in messages)
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        replies = list(self.inner.pull_messages(message_ids))
-        self.meta["bytes-up"] += sum(_array_bytes(m.content) for m in replies if not m.has_error())
-        return replies
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.meta["bytes-down"] += sum(_array_bytes(m.content) for m in messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.replies += sum(1 for m in replies if not m.has_error())
-        self.meta["bytes-up"] += sum(_array_bytes(m.content) for m in replies if not m.has_error())
-        return replies
 
 
 app = ServerApp()

@@ -21,6 +21,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from .client_app import ATTACKS
+from .models import record_bytes
 
 log = logging.getLogger("edgekit.federated")
 
@@ -149,7 +150,7 @@ class VirtualGrid(Grid):
             if p is None or not p.online(now):
                 self._schedule(now, mid, Message(Error(code=3, reason="node unavailable"), reply_to=msg))
                 continue
-            nbytes = sum(a.numpy().nbytes for r in msg.content.array_records.values() for a in r.values())
+            nbytes = record_bytes(msg.content)
             n_ex = self._examples(p)
             epochs = int(msg.content.config_records["config"].get("epochs", 1)) \
                 if "config" in msg.content.config_records else 1
