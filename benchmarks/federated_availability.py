@@ -29,14 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def availability(setup: dict, seed: int, sigma: float, t3: float) -> dict:
     from edgekit.federated.data import _partitions, load_dataset
-    from edgekit.federated.simulate import make_profiles
+    from edgekit.federated.simulate import base_sec_per_example, make_profiles
 
     n = int(setup["clients"])
     s = load_dataset(setup["dataset"], seed)
     sizes = np.array([len(p) for p in _partitions(s.name, seed, n, float(setup["alpha"]))], float)
-    spe = 10.0 / max(1.0, len(s.pool_y) / n)  # as simulate(): a median node, 10 units per epoch
     profiles = make_profiles(n, seed=seed, horizon=float(setup["horizon"]), speed_sigma=sigma,
-                             sec_per_example=spe, mean_on=setup.get("mean_on"),
+                             sec_per_example=base_sec_per_example(len(s.pool_y), n), mean_on=setup.get("mean_on"),
                              mean_off=setup.get("mean_off"))
     total = sizes.sum()
     joined = np.array([p.sessions[0][0] <= t3 for p in profiles])

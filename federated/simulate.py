@@ -66,6 +66,11 @@ def churn_means(horizon: float, mean_on: float | None = None,
     return mean_on or horizon / 4, mean_off or horizon / 12
 
 
+def base_sec_per_example(pool: int, clients: int) -> float:
+    """The time unit: a median-speed node needs 10 units for one epoch on an average partition."""
+    return 10.0 / max(1.0, pool / clients)
+
+
 def make_profiles(n: int, *, seed: int, horizon: float, malicious: float = 0.0,
                   speed_sigma: float = 1.0, sec_per_example: float = 0.2,
                   bandwidth: float = 2e5, mean_on: float | None = None,
@@ -285,10 +290,9 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
     from .usermodel import check_run
 
     check_run(cfg.model, dataset, seed)  # the model, on a few real examples, before anything runs
-    # time unit: a median-speed node needs 10 units for one epoch on an average partition
-    spe = 10.0 / max(1.0, pool / clients)
     profiles = make_profiles(clients, seed=seed, horizon=horizon, malicious=malicious,
-                             speed_sigma=speed_sigma, churn=churn, sec_per_example=spe,
+                             speed_sigma=speed_sigma, churn=churn,
+                             sec_per_example=base_sec_per_example(pool, clients),
                              mean_on=mean_on, mean_off=mean_off)
     grid = VirtualGrid(profiles).configure(dataset, seed, cfg.alpha)
     result = AsyncServer(grid, cfg).run()
