@@ -33,6 +33,7 @@ class FedConfig:
     server_lr: float = 1.0  # server step on the buffered (weighted mean) update, both async methods
     server_momentum: float = 0.0  # heavy-ball momentum on that step (0: plain FedBuff step)
     example_weighting: bool = True  # cloned: weight updates by examples (False: uniform, as FedBuff)
+    example_cap: float = 4.0  # cloned: a claimed example count counts at most this x the median claim (0: off)
     ema: float = 0.9  # async: serve (and evaluate) an EMA of the core over versions (0: the core)
     fedavg_ema: float = 0.0  # the same for FedAvg, per round (0: Flower's latest aggregate)
     combine: str = "mean"  # cloned: distillation target, mean of teachers | bayes (distill.bayes_targets)
@@ -95,6 +96,8 @@ class FedConfig:
             raise UsageError(f"combine must be 'mean' or 'bayes', got {self.combine!r}")
         if self.combine == "bayes" and self.teacher_window > 0:
             raise UsageError("combine=bayes cannot be used with a teacher-window", "use teacher-window 0")
+        if not 0.0 <= self.example_cap < float("inf"):
+            raise UsageError(f"example-cap must be >= 0 and finite (0: off), got {self.example_cap}")
         if self.server_lr <= 0:
             raise UsageError(f"server-lr must be > 0, got {self.server_lr}")
         if not self.deadline > 0:

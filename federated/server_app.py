@@ -66,8 +66,8 @@ class AsyncServer:
             temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
             seed=cfg.seed, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum,
             staleness=cfg.staleness, distill_accept=cfg.distill_accept,
-            example_weighting=cfg.example_weighting, teacher_window=cfg.teacher_window, combine=cfg.combine,
-            refill=cfg.refill, guard_window=cfg.guard_window, rate_weighting=cfg.rate_weighting, norm_history=cfg.norm_history, lr_decay=cfg.lr_decay,
+            example_weighting=cfg.example_weighting, example_cap=cfg.example_cap,
+            teacher_window=cfg.teacher_window, combine=cfg.combine, refill=cfg.refill, guard_window=cfg.guard_window, rate_weighting=cfg.rate_weighting, norm_history=cfg.norm_history, lr_decay=cfg.lr_decay,
             max_wait=cfg.max_wait or None)
         self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
@@ -101,6 +101,8 @@ class AsyncServer:
                 if hasattr(self.aggregator, "node_counts"):
                     self.aggregator.node_counts = {int(k): int(v) for k, v in
                                                    self.meta.get("node-counts", {}).items()}
+                    self.aggregator.claims = {int(k): int(v) for k, v in
+                                              self.meta.get("node-claims", {}).items()}
                 self.resumed = True
                 log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
                          self.version, len(st.buffer), self.accepted)
@@ -162,6 +164,8 @@ class AsyncServer:
         self.meta["rejected"] = dict(self.rejected)
         if getattr(self.aggregator, "node_counts", None):
             self.meta["node-counts"] = {str(k): v for k, v in self.aggregator.node_counts.items()}
+        if getattr(self.aggregator, "claims", None):
+            self.meta["node-claims"] = {str(k): v for k, v in self.aggregator.claims.items()}
         if self.cfg.checkpoint_dir:
             mom = getattr(self.aggregator, "momentum", None) or {}
             aux = {f"momentum/{k}": v for k, v in mom.items()}

@@ -132,7 +132,7 @@ class ClonedDistillation(AsyncAggregator):
                  distill_accept: bool = True, example_weighting: bool = True,
                  teacher_window: int = 0, refill: bool = True, norm_history: int = 100,
                  lr_decay: float = 0.0, guard_window: int = 5, rate_weighting: bool = False,
-                 combine: str = "mean", **kw):
+                 combine: str = "mean", example_cap: float = 4.0, **kw):
         super().__init__(buffer_size, **kw)
         # how the teachers' predictions become the distillation target: "mean" (their weighted
         # mean, as in the paper) or "bayes" (per-class competence: each teacher's, and the
@@ -168,6 +168,13 @@ class ClonedDistillation(AsyncAggregator):
         self.teacher_window = int(teacher_window)
         self.window: list[tuple[int, float, object]] = []  # (base version, examples, soft labels)
         self.example_weighting = bool(example_weighting)
+        # a node's example count is its own claim: weight it at most ``example_cap`` x the median
+        # of the nodes' latest claims (0: trust the claims), so one node that reports 10**9
+        # examples cannot outweigh the rest of the buffer
+        if not example_cap >= 0:
+            raise ValueError(f"example_cap must be >= 0, got {example_cap!r}")
+        self.example_cap = float(example_cap)
+        self.claims: dict[int, int] = {}  # node -> its latest reported example count
         self.guard, self.clip = float(guard), bool(clip)
         self.model_fn, self.public_x = model_fn, public_x
         self.val_x, self.val_y, self.n_classes = val_x, val_y, n_classes
@@ -179,6 +186,7 @@ class ClonedDistillation(AsyncAggregator):
             raise ValueError(f"init must be 'core', 'average' or 'delta', got {init!r}")
 
     def add(self, update: Update, history: dict[int, State]) -> None:
+        self.claims[int(update.node_id)] = int(update.num_examples)
         if self.init != "delta":
             return super().add(update, history)
         base = history.get(update.base_version)
@@ -189,6 +197,19 @@ class ClonedDistillation(AsyncAggregator):
         both.update({f"d/{k}": (update.state[k] - base[k]).astype(base[k].dtype) for k in float_keys(base)})
         self.buffer.append(Update(update.node_id, update.base_version, update.num_examples, both,
                                   update.arrived, update.metrics))
+
+    def examples(self, u: Update) -> float:
+        """The example count an update is weighted by: its node's claim, capped at ``example_cap``
+        x the median of the nodes' latest claims once 3 nodes have reported (the median is robust
+        while fewer than half of the nodes lie)."""
+        n = float(u.num_examples)
+        if self.example_cap <= 0 or len(self.claims) < 3:
+            return n
+        cap = self.example_cap * float(np.median(list(self.claims.values())))
+        if n > cap:
+            log.info("node %s claims %d examples; weighted as %d (%g x the median claim)",
+                     u.node_id, u.num_examples, int(cap), self.example_cap)
+        return min(n, cap)
 
     def _teacher(self, u: Update) -> State:
         return {k[2:]: v for k, v in u.state.items() if k.startswith("t/")} if self.init == "delta" \
@@ -252,7 +273,8 @@ class ClonedDistillation(AsyncAggregator):
                                )[-self.norm_history:]
         rate = {i: 1.0 / max(1, self.node_counts.get(self.buffer[i].node_id, 1)) if self.rate_weighting
                 else 1.0 for i in kept}
-        w = [rate[i] * self.buffer[i].num_examples * staleness_weight(
+        ex = {i: self.examples(self.buffer[i]) for i in kept}
+        w = [rate[i] * ex[i] * staleness_weight(
             version - self.buffer[i].base_version, self.staleness) for i in kept]
         tot = sum(w)
         if self.init == "delta":  # one (momentum) server step along the teachers' updates
@@ -262,7 +284,7 @@ class ClonedDistillation(AsyncAggregator):
             scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
             # staleness is an absolute discount (as in FedBuff): sum_i s_i r_i d_i / sum_i r_i, with
             # r_i = examples (example_weighting) or 1; old updates shrink the step, not just its mix
-            r = [rate[i] * (float(self.buffer[i].num_examples) if self.example_weighting else 1.0)
+            r = [rate[i] * (ex[i] if self.example_weighting else 1.0)
                  for i in kept]
             s_w = [staleness_weight(version - self.buffer[i].base_version, self.staleness) for i in kept]
             step = {k: sum(ri * si * scale[i] * deltas[i][k] for ri, si, i in zip(r, s_w, kept)) / sum(r)
@@ -277,7 +299,7 @@ class ClonedDistillation(AsyncAggregator):
             start = merge_fixed(avg, core)
         else:
             start = core
-        buffer_meta = [(u.base_version, float(u.num_examples)) for u in self.buffer]
+        buffer_meta = [(u.base_version, ex.get(i, float(u.num_examples))) for i, u in enumerate(self.buffer)]
         self.buffer = []
         new, v_new = start, None   # v_new: validation accuracy of ``new`` when already measured
         t_list, t_w = [teachers[i] for i in kept], w

@@ -1,7 +1,8 @@
 """Tests of the robust screening / aggregation rules of the cloned method (edgekit.federated):
 update-norm screening against the history of kept updates, refilling the buffer until K
 teachers passed screening, the step guard's median reference, participation-rate weighting,
-the server step schedule, the serving-EMA warm-up, and that their state survives a restart."""
+the server step schedule, the cap on claimed example counts, the serving-EMA warm-up, and that
+their state survives a restart."""
 from __future__ import annotations
 
 import os
@@ -177,6 +178,28 @@ def test_rate_weighting_and_server_step_schedule(fed_digits, trained):
     assert float(np.mean(new["net.0.bias"] - core["net.0.bias"])) == pytest.approx(0.01 / 6, rel=1e-3)
 
 
+def test_an_inflated_example_count_cannot_outweigh_the_buffer(fed_digits, trained):
+    core, _ = trained
+    # 5 honest nodes step +d with 100 examples each; node 9 steps -d and claims 10**9 examples
+
+    def step(**kw):
+        a = _agg(fed_digits, buffer_size=6, screen=False, clip=False, staleness="none", **kw)
+        ups = _delta_updates(core, [(+1, 1), (+1, 2), (+1, 3), (+1, 4), (+1, 5), (-1, 9)])
+        for u, n in zip(ups, (100,) * 5 + (10**9,)):
+            u.num_examples = n
+            a.add(u, {0: core})
+        new, _ = a.aggregate(core, 0)
+        return float(np.mean(new["net.0.bias"] - core["net.0.bias"])), a
+
+    trusted, _ = step(example_cap=0)
+    assert trusted == pytest.approx(-0.01, rel=1e-3)  # the claim alone decides the step
+    capped, a = step()  # weighted as 4 x the median claim (100): (5*100 - 400) / 900 * d
+    assert capped == pytest.approx(0.01 * 100 / 900, rel=1e-3)
+    assert a.claims[9] == 10**9 and a.examples(Update(1, 0, 100, {})) == 100
+    with pytest.raises(Exception, match="example-cap"):
+        FedConfig(example_cap=-1)
+
+
 def test_serving_ema_warmup():
     from edgekit.federated.server_app import AsyncServer
     from edgekit.federated.simulate import VirtualGrid, make_profiles
@@ -218,4 +241,5 @@ def test_screening_state_survives_a_restart(tmp_path):
     assert back.aggregator.norm_nodes == agg.norm_nodes and len(agg.norm_nodes) == len(agg.norm_hist)
     assert back.aggregator.val_hist == pytest.approx(agg.val_hist)
     assert back.aggregator.node_counts == agg.node_counts
+    assert agg.claims and back.aggregator.claims == agg.claims
     assert back.ema_updates == srv.ema_updates
