@@ -64,15 +64,16 @@ class CountingGrid(Grid):
         self.meta["bytes-down"] += sum(record_bytes(m.content) for m in messages)
         return self.inner.push_messages(messages)
 
-    def pull_messages(self, message_ids):
-        replies = list(self.inner.pull_messages(message_ids))
-        self.meta["bytes-up"] += sum(record_bytes(m.content) for m in replies if not m.has_error())
+    def _count(self, replies: list) -> list:
+        good = [m for m in replies if not m.has_error()]
+        self.replies += len(good)
+        self.meta["bytes-up"] += sum(record_bytes(m.content) for m in good)
         return replies
+
+    def pull_messages(self, message_ids):
+        return self._count(list(self.inner.pull_messages(message_ids)))
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         self.meta["bytes-down"] += sum(record_bytes(m.content) for m in messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.replies += sum(1 for m in replies if not m.has_error())
-        self.meta["bytes-up"] += sum(record_bytes(m.content) for m in replies if not m.has_error())
-        return replies
+        return self._count(list(self.inner.send_and_receive(messages, timeout=timeout)))

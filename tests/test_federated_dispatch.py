@@ -1,5 +1,6 @@
 """The async server's dispatch: per-node deadlines (a slow node is not a dead one) and fresh
-training seeds for a repeated version (no identical clones). Digits, virtual clock, tiny runs."""
+training seeds for a repeated version (no identical clones). Digits, virtual clock, tiny runs.
+Also the FedAvg baseline's counting Grid."""
 from __future__ import annotations
 
 import os
@@ -99,3 +100,31 @@ def test_repeat_zero_keeps_the_old_training_seed():
     a, b, c = train({}), train({"repeat": 0}), train({"repeat": 1})
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_fedavg_counting_grid_counts_replies_and_bytes_on_both_paths():
+    from flwr.app import RecordDict
+
+    from edgekit.federated.fedavg_baseline import CountingGrid
+    from edgekit.federated.models import state_to_record
+
+    class Reply:
+        def __init__(self, err):
+            self.content = RecordDict({"arrays": state_to_record({"w": np.zeros(10, np.float32)})})
+            self.err = err
+
+        def has_error(self):
+            return self.err
+
+    class Inner:
+        def pull_messages(self, ids):
+            return [Reply(False), Reply(True)]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            return [Reply(False), Reply(False), Reply(True)]
+
+    meta = {"bytes-down": 0, "bytes-up": 0}
+    g = CountingGrid(Inner(), meta)
+    assert len(g.pull_messages(["a", "b"])) == 2 and g.replies == 1  # was 0: pulls were not counted
+    assert len(g.send_and_receive([])) == 3 and g.replies == 3
+    assert meta["bytes-up"] == 3 * 40  # error replies carry no model
