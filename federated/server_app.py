@@ -33,6 +33,13 @@ from .models import record_bytes
 from .strategies import Rejected, Update, _reply_problem
 
 log = logging.getLogger("edgekit.federated")
+# (result-meta key, aggregator attribute): node id -> updates contributed / latest claimed examples
+NODE_TALLIES = (("node-counts", "node_counts"), ("node-claims", "claims"))
+# FedConfig fields passed to the aggregator under the same name
+AGGREGATOR_FIELDS = ("buffer_size", "attend", "init", "screen", "guard", "clip", "temperature", "seed",
+                     "server_lr", "server_momentum", "staleness", "distill_accept", "example_weighting",
+                     "example_cap", "teacher_window", "combine", "refill", "guard_window",
+                     "rate_weighting", "norm_history", "lr_decay")
 
 
 class RealClock:
@@ -61,14 +68,8 @@ class AsyncServer:
         self.aggregator = make_aggregator(
             "fedbuff" if cfg.method == "fedavg" else cfg.method, model_fn=self.model_fn,
             public_x=s.public_x, val_x=s.val_x, val_y=s.val_y, n_classes=s.n_classes,
-            buffer_size=cfg.buffer_size, attend=cfg.attend, init=cfg.init, screen=cfg.screen, guard=cfg.guard,
-            clip=cfg.clip,
-            temperature=cfg.temperature, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
-            seed=cfg.seed, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum,
-            staleness=cfg.staleness, distill_accept=cfg.distill_accept,
-            example_weighting=cfg.example_weighting, example_cap=cfg.example_cap,
-            teacher_window=cfg.teacher_window, combine=cfg.combine, refill=cfg.refill, guard_window=cfg.guard_window, rate_weighting=cfg.rate_weighting, norm_history=cfg.norm_history, lr_decay=cfg.lr_decay,
-            max_wait=cfg.max_wait or None)
+            epochs=cfg.distill_epochs, lr=cfg.distill_lr, max_wait=cfg.max_wait or None,
+            **{k: getattr(cfg, k) for k in AGGREGATOR_FIELDS})
         self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
                            "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
@@ -98,11 +99,9 @@ class AsyncServer:
                 if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
                     self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
                 self.ema_updates = int(self.meta.get("ema-updates", self.version))
-                if hasattr(self.aggregator, "node_counts"):
-                    self.aggregator.node_counts = {int(k): int(v) for k, v in
-                                                   self.meta.get("node-counts", {}).items()}
-                    self.aggregator.claims = {int(k): int(v) for k, v in
-                                              self.meta.get("node-claims", {}).items()}
+                for key, attr in NODE_TALLIES:  # per-node counters of the cloned aggregator
+                    if hasattr(self.aggregator, attr):
+                        setattr(self.aggregator, attr, {int(k): int(v) for k, v in self.meta.get(key, {}).items()})
                 self.resumed = True
                 log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
                          self.version, len(st.buffer), self.accepted)
@@ -162,10 +161,9 @@ class AsyncServer:
     def save(self) -> None:
         self.meta["elapsed"] = self.elapsed()
         self.meta["rejected"] = dict(self.rejected)
-        if getattr(self.aggregator, "node_counts", None):
-            self.meta["node-counts"] = {str(k): v for k, v in self.aggregator.node_counts.items()}
-        if getattr(self.aggregator, "claims", None):
-            self.meta["node-claims"] = {str(k): v for k, v in self.aggregator.claims.items()}
+        for key, attr in NODE_TALLIES:
+            if getattr(self.aggregator, attr, None):
+                self.meta[key] = {str(k): v for k, v in getattr(self.aggregator, attr).items()}
         if self.cfg.checkpoint_dir:
             mom = getattr(self.aggregator, "momentum", None) or {}
             aux = {f"momentum/{k}": v for k, v in mom.items()}
