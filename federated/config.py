@@ -41,6 +41,7 @@ class FedConfig:
     distill_accept: bool = True  # keep the distilled core only if it beats the undistilled start on val
     refill: bool = True  # cloned: a buffer is aggregated only once K teachers passed screening
     norm_history: int = 100  # cloned: screen update norms against the last N kept ones (0: off)
+    norm_per_step: bool = True  # cloned: screen update sizes per local SGD step (ceil(examples/batch))
     guard_window: int = 5  # cloned: the step guard compares with the median val of the last N cores
     rate_weighting: bool = False  # cloned: divide an update's weight by its node's update count
     lr_decay: float = 0.0  # cloned: server step server_lr/sqrt(1+version/lr_decay) (0: constant)

@@ -7,8 +7,8 @@ knowledge (its predictions before this step); ``attend`` in [0, 1] sets the bala
 
     loss = T^2 * [ attend * KL(p_teachers || q) + (1 - attend) * KL(p_core_before || q) ]
 
-Screening on a small labeled server validation set drops teachers that are abnormal: no better
-than chance, an accuracy outlier, or a weight-distance outlier (scaled / replaced models).
+Screening on a small labeled server validation set drops teachers that are abnormal: below
+chance, an accuracy outlier, or an update-size outlier (scaled / replaced models).
 """
 from __future__ import annotations
 
@@ -41,12 +41,23 @@ class Screening:
     kept: list[int]
     dropped: dict[int, str] = field(default_factory=dict)
     val_acc: list[float] = field(default_factory=list)
+    # kept teachers that are no better than chance while the core is: their update is a
+    # legitimate non-IID step, but they have nothing to teach (left out of distillation)
+    at_chance: list[int] = field(default_factory=list)
 
 
-def _robust_high(values: np.ndarray, k: float, floor: float) -> np.ndarray:
-    """Mask of values far above the median (median + k * max(scaled MAD, floor))."""
-    med = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - med))
+def _robust_high(values: np.ndarray, k: float, floor: float, groups: list | None = None) -> np.ndarray:
+    """Mask of values far above the median (median + k * max(scaled MAD, floor)). With ``groups``
+    (each value's node) spanning at least 3 nodes, the median and MAD are taken over the nodes'
+    medians: a fast node with several updates in one buffer must not define what is normal."""
+    ref = np.asarray(values, dtype=float)
+    if groups is not None and len(set(groups)) >= 3:
+        by: dict = {}
+        for g, v in zip(groups, ref):
+            by.setdefault(g, []).append(v)
+        ref = np.array([np.median(v) for v in by.values()])
+    med = np.median(ref)
+    mad = 1.4826 * np.median(np.abs(ref - med))
     return values > med + k * max(mad, floor)
 
 
@@ -73,14 +84,18 @@ def _precision(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndarray,
                     n_classes: int, *, core_state: State | None = None, chance_margin: float = 0.02,
                     outlier_k: float = 4.0, update_norms: list[float] | None = None,
-                    norm_ref: tuple[float, float] | None = None) -> Screening:
+                    norm_ref: tuple[float, float] | None = None,
+                    nodes: list | None = None) -> Screening:
     """Decide which teachers may teach. Never drops everything because of outlier rules alone.
 
-    ``update_norms`` (each teacher's ||clone - its base||) with ``norm_ref`` = (median, scaled MAD)
-    of the log norms of previously *kept* updates: a teacher whose update is far larger than the
+    ``update_norms`` (each teacher's update size: ||clone - its base||, which the aggregator
+    divides by the local SGD steps) with ``norm_ref`` = (median, scaled MAD) of the log sizes of
+    previously *kept* updates: a teacher whose update is far larger than the
     accepted ones (log norm > median + outlier_k * max(MAD, 0.25), i.e. at least e^1 = 2.7x the
-    median) is dropped whatever the rest of this buffer looks like. The in-buffer weight-distance
-    rule below cannot do this when 2 of 4 teachers are attackers (the median is then theirs)."""
+    median) is dropped whatever the rest of this buffer looks like. The in-buffer size rule
+    below cannot do this when 2 of 4 teachers are attackers (the median is then theirs).
+    ``nodes`` (each teacher's node): the in-buffer outlier rules take their median and MAD over
+    the nodes' medians, so several updates of one fast node do not define what is normal."""
     vy = np.asarray(val_y)
     preds = [_predict(t, val_x) for t in teachers]  # one pass per model; every rule reads these
     accs = [float((p == vy).mean()) for p in preds]
@@ -97,11 +112,12 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
         cls = _supported(pred)
         return float(freq[cls].mean()) if cls else float(freq[pred].mean())
 
-    # Liveness: while the core is not measurably better than chance (precision <= 1/K + margin,
-    # or within 2 binomial standard errors of its own blind precision), a clone of it trained
-    # briefly need not be either, so only clearly-below-chance teachers (label flippers) are
-    # dropped here; random models are caught by the weight-distance rule below. (With 1/K alone,
-    # a tiny-data run stalled: every clone of a weak core was dropped, the core never moved.)
+    # Only clearly-below-chance teachers (label flippers) are dropped for their precision; random
+    # models are caught by the update-size rules. While the core is not measurably better than
+    # chance (precision <= 1/K + margin, or within 2 binomial standard errors of its own blind
+    # precision) a clone of it trained briefly need not be either, so at-chance clones teach;
+    # afterwards they are marked ``at_chance``. (With a 1/K drop rule, a tiny-data run stalled:
+    # every clone of a weak core was dropped, the core never moved.)
     weak = False
     if core_state is not None:
         core = copy.deepcopy(teachers[0]).eval()
@@ -117,34 +133,42 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
             if math.log(max(n, 1e-12)) > med + outlier_k * max(mad, 0.25):
                 dropped[i] = (f"update norm {n:.3g} is far above the accepted updates' "
                               f"(median {math.exp(med):.3g})")
+    at_chance = []
     for i, (a, pr) in enumerate(zip(accs, precs)):
         if i in dropped:
             continue
         # a non-IID teacher that knows 2 classes has ~20% accuracy but its predictions are
-        # still mostly right; label flippers and random models are wrong whatever they predict
-        if weak:  # below chance in both senses: 1/K and this teacher's own blind precision
-            bar = min(chance, blind(preds[i])) - chance_margin
-            if pr <= bar:
-                dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is below chance "
-                              f"({bar + chance_margin:.3f}) while the core is at chance")
-        elif pr <= chance + chance_margin:
-            dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is not better than "
-                          f"chance ({chance:.3f})")
+        # still mostly right; label flippers are wrong whatever they predict: below chance in both
+        # senses, 1/K and this teacher's own blind precision. A clone that predicts its
+        # partition's one class everywhere is *at* its blind precision: an honest update from a
+        # skewed partition (dropping those cost 1.7 points on 20 clean 12-client digits runs), but
+        # once the core is better than chance it has nothing to teach.
+        bar = min(chance, blind(preds[i])) - chance_margin
+        if pr <= bar:
+            dropped[i] = (f"validation precision {pr:.3f} (accuracy {a:.3f}) is below chance "
+                          f"({bar + chance_margin:.3f})")
+        elif not weak and pr <= chance + chance_margin:
+            at_chance.append(i)
     alive = [i for i in range(len(teachers)) if i not in dropped]
     if len(alive) >= 3:
+        groups = [nodes[i] for i in alive] if nodes is not None else None
         acc_gap = np.array([max(accs) - accs[i] for i in alive])
-        for j in np.flatnonzero(_robust_high(acc_gap, outlier_k, 0.05)):
+        for j in np.flatnonzero(_robust_high(acc_gap, outlier_k, 0.05, groups)):
             dropped[alive[j]] = f"validation accuracy {accs[alive[j]]:.3f} is an outlier"
-        if core_state is not None:
+        if update_norms is not None:  # the caller's measure of each update's size
+            dist = [math.log(max(update_norms[i], 1e-12)) for i in alive]
+        elif core_state is not None:
             dist = []
             for i in alive:
                 sd = teachers[i].state_dict()
                 dist.append(math.log(1e-12 + math.sqrt(sum(
                     float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in float_keys(core_state)))))
-            for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k, 0.25)):
-                dropped.setdefault(alive[j], "weights are far from the other teachers' (outlier)")
+        if update_norms is not None or core_state is not None:
+            what = "update is far larger than" if update_norms is not None else "weights are far from"
+            for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k, 0.25, groups)):
+                dropped.setdefault(alive[j], f"{what} the other teachers' (outlier)")
     kept = [i for i in range(len(teachers)) if i not in dropped]
-    return Screening(kept=kept, dropped=dropped, val_acc=accs)
+    return Screening(kept=kept, dropped=dropped, val_acc=accs, at_chance=[i for i in at_chance if i in kept])
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ NODE_TALLIES = (("node-counts", "node_counts"), ("node-claims", "claims"))
 AGGREGATOR_FIELDS = ("buffer_size", "attend", "init", "screen", "guard", "clip", "temperature", "seed",
                      "server_lr", "server_momentum", "staleness", "distill_accept", "example_weighting",
                      "example_cap", "teacher_window", "combine", "refill", "guard_window",
-                     "rate_weighting", "norm_history", "lr_decay")
+                     "rate_weighting", "norm_history", "lr_decay", "norm_per_step", "batch_size")
 
 
 class RealClock:
@@ -331,7 +331,7 @@ class AsyncServer:
             return False
         new, info = self.aggregator.aggregate(self.core, self.version)
         stats = self.meta.setdefault("agg-stats", {})
-        for k in ("dropped", "guarded", "deferred", "distilled-kept", "distilled-discarded"):
+        for k in ("dropped", "guarded", "deferred", "at-chance", "distilled-kept", "distilled-discarded"):
             stats[k] = stats.get(k, 0) + int(info.get(k, 0))
         if info.get("guarded") or info.get("deferred"):  # the core did not change: keep its version (no false staleness)
             self.save()

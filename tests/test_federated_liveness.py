@@ -67,24 +67,42 @@ def test_clones_of_a_weak_core_are_kept_attackers_are_not(fed_digits):
     assert sc.kept == [0, 1, 2, 3], sc.dropped
 
 
-def test_a_competent_core_still_holds_teachers_to_better_than_chance(fed_digits):
+def test_an_at_chance_clone_of_a_competent_core_steps_but_does_not_teach(fed_digits, monkeypatch):
+    """A clone that predicts one class everywhere is at its blind precision: what an honest clone
+    of a one-class partition looks like. It is no longer dropped (its update is a legitimate
+    non-IID step: dropping such clones cost 1.7 points on 20 clean 12-client digits runs), but
+    once the core is better than chance it has nothing to teach: it is left out of distillation.
+    A label flipper, below its blind precision, is still dropped."""
+    from edgekit.federated import distill as D
+    from edgekit.federated.strategies import ClonedDistillation, Update
+
     d = fed_digits
     m = build_model(*MLP, seed=0)
     train_local(m, d.pool_x, d.pool_y, epochs=2, lr=0.1)
     core = get_state(m)
-    # a teacher that predicts one rare class everywhere is at chance: dropped once the core is not
     rare = int(np.argmin(np.bincount(d.val_y, minlength=10)))
     st = {k: v.copy() for k, v in core.items()}
     st["net.2.bias"][rare] += 100.0
     collapsed = set_state(build_model(*MLP), st)
-    honest = []
-    for i, part in enumerate(dirichlet_partition(d.pool_y, 4, 1.0, 0)):
-        t = set_state(build_model(*MLP), core)
-        train_local(t, d.pool_x[part], d.pool_y[part], epochs=1, lr=0.1, seed=i)
-        honest.append(t)
-    sc = screen_teachers(honest + [collapsed], d.val_x, d.val_y, 10, core_state=core)
-    assert sc.kept == [0, 1, 2, 3], sc.dropped
-    assert "not better than chance" in sc.dropped[4]
+    flipped = set_state(build_model(*MLP), core)
+    train_local(flipped, d.pool_x, 9 - d.pool_y, epochs=2, lr=0.1)
+    sc = screen_teachers([collapsed, flipped], d.val_x, d.val_y, 10, core_state=core)
+    assert sc.kept == [0] and sc.at_chance == [0], sc.dropped
+    assert "below chance" in sc.dropped[1]
+
+    honest = set_state(build_model(*MLP), core)
+    part = dirichlet_partition(d.pool_y, 4, 1.0, 0)[0]
+    train_local(honest, d.pool_x[part], d.pool_y[part], epochs=1, lr=0.1, seed=0)
+    taught = []
+    real = D.distill
+    monkeypatch.setattr(D, "distill", lambda student, teachers, *a, **k: (
+        taught.append(len(teachers)), real(student, teachers, *a, **k))[1])
+    agg = ClonedDistillation(lambda: build_model(*MLP), d.public_x, d.val_x, d.val_y, 10,
+                             buffer_size=2, epochs=1, guard=1.0)
+    agg.add(Update(1, 0, 100, get_state(honest)), {0: core})
+    agg.add(Update(2, 0, 100, st), {0: core})
+    _, info = agg.aggregate(core, 0)
+    assert info["used"] == 2 and info["at-chance"] == 1 and taught == [1], (info, taught)
 
 
 def test_tiny_data_one_epoch_run_moves(tmp_path):

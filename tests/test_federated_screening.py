@@ -1,8 +1,9 @@
 """Tests of the robust screening / aggregation rules of the cloned method (edgekit.federated):
 update-norm screening against the history of kept updates, refilling the buffer until K
 teachers passed screening, the step guard's median reference, participation-rate weighting,
-the server step schedule, the cap on claimed example counts, the serving-EMA warm-up, and that
-their state survives a restart."""
+the server step schedule, the cap on claimed example counts, the serving-EMA warm-up, that
+their state survives a restart, update sizes compared per local SGD step, and robust references
+taken over nodes."""
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def test_aggregator_learns_the_norm_reference_from_kept_updates(fed_digits, trai
             a.add(u, {0: core})
         a.aggregate(core, 0)
     med, _ = a.norm_ref()
-    honest = np.log([_norm(core, u.state) for u in ups])
+    honest = np.log([_norm(core, u.state) / np.ceil(u.num_examples / 32) for u in ups])  # per step
     assert len(a.norm_hist) == 12 and honest.min() <= med <= honest.max()
     a.add(_random_update(core, 9, 3), {0: core})
     for u in ups[:3]:
@@ -243,3 +244,50 @@ def test_screening_state_survives_a_restart(tmp_path):
     assert back.aggregator.node_counts == agg.node_counts
     assert agg.claims and back.aggregator.claims == agg.claims
     assert back.ema_updates == srv.ema_updates
+
+
+def _scaled_update(core, u, factor, node, examples):
+    """``u``'s step from ``core`` times ``factor``, as node ``node`` claiming ``examples``."""
+    return Update(node, 0, examples, {k: (core[k] + factor * (u.state[k] - core[k])).astype(core[k].dtype)
+                                      for k in core})
+
+
+def test_update_sizes_are_compared_per_local_step(fed_digits, trained):
+    """A clone's update grows with the SGD steps it took: a node with 4x the data (4x the steps)
+    is not an outlier among small nodes; the same size from a node claiming 1x the data is."""
+    core, ups = trained
+
+    def buffered(**kw):
+        a = _agg(fed_digits, buffer_size=5, guard=1.0, batch_size=32, **kw)
+        small = [_scaled_update(core, ups[0], f / 4, 100 + i, 64) for i, f in enumerate((1.0, 0.9, 1.1))]
+        rich = _scaled_update(core, ups[0], 1.0, 200, 256)     # 4x the data: 8 steps instead of 2
+        liar = _scaled_update(core, ups[0], 1.0, 300, 64)      # the same step, 2 steps claimed
+        for u in small + [rich, liar]:
+            a.add(u, {0: core})
+        _, info = a.aggregate(core, 0)
+        return info, {u.node_id for u in a.buffer}
+
+    info, waiting = buffered()
+    assert info.get("deferred") == 1 and 200 in waiting and 300 not in waiting, (info, waiting)
+    info, waiting = buffered(norm_per_step=False)  # raw sizes: the data-rich node is dropped too
+    assert info.get("deferred") == 1 and 200 not in waiting and 300 not in waiting, (info, waiting)
+
+
+def test_a_fast_node_does_not_define_the_normal_update_size(fed_digits, trained):
+    """Robust references are taken over nodes: 3 small updates of one fast node in a buffer do not
+    make the other nodes' updates outliers; an update far above every node's still is."""
+    from edgekit.federated.distill import screen_teachers
+
+    core, ups = trained
+    models = [set_state(build_model("mlp", 64, 10), ups[0].state) for _ in range(6)]
+
+    def dropped(norms, nodes):
+        sc = screen_teachers(models[:len(norms)], fed_digits.val_x, fed_digits.val_y, 10,
+                             core_state=core, update_norms=norms, nodes=nodes)
+        return sorted(sc.dropped)
+
+    norms = [0.05, 0.05, 0.05, 0.2, 0.25]
+    assert dropped(norms, [1, 1, 1, 2, 3]) == []
+    assert dropped(norms, None) == [3, 4]  # per update: the fast node's median made 2 nodes outliers
+    # random weights: about 120x an honest step per step in the digits runs (36 vs 0.3)
+    assert dropped(norms + [30.0], [1, 1, 1, 2, 3, 4]) == [5]
