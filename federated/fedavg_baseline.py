@@ -7,16 +7,41 @@ import logging
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from .models import record_bytes
+from .models import State, record_bytes
 
 log = logging.getLogger("edgekit.federated")
+
+
+def flower_fedavg(**kw):
+    """Flower's own FedAvg (flwr.serverapp.strategy), with replies of the wrong shape dropped
+    (and the reason logged) before Flower aggregates, so one bad client cannot crash a round."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from .models import record_to_state, shape_mismatch
+    from .strategies import _reply_problem
+
+    class CheckedFedAvg(FedAvg):
+        reference: State | None = None
+
+        def aggregate_train(self, server_round, replies):
+            good = []
+            for m in replies:
+                if not m.has_error():
+                    why = _reply_problem(m, self.reference, record_to_state, shape_mismatch)
+                    if why:
+                        log.warning("fedavg: rejected reply from node %s: %s",
+                                    m.metadata.src_node_id, why)
+                        continue
+                good.append(m)
+            return super().aggregate_train(server_round, good)
+
+    return CheckedFedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1, **kw)
 
 
 def run_fedavg(server) -> dict:
     """Flower's FedAvg on ``server`` (an AsyncServer), one ``strategy.start`` round at a time so
     that time limits, checkpoints, the served EMA and the curve work as for the async methods."""
     from .models import merge_fixed, record_to_state, state_to_record
-    from .strategies import flower_fedavg
 
     strategy = flower_fedavg()
     strategy.reference = server.core

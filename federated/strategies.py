@@ -1,4 +1,4 @@
-"""Server-side aggregation for the asynchronous loop, plus Flower's FedAvg for the baseline.
+"""Server-side aggregation for the asynchronous loop (Flower's FedAvg baseline: fedavg_baseline.py).
 
 AsyncAggregator: a buffer of accepted updates; when K have arrived (or ``max_wait`` seconds
 passed since the oldest) the core model is replaced by ``aggregate``.
@@ -378,31 +378,6 @@ def make_aggregator(method: str, **kw) -> AsyncAggregator:
     if method == "cloned":
         return ClonedDistillation(**kw)
     raise ValueError(f"unknown async method {method!r}")
-
-
-def flower_fedavg(**kw):
-    """Flower's own FedAvg (flwr.serverapp.strategy), with replies of the wrong shape dropped
-    (and the reason logged) before Flower aggregates, so one bad client cannot crash a round."""
-    from flwr.serverapp.strategy import FedAvg
-
-    from .models import record_to_state, shape_mismatch
-
-    class CheckedFedAvg(FedAvg):
-        reference: State | None = None
-
-        def aggregate_train(self, server_round, replies):
-            good = []
-            for m in replies:
-                if not m.has_error():
-                    why = _reply_problem(m, self.reference, record_to_state, shape_mismatch)
-                    if why:
-                        log.warning("fedavg: rejected reply from node %s: %s",
-                                    m.metadata.src_node_id, why)
-                        continue
-                good.append(m)
-            return super().aggregate_train(server_round, good)
-
-    return CheckedFedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1, **kw)
 
 
 def _reply_problem(msg, reference, record_to_state, shape_mismatch) -> str | None:
