@@ -155,16 +155,16 @@ def screen_teachers(teachers: list[nn.Module], val_x: np.ndarray, val_y: np.ndar
         acc_gap = np.array([max(accs) - accs[i] for i in alive])
         for j in np.flatnonzero(_robust_high(acc_gap, outlier_k, 0.05, groups)):
             dropped[alive[j]] = f"validation accuracy {accs[alive[j]]:.3f} is an outlier"
+        dist, what = None, ""
         if update_norms is not None:  # the caller's measure of each update's size
-            dist = [math.log(max(update_norms[i], 1e-12)) for i in alive]
+            dist, what = [math.log(max(update_norms[i], 1e-12)) for i in alive], "update is far larger than"
         elif core_state is not None:
-            dist = []
+            dist, what = [], "weights are far from"
             for i in alive:
                 sd = teachers[i].state_dict()
                 dist.append(math.log(1e-12 + math.sqrt(sum(
                     float(((sd[k].numpy() - core_state[k]) ** 2).sum()) for k in float_keys(core_state)))))
-        if update_norms is not None or core_state is not None:
-            what = "update is far larger than" if update_norms is not None else "weights are far from"
+        if dist is not None:
             for j in np.flatnonzero(_robust_high(np.array(dist), outlier_k, 0.25, groups)):
                 dropped.setdefault(alive[j], f"{what} the other teachers' (outlier)")
     kept = [i for i in range(len(teachers)) if i not in dropped]
