@@ -43,6 +43,7 @@ class FedConfig:
     norm_history: int = 100  # cloned: screen update norms against the last N kept ones (0: off)
     norm_per_step: bool = True  # cloned: screen update sizes per local SGD step (ceil(examples/batch))
     guard_window: int = 5  # cloned: the step guard compares with the median val of the last N cores
+    cached_updates: bool = True  # cloned: a step averages every node's latest kept update (MIFA)
     rate_weighting: bool = False  # cloned: divide an update's weight by its node's update count
     lr_decay: float = 0.0  # cloned: server step server_lr/sqrt(1+version/lr_decay) (0: constant)
     ema_warmup: bool = False  # serving EMA decay min(ema, (1+n)/(10+n)) after n updates

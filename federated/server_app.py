@@ -39,7 +39,8 @@ NODE_TALLIES = (("node-counts", "node_counts"), ("node-claims", "claims"))
 AGGREGATOR_FIELDS = ("buffer_size", "attend", "init", "screen", "guard", "clip", "temperature", "seed",
                      "server_lr", "server_momentum", "staleness", "distill_accept", "example_weighting",
                      "example_cap", "teacher_window", "combine", "refill", "guard_window",
-                     "rate_weighting", "norm_history", "lr_decay", "norm_per_step", "batch_size")
+                     "rate_weighting", "norm_history", "lr_decay", "norm_per_step", "batch_size",
+                     "cached_updates", "max_staleness")
 
 
 class RealClock:
@@ -96,6 +97,8 @@ class AsyncServer:
                 if "norm-hist" in st.aux and hasattr(self.aggregator, "norm_hist"):
                     self.aggregator.norm_hist = [float(x) for x in st.aux["norm-hist"]]
                     self.aggregator.norm_nodes = [int(x) for x in st.aux.get("norm-nodes", [])]
+                if hasattr(self.aggregator, "restore_cache"):
+                    self.aggregator.restore_cache(st.aux)
                 if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
                     self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
                 self.ema_updates = int(self.meta.get("ema-updates", self.version))
@@ -172,6 +175,7 @@ class AsyncServer:
             if hist:
                 aux["norm-hist"] = np.asarray(hist, np.float64)
                 aux["norm-nodes"] = np.asarray(self.aggregator.norm_nodes, np.uint64)  # Flower node ids are uint64
+            aux.update(getattr(self.aggregator, "cache_arrays", dict)())
             if getattr(self.aggregator, "val_hist", None):
                 aux["val-hist"] = np.asarray(self.aggregator.val_hist, np.float64)
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(

@@ -116,6 +116,7 @@ class ClonedDistillation(AsyncAggregator):
        than K teachers waits for more instead of being aggregated;
     2. start the student one server step along the kept teachers' staleness- and size-weighted,
        norm-clipped updates (init="delta"; FedDF-style start), optionally with server momentum;
+       with ``cached_updates`` the step averages every node's latest kept update (MIFA);
     3. distil the teachers' ensemble into the student on the public unlabeled split;
     4. keep the distilled student only if it beats the undistilled start on validation
        (``distill_accept``) -- distillation can then never make a step worse on validation;
@@ -134,8 +135,14 @@ class ClonedDistillation(AsyncAggregator):
                  teacher_window: int = 0, refill: bool = True, norm_history: int = 100,
                  lr_decay: float = 0.0, guard_window: int = 5, rate_weighting: bool = False,
                  combine: str = "mean", example_cap: float = 4.0, norm_per_step: bool = True,
-                 batch_size: int = 32, **kw):
+                 batch_size: int = 32, cached_updates: bool = True, max_staleness: int = 20, **kw):
         super().__init__(buffer_size, **kw)
+        # cached updates (MIFA, Gu et al. 2021): each core step averages every node's latest kept
+        # update, age-discounted, not only the buffer's; a fast node then counts once per step
+        # like any other, and a node that went offline still counts with its last update (until
+        # it is ``max_staleness`` versions old). Off: the step averages the buffer only (FedBuff)
+        self.cached_updates, self.max_staleness = bool(cached_updates), int(max_staleness)
+        self.cache: dict[int, tuple[int, float, State]] = {}  # node -> (base version, weight, update)
         # how the teachers' predictions become the distillation target: "mean" (their weighted
         # mean, as in the paper) or "bayes" (per-class competence: each teacher's, and the
         # undistilled start's, prediction through its validation confusion matrix, multiplied;
@@ -246,6 +253,26 @@ class ClonedDistillation(AsyncAggregator):
         med = float(np.median(h))
         return med, float(1.4826 * np.median(np.abs(h - med)))
 
+    def cache_arrays(self) -> dict[str, np.ndarray]:
+        """The update cache as checkpoint arrays (``restore_cache`` reads them back)."""
+        if not self.cache:
+            return {}
+        nodes = list(self.cache)
+        out = {"cache-nodes": np.asarray(nodes, np.uint64),  # Flower node ids are uint64
+               "cache-base": np.asarray([self.cache[n][0] for n in nodes], np.int64),
+               "cache-weight": np.asarray([self.cache[n][1] for n in nodes], np.float64)}
+        for j, n in enumerate(nodes):
+            out.update({f"cache/{j}/{k}": v for k, v in self.cache[n][2].items()})
+        return out
+
+    def restore_cache(self, aux: dict[str, np.ndarray]) -> None:
+        if "cache-nodes" not in aux:
+            return
+        self.cache = {}
+        for j, (n, b, w) in enumerate(zip(aux["cache-nodes"], aux["cache-base"], aux["cache-weight"])):
+            pre = f"cache/{j}/"
+            self.cache[int(n)] = (int(b), float(w), {k[len(pre):]: v for k, v in aux.items() if k.startswith(pre)})
+
     def _val(self, state: State) -> float:
         from .models import accuracy, set_state
 
@@ -256,7 +283,7 @@ class ClonedDistillation(AsyncAggregator):
         from .models import get_state, set_state
 
         teachers = [set_state(self.model_fn(), self._teacher(u)) for u in self.buffer]
-        unorms = None
+        unorms, cache_before = None, None
         if self.init == "delta":
             unorms = [float(np.sqrt(sum(float((v ** 2).sum()) for k, v in u.state.items()
                                         if k.startswith("d/")))) / self._steps(u) for u in self.buffer]
@@ -300,9 +327,15 @@ class ClonedDistillation(AsyncAggregator):
             # r_i = examples (example_weighting) or 1; old updates shrink the step, not just its mix
             r = [rate[i] * (ex[i] if self.example_weighting else 1.0)
                  for i in kept]
-            s_w = [staleness_weight(version - self.buffer[i].base_version, self.staleness) for i in kept]
-            step = {k: sum(ri * si * scale[i] * deltas[i][k] for ri, si, i in zip(r, s_w, kept)) / sum(r)
-                    for k in float_keys(core)}
+            entries = [(self.buffer[i].base_version, ri, {k: scale[i] * d for k, d in deltas[i].items()})
+                       for ri, i in zip(r, kept)]
+            if self.cached_updates:
+                cache_before = dict(self.cache)  # restored if the step guard rejects this step
+                self.cache = {n: e for n, e in self.cache.items() if version - e[0] <= self.max_staleness}
+                self.cache.update({int(self.buffer[i].node_id): e for i, e in zip(kept, entries)})
+                entries = list(self.cache.values())
+            step = {k: sum(ri * staleness_weight(version - b, self.staleness) * d[k] for b, ri, d in entries)
+                    / sum(ri for _, ri, _ in entries) for k in float_keys(core)}
             m = self.momentum_step(step)
             eta = self.server_lr / np.sqrt(1.0 + version / self.lr_decay) if self.lr_decay > 0 \
                 else self.server_lr
@@ -365,6 +398,8 @@ class ClonedDistillation(AsyncAggregator):
                 log.info("step guard: kept the core (validation %.3f -> %.3f)", before, after)
                 info["guarded"] = 1
                 self.momentum = None  # a rejected direction should not keep pushing
+                if cache_before is not None:
+                    self.cache = cache_before  # nor should the rejected updates, from the cache
                 return core, info
             self.val_hist = (self.val_hist + [after])[-max(self.guard_window, 1):]
         return new, info

@@ -163,6 +163,7 @@ def test_rate_weighting_and_server_step_schedule(fed_digits, trained):
     ups = _delta_updates(core, [(+1, 1), (+1, 1), (-1, 2)])  # node 1 (fast) sent 2, node 2 one
 
     def step(**kw):
+        kw.setdefault("cached_updates", False)  # the buffer's own mean (the cache: test_federated_cache)
         a = _agg(fed_digits, buffer_size=3, screen=False, **kw)
         for u in ups:
             a.add(u, {0: core})
@@ -170,9 +171,10 @@ def test_rate_weighting_and_server_step_schedule(fed_digits, trained):
         return float(np.mean(new["net.0.bias"] - core["net.0.bias"]))
 
     assert step() == pytest.approx(0.01 / 3, rel=1e-3)  # (2*(+d) - d) / 3
+    assert step(cached_updates=True) == pytest.approx(0.0, abs=1e-7)  # node 1's latest only: (d - d) / 2
     assert step(rate_weighting=True) == pytest.approx(0.0, abs=1e-7)  # (d/2 + d/2 - d) / 2
     assert step(lr_decay=10.0) == pytest.approx(0.01 / 3, rel=1e-3)  # version 0: full step
-    b = _agg(fed_digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none")
+    b = _agg(fed_digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none", cached_updates=False)
     for u in ups:
         b.add(u, {0: core})
     new, _ = b.aggregate(core, 30)  # version 30: step / sqrt(1 + 30/10) = step / 2
