@@ -63,6 +63,28 @@ def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
         raise EdgekitError(f"cannot write the result to {p}: {err.strerror}", "pass a writable --out path") from err
 
 
+def cache_arrays(cache: dict[int, tuple[int, float, State]]) -> dict[str, np.ndarray]:
+    """The cloned method's update cache (node -> (base version, weight, update)) as aux arrays."""
+    if not cache:
+        return {}
+    nodes = list(cache)
+    out = {"cache-nodes": np.asarray(nodes, np.uint64),  # Flower node ids are uint64
+           "cache-base": np.asarray([cache[n][0] for n in nodes], np.int64),
+           "cache-weight": np.asarray([cache[n][1] for n in nodes], np.float64)}
+    for j, n in enumerate(nodes):
+        out.update({f"cache/{j}/{k}": v for k, v in cache[n][2].items()})
+    return out
+
+
+def cache_from_arrays(aux: dict[str, np.ndarray]) -> dict[int, tuple[int, float, State]]:
+    """The inverse of :func:`cache_arrays` (empty if the checkpoint holds no cache)."""
+    if "cache-nodes" not in aux:
+        return {}
+    return {int(n): (int(b), float(w), {k[len(f"cache/{j}/"):]: v for k, v in aux.items()
+                                         if k.startswith(f"cache/{j}/")})
+            for j, (n, b, w) in enumerate(zip(aux["cache-nodes"], aux["cache-base"], aux["cache-weight"]))}
+
+
 def checkpoint_path(directory: str | os.PathLike) -> Path:
     return Path(directory) / CKPT_NAME
 

@@ -97,8 +97,8 @@ class AsyncServer:
                 if "norm-hist" in st.aux and hasattr(self.aggregator, "norm_hist"):
                     self.aggregator.norm_hist = [float(x) for x in st.aux["norm-hist"]]
                     self.aggregator.norm_nodes = [int(x) for x in st.aux.get("norm-nodes", [])]
-                if hasattr(self.aggregator, "restore_cache"):
-                    self.aggregator.restore_cache(st.aux)
+                if hasattr(self.aggregator, "cache"):
+                    self.aggregator.cache = ckpt.cache_from_arrays(st.aux)
                 if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
                     self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
                 self.ema_updates = int(self.meta.get("ema-updates", self.version))
@@ -175,7 +175,7 @@ class AsyncServer:
             if hist:
                 aux["norm-hist"] = np.asarray(hist, np.float64)
                 aux["norm-nodes"] = np.asarray(self.aggregator.norm_nodes, np.uint64)  # Flower node ids are uint64
-            aux.update(getattr(self.aggregator, "cache_arrays", dict)())
+            aux.update(ckpt.cache_arrays(getattr(self.aggregator, "cache", {})))
             if getattr(self.aggregator, "val_hist", None):
                 aux["val-hist"] = np.asarray(self.aggregator.val_hist, np.float64)
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(

@@ -253,26 +253,6 @@ class ClonedDistillation(AsyncAggregator):
         med = float(np.median(h))
         return med, float(1.4826 * np.median(np.abs(h - med)))
 
-    def cache_arrays(self) -> dict[str, np.ndarray]:
-        """The update cache as checkpoint arrays (``restore_cache`` reads them back)."""
-        if not self.cache:
-            return {}
-        nodes = list(self.cache)
-        out = {"cache-nodes": np.asarray(nodes, np.uint64),  # Flower node ids are uint64
-               "cache-base": np.asarray([self.cache[n][0] for n in nodes], np.int64),
-               "cache-weight": np.asarray([self.cache[n][1] for n in nodes], np.float64)}
-        for j, n in enumerate(nodes):
-            out.update({f"cache/{j}/{k}": v for k, v in self.cache[n][2].items()})
-        return out
-
-    def restore_cache(self, aux: dict[str, np.ndarray]) -> None:
-        if "cache-nodes" not in aux:
-            return
-        self.cache = {}
-        for j, (n, b, w) in enumerate(zip(aux["cache-nodes"], aux["cache-base"], aux["cache-weight"])):
-            pre = f"cache/{j}/"
-            self.cache[int(n)] = (int(b), float(w), {k[len(pre):]: v for k, v in aux.items() if k.startswith(pre)})
-
     def _val(self, state: State) -> float:
         from .models import accuracy, set_state
 
