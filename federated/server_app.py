@@ -335,7 +335,8 @@ class AsyncServer:
             return False
         new, info = self.aggregator.aggregate(self.core, self.version)
         stats = self.meta.setdefault("agg-stats", {})
-        for k in ("dropped", "guarded", "deferred", "at-chance", "distilled-kept", "distilled-discarded"):
+        for k in ("dropped", "guarded", "deferred", "at-chance", "evicted", "distilled-kept",
+                  "distilled-discarded"):
             stats[k] = stats.get(k, 0) + int(info.get(k, 0))
         if info.get("guarded") or info.get("deferred"):  # the core did not change: keep its version (no false staleness)
             self.save()

@@ -278,6 +278,16 @@ class ClonedDistillation(AsyncAggregator):
         else:
             kept, mute = list(range(len(teachers))), set()
         info = {"used": len(kept), "dropped": len(teachers) - len(kept)}
+        # a node whose latest update failed screening no longer has its older cached update
+        # speak for it (an attacker caught now may have got an entry in earlier, e.g. while the
+        # core was at chance); it counts again from its next kept update
+        evict = {int(self.buffer[i].node_id) for i in range(len(self.buffer)) if i not in kept} \
+            & set(self.cache)
+        for n in evict:
+            log.info("cache: node %s's cached update leaves (its latest update was dropped)", n)
+            del self.cache[n]
+        if evict:
+            info["evicted"] = len(evict)
         if self.refill and self.screen and len(self.buffer) >= self.buffer_size \
                 and len(kept) < self.buffer_size:
             # wait for more screened teachers (a max_wait-triggered partial buffer is used as is)
@@ -301,7 +311,12 @@ class ClonedDistillation(AsyncAggregator):
         if self.init == "delta":  # one (momentum) server step along the teachers' updates
             deltas = {i: {k: self.buffer[i].state[f"d/{k}"] for k in float_keys(core)} for i in kept}
             norms = {i: float(np.sqrt(sum(float((d ** 2).sum()) for d in deltas[i].values()))) for i in kept}
-            cap = float(np.median(list(norms.values())))  # norm clipping: no update outweighs the median
+            by_node: dict[int, list[float]] = {}
+            for i in kept:
+                by_node.setdefault(int(self.buffer[i].node_id), []).append(norms[i])
+            # norm clipping: no update outweighs the median over nodes (of each node's median), so
+            # a fast node with several updates in the buffer does not set the clip alone
+            cap = float(np.median([np.median(v) for v in by_node.values()]))
             scale = {i: min(1.0, cap / max(norms[i], 1e-12)) if self.clip else 1.0 for i in kept}
             # staleness is an absolute discount (as in FedBuff): sum_i s_i r_i d_i / sum_i r_i, with
             # r_i = examples (example_weighting) or 1; old updates shrink the step, not just its mix
@@ -312,8 +327,14 @@ class ClonedDistillation(AsyncAggregator):
             if self.cached_updates:
                 cache_before = dict(self.cache)  # restored if the step guard rejects this step
                 self.cache = {n: e for n, e in self.cache.items() if version - e[0] <= self.max_staleness}
-                self.cache.update({int(self.buffer[i].node_id): e for i, e in zip(kept, entries)})
+                latest = {int(self.buffer[i].node_id): (i, e) for i, e in zip(kept, entries)}
+                self.cache.update({n: e for n, (_, e) in latest.items()})
                 entries = list(self.cache.values())
+                # an at-chance clone steps once, in its buffer, but is not kept: it has nothing
+                # verified to teach, and from the cache it would count at every later step (seen:
+                # a label flipper whose one-class clones counted in every step of a digits run)
+                for n in [n for n, (i, _) in latest.items() if i in mute]:
+                    del self.cache[n]
             step = {k: sum(ri * staleness_weight(version - b, self.staleness) * d[k] for b, ri, d in entries)
                     / sum(ri for _, ri, _ in entries) for k in float_keys(core)}
             m = self.momentum_step(step)

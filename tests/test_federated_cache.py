@@ -1,7 +1,8 @@
 """Tests of the cloned method's cached updates (MIFA-style, ``cached_updates``): a core step
 averages every node's latest kept update, age-discounted, so a fast node counts once per step and
 a node that went offline still counts until its update is ``max_staleness`` versions old; a step
-the guard rejects leaves the cache as it was; the cache survives a server restart."""
+the guard rejects leaves the cache as it was; a node whose latest update is dropped, or is an
+at-chance clone, leaves the cache; the cache survives a server restart."""
 from __future__ import annotations
 
 import os
@@ -110,3 +111,54 @@ def test_the_cache_survives_a_restart(tmp_path):
     for n, (b, w, d) in cache.items():
         assert back[n][:2] == (b, w) and sorted(back[n][2]) == sorted(d)
         assert all(np.array_equal(back[n][2][k], d[k]) for k in d)
+
+
+def test_a_node_whose_latest_update_is_dropped_leaves_the_cache(fed_digits, core):
+    """A label flipper whose update was cached (e.g. while the core was at chance) stops counting
+    once an update of it fails screening; honest nodes' entries stay, even after a guarded step."""
+    honest = []
+    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 3, 0.5, 0, min_size=8)):
+        t = set_state(build_model("mlp", 64, 10), core)
+        train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
+        honest.append(Update(100 + i, 0, len(part), get_state(t)))
+    flip = set_state(build_model("mlp", 64, 10), core)
+    train_local(flip, fed_digits.pool_x, (fed_digits.pool_y + 1) % 10, epochs=3, lr=0.05, seed=9)
+    zero = {k: np.zeros_like(v) for k, v in core.items()}
+    for guarded in (False, True):
+        a = _agg(fed_digits, buffer_size=4, guard=0.03, guard_window=5, refill=False)
+        if guarded:  # recent cores scored 1.0 on validation: the guard keeps the core
+            a.val_hist = [1.0]
+        a.cache = {7: (0, 50.0, zero), 8: (0, 50.0, zero)}
+        for u in honest + [Update(7, 0, 50, get_state(flip))]:
+            a.add(u, {0: core})
+        _, info = a.aggregate(core, 0)
+        assert info["dropped"] == 1 and info.get("evicted") == 1 and bool(info.get("guarded")) == guarded
+        assert sorted(a.cache) == ([8] if guarded else [8, 100, 101, 102])
+
+
+def test_an_at_chance_clone_steps_once_but_is_not_cached(fed_digits, core):
+    """A clone that predicts one class everywhere (at chance) while the core is competent moves
+    this step but does not stay in the cache, where it would count at every later step; its
+    node's older entry leaves with it."""
+    honest = []
+    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 3, 0.5, 0, min_size=8)):
+        t = set_state(build_model("mlp", 64, 10), core)
+        train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
+        honest.append(Update(100 + i, 0, len(part), get_state(t)))
+    one = set_state(build_model("mlp", 64, 10), core)
+    threes = fed_digits.pool_y == 3
+    train_local(one, fed_digits.pool_x[threes][:60], fed_digits.pool_y[threes][:60], epochs=2, lr=0.05, seed=5)
+
+    def run(extra):
+        a = _agg(fed_digits, buffer_size=3 + len(extra), refill=False)
+        a.cache = {7: (0, 50.0, {k: np.zeros_like(v) for k, v in core.items()})}
+        for u in honest + extra:
+            a.add(u, {0: core})
+        new, info = a.aggregate(core, 0)
+        return new, info, sorted(a.cache)
+
+    new, info, cached = run([Update(7, 0, 60, get_state(one))])
+    assert info.get("at-chance") == 1 and info["used"] == 4 and cached == [100, 101, 102]
+    without, _, cached = run([])
+    assert cached == [7, 100, 101, 102]
+    assert not np.allclose(new["net.0.weight"], without["net.0.weight"])  # it did step

@@ -293,3 +293,21 @@ def test_a_fast_node_does_not_define_the_normal_update_size(fed_digits, trained)
     assert dropped(norms, None) == [3, 4]  # per update: the fast node's median made 2 nodes outliers
     # random weights: about 120x an honest step per step in the digits runs (36 vs 0.3)
     assert dropped(norms + [30.0], [1, 1, 1, 2, 3, 4]) == [5]
+
+
+def test_the_norm_clip_takes_its_median_over_nodes(fed_digits, trained):
+    """Each update is clipped to the median over nodes of their update sizes: a fast node with 3
+    large updates in a buffer of 5 does not set the clip for the two other nodes."""
+    core, _ = trained
+
+    def step(ups):
+        a = _agg(fed_digits, buffer_size=len(ups), screen=False, cached_updates=False, staleness="none")
+        for u in ups:
+            a.add(u, {0: core})
+        new, _ = a.aggregate(core, 0)
+        return float(np.mean(new["net.0.bias"] - core["net.0.bias"]))
+
+    big = _delta_updates(core, [(+1, 1)] * 3, scale=0.1)
+    # node medians 0.1 / 0.01 / 0.02 -> clip at 0.02: (3 * 0.02 + 0.01 + 0.02) / 5 (per update: 0.066)
+    assert step(big + _delta_updates(core, [(+1, 2)], 0.01) + _delta_updates(core, [(+1, 3)], 0.02)) \
+        == pytest.approx(0.09 / 5, rel=1e-3)
