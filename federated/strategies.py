@@ -330,11 +330,13 @@ class ClonedDistillation(AsyncAggregator):
                 latest = {int(self.buffer[i].node_id): (i, e) for i, e in zip(kept, entries)}
                 self.cache.update({n: e for n, (_, e) in latest.items()})
                 entries = list(self.cache.values())
-                # an at-chance clone steps once, in its buffer, but is not kept: it has nothing
-                # verified to teach, and from the cache it would count at every later step (seen:
-                # a label flipper whose one-class clones counted in every step of a digits run)
+                # an at-chance clone steps once, in its buffer, but is not kept (nor is its node's
+                # older entry, even if the guard rejects this step): it has nothing verified to
+                # teach, and from the cache it would count at every later step (seen: a label
+                # flipper whose one-class clones counted in every step of a digits run)
                 for n in [n for n, (i, _) in latest.items() if i in mute]:
                     del self.cache[n]
+                    cache_before.pop(n, None)
             step = {k: sum(ri * staleness_weight(version - b, self.staleness) * d[k] for b, ri, d in entries)
                     / sum(ri for _, ri, _ in entries) for k in float_keys(core)}
             m = self.momentum_step(step)

@@ -69,12 +69,18 @@ def test_a_step_averages_every_nodes_latest_update(fed_digits, core):
     assert got == pytest.approx(D * (2 / np.sqrt(4) + 1) / 3, rel=1e-3)
 
 
-def test_a_guarded_step_leaves_the_cache_as_it_was(fed_digits, core):
+def _honest(fed_digits, core, n):
+    """``n`` honest non-IID clones of ``core`` (nodes 100, 101, ...), 2 local epochs each."""
     ups = []
-    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 4, 0.5, 0, min_size=8)):
+    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, n, 0.5, 0, min_size=8)):
         t = set_state(build_model("mlp", 64, 10), core)
         train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
         ups.append(Update(100 + i, 0, len(part), get_state(t)))
+    return ups
+
+
+def test_a_guarded_step_leaves_the_cache_as_it_was(fed_digits, core):
+    ups = _honest(fed_digits, core, 4)
     # an overshooting server step (lr 25) lowers validation accuracy: the guard keeps the core
     a = _agg(fed_digits, buffer_size=4, guard=0.03, server_lr=25.0, guard_window=1)
     a.cache = {7: (0, 50.0, {k: np.zeros_like(v) for k, v in core.items()})}
@@ -116,11 +122,7 @@ def test_the_cache_survives_a_restart(tmp_path):
 def test_a_node_whose_latest_update_is_dropped_leaves_the_cache(fed_digits, core):
     """A label flipper whose update was cached (e.g. while the core was at chance) stops counting
     once an update of it fails screening; honest nodes' entries stay, even after a guarded step."""
-    honest = []
-    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 3, 0.5, 0, min_size=8)):
-        t = set_state(build_model("mlp", 64, 10), core)
-        train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
-        honest.append(Update(100 + i, 0, len(part), get_state(t)))
+    honest = _honest(fed_digits, core, 3)
     flip = set_state(build_model("mlp", 64, 10), core)
     train_local(flip, fed_digits.pool_x, (fed_digits.pool_y + 1) % 10, epochs=3, lr=0.05, seed=9)
     zero = {k: np.zeros_like(v) for k, v in core.items()}
@@ -140,17 +142,15 @@ def test_an_at_chance_clone_steps_once_but_is_not_cached(fed_digits, core):
     """A clone that predicts one class everywhere (at chance) while the core is competent moves
     this step but does not stay in the cache, where it would count at every later step; its
     node's older entry leaves with it."""
-    honest = []
-    for i, part in enumerate(dirichlet_partition(fed_digits.pool_y, 3, 0.5, 0, min_size=8)):
-        t = set_state(build_model("mlp", 64, 10), core)
-        train_local(t, fed_digits.pool_x[part], fed_digits.pool_y[part], epochs=2, lr=0.05, seed=i)
-        honest.append(Update(100 + i, 0, len(part), get_state(t)))
+    honest = _honest(fed_digits, core, 3)
     one = set_state(build_model("mlp", 64, 10), core)
     threes = fed_digits.pool_y == 3
     train_local(one, fed_digits.pool_x[threes][:60], fed_digits.pool_y[threes][:60], epochs=2, lr=0.05, seed=5)
 
-    def run(extra):
+    def run(extra, guarded=False):
         a = _agg(fed_digits, buffer_size=3 + len(extra), refill=False)
+        if guarded:  # recent cores scored 1.0 on validation: the guard keeps the core
+            a.val_hist = [1.0]
         a.cache = {7: (0, 50.0, {k: np.zeros_like(v) for k, v in core.items()})}
         for u in honest + extra:
             a.add(u, {0: core})
@@ -162,3 +162,5 @@ def test_an_at_chance_clone_steps_once_but_is_not_cached(fed_digits, core):
     without, _, cached = run([])
     assert cached == [7, 100, 101, 102]
     assert not np.allclose(new["net.0.weight"], without["net.0.weight"])  # it did step
+    _, info, cached = run([Update(7, 0, 60, get_state(one))], guarded=True)
+    assert info.get("guarded") == 1 and cached == []  # the cache as it was, less node 7
