@@ -337,8 +337,9 @@ class ClonedDistillation(AsyncAggregator):
                 for n in [n for n, (i, _) in latest.items() if i in mute]:
                     del self.cache[n]
                     cache_before.pop(n, None)
-            step = {k: sum(ri * staleness_weight(version - b, self.staleness) * d[k] for b, ri, d in entries)
-                    / sum(ri for _, ri, _ in entries) for k in float_keys(core)}
+            coef = [ri * staleness_weight(version - b, self.staleness) for b, ri, _ in entries]
+            tot = sum(ri for _, ri, _ in entries)  # once, not once per weight array
+            step = {k: sum(c * d[k] for c, (_, _, d) in zip(coef, entries)) / tot for k in float_keys(core)}
             m = self.momentum_step(step)
             eta = self.server_lr / np.sqrt(1.0 + version / self.lr_decay) if self.lr_decay > 0 \
                 else self.server_lr
