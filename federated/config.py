@@ -46,7 +46,8 @@ class FedConfig:
     cached_updates: bool = True  # cloned: a step averages every node's latest kept update (MIFA)
     rate_weighting: bool = False  # cloned: divide an update's weight by its node's update count
     lr_decay: float = 0.0  # cloned: server step server_lr/sqrt(1+version/lr_decay) (0: constant)
-    ema_warmup: bool = False  # serving EMA decay min(ema, (1+n)/(10+n)) after n updates
+    ema_warmup: bool = True  # serving EMA decay min(ema, (1+n)/(10+n)) after n updates (else the
+    #   served model keeps the random init's weight ema**n early on)
     staleness: str = "sqrt"  # s(tau) = 1/sqrt(1+tau) | none
     max_staleness: int = 20  # older updates are rejected
     deadline: float = 60.0  # a clone's first deadline (then per node: node_deadline); FedAvg: round timeout

@@ -2,9 +2,18 @@
 
 Flower 1.41 facts this relies on (read from its source and --help):
   * SuperLink serves Fleet, Control and Runtime APIs over HTTP on one ``--port`` (default 9093
-    here); ``--insecure`` or ``--ssl-certfile/--ssl-keyfile[/--ssl-ca-certfile]`` for TLS;
+    here); ``--insecure`` or ``--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile`` for TLS;
     ``--enable-supernode-auth`` for node authentication; we always pass
-    ``--disable-runtime-dependency-installation`` (no ``uv sync`` at run time).
+    ``--disable-runtime-dependency-installation`` (no ``uv sync`` at run time). TLS needs all
+    three of certfile, keyfile and CA file (flower-superlink exits otherwise; its own SuperExec
+    checks the Runtime API's certificate with that CA), and node auth needs TLS.
+  * Node authentication (verified on loopback, tests/test_federated_tls.py): a SuperNode started
+    with ``--auth-supernode-private-key`` (an unencrypted OpenSSH EC private key, e.g.
+    ``ssh-keygen -t ecdsa -b 384``) does not register itself, on any SuperLink: its public key
+    (OpenSSH, NIST curve) must first be registered through the Control API with
+    ``flwr supernode register KEY.pub CONNECTION``, else activation fails (Flower code 2004) and
+    the SuperNode exits. With ``--enable-supernode-auth`` a SuperNode without a key is refused
+    (code 2001). A key also requires TLS on the SuperNode (exit code 303 with ``--insecure``).
   * A SuperNode needs ``--superlink HOST:PORT``, its own runtime ``--port`` (default 9094,
     so several on one host need different ports), ``--node-config 'partition-id=0
     num-partitions=3'``; TLS via ``--root-certificates``, auth via
@@ -135,13 +144,54 @@ def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None)
 
 
 def check_superlink_options(port: int, *, insecure: bool, ssl_certfile: str | None = None,
-                            ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None) -> None:
+                            ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None,
+                            enable_supernode_auth: bool = False) -> None:
     """Raise UsageError for SuperLink options flower-superlink would reject (before starting it)."""
     check_port(port)
-    if not insecure:
-        if not (ssl_certfile and ssl_keyfile):
-            raise UsageError("TLS needs --ssl-certfile and --ssl-keyfile", "or pass --insecure")
-        require_files(ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile)
+    if insecure:
+        if enable_supernode_auth:
+            raise UsageError("--enable-supernode-auth needs TLS, not --insecure",
+                             "pass --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
+        return
+    missing = [f"--{n.replace('_', '-')}" for n, v in (("ssl_certfile", ssl_certfile), ("ssl_keyfile", ssl_keyfile),
+                                                     ("ssl_ca_certfile", ssl_ca_certfile)) if not v]
+    if missing:  # flower-superlink 1.41 exits unless all three are given
+        raise UsageError(f"TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile (missing {', '.join(missing)})",
+                         "the CA file signs the certificate (the SuperLink verifies its own Runtime API "
+                         "with it); or pass --insecure")
+    require_files(ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile)
+
+
+KEYGEN_HINT = "make a key pair with: ssh-keygen -t ecdsa -b 384 -N '' -f node-key (node-key, node-key.pub)"
+
+
+def check_node_key(path: str | os.PathLike, flag: str, *, private: bool) -> None:
+    """Raise UsageError unless ``path`` holds what Flower's node authentication loads: an
+    unencrypted OpenSSH EC private key (``--auth-supernode-private-key``) or an OpenSSH EC public
+    key (``flwr supernode register``; OpenSSH's EC curves, nistp256/384/521, are the NIST ones
+    Flower accepts). ``flag`` names the option in messages."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file", "check the path; " + KEYGEN_HINT)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot read it ({err.strerror})", "check the file's permissions") from None
+    kind = "private" if private else "public"
+    try:
+        key = (serialization.load_ssh_private_key(data, None) if private
+               else serialization.load_ssh_public_key(data))
+    except TypeError:  # cryptography: the key is encrypted and no password was given
+        raise UsageError(f"{flag} {path}: the key is encrypted; Flower loads it without a passphrase",
+                         "make one without a passphrase (ssh-keygen -N '')") from None
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise UsageError(f"{flag} {path}: not an OpenSSH {kind} key ({err})", KEYGEN_HINT) from None
+    ec_type = ec.EllipticCurvePrivateKey if private else ec.EllipticCurvePublicKey
+    if not isinstance(key, ec_type):
+        raise UsageError(f"{flag} {path}: Flower needs an EC (ECDSA) key, got {type(key).__name__}", KEYGEN_HINT)
 
 
 def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True,
@@ -150,7 +200,7 @@ def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True
                     database: str | None = None, log_path=None, env=None,
                     extra: list[str] | None = None) -> subprocess.Popen:
     check_superlink_options(port, insecure=insecure, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                            ssl_ca_certfile=ssl_ca_certfile)
+                            ssl_ca_certfile=ssl_ca_certfile, enable_supernode_auth=enable_supernode_auth)
     cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     if insecure:
@@ -177,8 +227,13 @@ def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, p
     if not 0 <= partition_id < num_partitions:
         raise UsageError(f"--partition-id {partition_id} is outside [0, {num_partitions})",
                          "partition ids run from 0 to --num-partitions - 1")
-    require_files(root_certificates=None if insecure else root_certificates, auth_private_key=auth_private_key,
+    require_files(root_certificates=None if insecure else root_certificates,
                   data_path=(node_config or {}).get("data-path"))
+    if auth_private_key:
+        check_node_key(auth_private_key, "--auth-private-key", private=True)
+        if insecure:  # flower-supernode exits (code 303): node authentication needs TLS
+            raise UsageError("--auth-private-key needs TLS, not --insecure",
+                             "pass --root-certificates (the SuperLink's CA)")
     cfg = {"partition-id": int(partition_id), "num-partitions": int(num_partitions), **(node_config or {})}
     cmd = [_exe("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
            "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items())]
@@ -231,6 +286,26 @@ def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, timeout
         raise DeployError(f"flwr run failed: {' | '.join(tail)}",
                           "check that the SuperLink address and TLS options are right")
     return str(payload["run-id"])
+
+
+def register_supernode(public_key: str | os.PathLike, flwr_home: str | os.PathLike,
+                       timeout: float = 60.0, flag: str = "PUBLIC_KEY") -> str:
+    """``flwr supernode register PUBLIC_KEY edgekit``: lets the SuperNode holding the matching
+    private key (``--auth-supernode-private-key``) activate; returns its node id. Needed for every
+    SuperNode started with a key (with or without ``--enable-supernode-auth``), before it starts:
+    an unregistered key fails activation and the SuperNode exits."""
+    check_node_key(public_key, flag, private=False)
+    try:
+        p = _flwr(["supernode", "register", str(Path(public_key).resolve()), CONNECTION, "--format", "json"],
+                  flwr_home, timeout)
+    except subprocess.TimeoutExpired as err:
+        raise DeployError(f"flwr supernode register did not return within {timeout:.0f}s") from err
+    payload = _json_payload(p.stdout)
+    if p.returncode != 0 or not payload.get("success") or not payload.get("node-id"):
+        why = payload.get("error-message") or " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])
+        raise DeployError(f"registering {public_key} failed: {' '.join(str(why).split())}",
+                          "check the SuperLink address and CA; a key can be registered only once")
+    return str(payload["node-id"])
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:

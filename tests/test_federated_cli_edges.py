@@ -230,8 +230,13 @@ def test_client_missing_root_certificate():
 
 @pytest.mark.parametrize("args, needles", [
     (["--insecure", "--port", "70000"], ["--port 70000 is not a TCP port"]),
+    (["--ssl-certfile", "/nonexistent/c.pem", "--ssl-keyfile", "/nonexistent/k.pem", "--ssl-ca-certfile",
+      "/nonexistent/ca.pem"], ["--ssl-certfile /nonexistent/c.pem: no such file"]),
+    # flower-superlink 1.41 exits unless certfile, keyfile and CA file are all given
     (["--ssl-certfile", "/nonexistent/c.pem", "--ssl-keyfile", "/nonexistent/k.pem"],
-     ["--ssl-certfile /nonexistent/c.pem: no such file"]),
+     ["TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile", "missing --ssl-ca-certfile"]),
+    (["--insecure", "--enable-supernode-auth"], ["--enable-supernode-auth needs TLS"]),
+    (["--insecure", "--auth-public-key", "/nonexistent/n.pub"], ["--auth-public-key /nonexistent/n.pub: no such file"]),
     (["--insecure", "--superlink", "nonsense"], ["not HOST:PORT"]),
     (["--insecure", "--max-versions", "0"], ["max-versions must be >= 1"]),
     (["--insecure", "--dataset", "cifar"], ["unknown data set 'cifar'"]),
@@ -284,3 +289,78 @@ def test_server_wait_ends_when_the_run_failed_without_a_result(tmp_path):
     out = tmp_path / "ok.json"
     threading.Timer(0.3, lambda: out.write_text('{"version": 3}')).start()
     assert deploy.wait_for_file(out, 60, poll=0.02, status=lambda: "running", status_every=0.05) == {"version": 3}
+
+
+def _keys(d):
+    """An EC P-384 OpenSSH key pair (what Flower's node auth loads), an RSA one, a PEM (not OpenSSH)
+    EC private key and a passphrase-protected one."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    ec_key, rsa_key = ec.generate_private_key(ec.SECP384R1()), rsa.generate_private_key(65537, 2048)
+    files = {
+        "ec": ec_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()),
+        "ec.pub": ec_key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH),
+        "rsa": rsa_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()),
+        "rsa.pub": rsa_key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH),
+        "pkcs8": ec_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()),
+        "garbage": b"not a key\n",
+    }
+    try:
+        files["encrypted"] = ec_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
+                                                  ser.BestAvailableEncryption(b"secret"))
+    except Exception:  # cryptography encrypts OpenSSH keys only with bcrypt installed: ask ssh-keygen
+        import shutil
+        import subprocess
+
+        if shutil.which("ssh-keygen"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "secret", "-f", d / "encrypted"],
+                           check=True, timeout=30, stdin=subprocess.DEVNULL)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return {p.name: str(p) for p in d.iterdir()}
+
+
+def test_client_rejects_unusable_auth_keys_before_starting_a_supernode(tmp_path):
+    k = _keys(tmp_path)
+    (tmp_path / "ca.pem").write_text("x")  # only its existence is checked before the start
+    tls = ["--root-certificates", tmp_path / "ca.pem", "--json"]
+    cases = [([*tls, "--auth-private-key", k["garbage"]], ["not an OpenSSH private key"]),
+             ([*tls, "--auth-private-key", k["pkcs8"]], ["not an OpenSSH private key"]),
+             ([*tls, "--auth-private-key", k["ec.pub"]], ["not an OpenSSH private key"]),
+             ([*tls, "--auth-private-key", k["rsa"]], ["needs an EC (ECDSA) key"]),
+             (["--insecure", "--json", "--auth-private-key", k["ec"]], ["--auth-private-key needs TLS"])]
+    if "encrypted" in k:
+        cases.append(([*tls, "--auth-private-key", k["encrypted"]], ["the key is encrypted"]))
+    for args, needles in cases:
+        _user_error(run_cli("federated", "client", *NODE, *args, timeout=60), *needles)
+
+
+def test_server_and_register_node_reject_unusable_public_keys(tmp_path):
+    k = _keys(tmp_path)
+    for key, needle in [(k["garbage"], "not an OpenSSH public key"), (k["ec"], "not an OpenSSH public key"),
+                        (k["rsa.pub"], "needs an EC (ECDSA) key")]:
+        _user_error(run_cli("federated", "server", "--insecure", "--timeout", "5", "--out", tmp_path / "r.json",
+                            "--auth-public-key", key, timeout=60), "--auth-public-key", needle)
+        _user_error(run_cli("federated", "register-node", key, "--superlink", "127.0.0.1:9093",
+                            "--root-certificates", key, timeout=60), "PUBLIC_KEY", needle)
+    _user_error(run_cli("federated", "server", "--insecure", "--timeout", "5", "--out", tmp_path / "r.json",
+                        "--auth-public-key", k["ec.pub"], timeout=60), "--auth-public-key needs TLS")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_register_node_argument_and_connection_errors(tmp_path):
+    k = _keys(tmp_path)
+    (tmp_path / "ca.pem").write_text("x")
+    ca = ["--root-certificates", tmp_path / "ca.pem"]
+    _user_error(run_cli("federated", "register-node", tmp_path / "none.pub", "--superlink", "127.0.0.1:9093", *ca,
+                        timeout=60), "PUBLIC_KEY", "no such file", "ssh-keygen")
+    _user_error(run_cli("federated", "register-node", k["ec.pub"], "--superlink", "nonsense", *ca, timeout=60),
+                "not HOST:PORT")
+    _user_error(run_cli("federated", "register-node", k["ec.pub"], "--superlink", "127.0.0.1:9093",
+                        "--root-certificates", tmp_path / "none.pem", timeout=60), "--root-certificates", "no such file")
+    from edgekit.federated.deploy import free_port
+
+    # nothing listens there: Flower's CLI fails at once, and so does the command (one line, exit 1)
+    _user_error(run_cli("federated", "register-node", k["ec.pub"], "--superlink", f"127.0.0.1:{free_port()}", *ca,
+                        timeout=120), "registering", "failed")

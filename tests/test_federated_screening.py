@@ -209,8 +209,9 @@ def test_serving_ema_warmup():
 
     grid = VirtualGrid(make_profiles(2, seed=0, horizon=100, churn=False)).configure("digits", 0, 0.5)
 
-    def served_after(warm):
-        srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", ema=0.9, ema_warmup=warm))
+    def served_after(warm=None):  # None: the library default
+        kw = {} if warm is None else {"ema_warmup": warm}
+        srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", ema=0.9, **kw))
         base = {k: np.zeros_like(v) for k, v in srv.core.items()}
         srv.core = base
         srv._update_served()  # the first version is copied
@@ -220,6 +221,8 @@ def test_serving_ema_warmup():
 
     assert served_after(False) == pytest.approx(0.1)
     assert served_after(True) == pytest.approx(1 - 2 / 11)  # decay min(0.9, (1+1)/(10+1))
+    # on by default (session 14): without it the served model keeps the random init's weight 0.9**n
+    assert served_after() == served_after(True)
 
 
 def test_screening_state_survives_a_restart(tmp_path):

@@ -1,4 +1,4 @@
-"""CLI: ``edgekit federated simulate | server | client``.
+"""CLI: ``edgekit federated simulate | server | client | register-node``.
 
 Import is light: torch / flwr are imported inside the command functions.
 """
@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -160,7 +160,11 @@ def server_cmd(
     ssl_certfile: Optional[str] = typer.Option(None, help="SuperLink TLS certificate (passed to flower-superlink)"),
     ssl_keyfile: Optional[str] = typer.Option(None, help="SuperLink TLS key"),
     ssl_ca_certfile: Optional[str] = typer.Option(None, help="CA certificate (flower-superlink; also used by flwr run)"),
-    enable_supernode_auth: bool = typer.Option(False, help="only accept authenticated SuperNodes"),
+    enable_supernode_auth: bool = typer.Option(False, help="only accept SuperNodes whose public key is registered "
+                                               "(--auth-public-key, `edgekit federated register-node`); needs TLS"),
+    auth_public_key: Optional[List[Path]] = typer.Option(
+        None, "--auth-public-key", help="register this SuperNode public key (OpenSSH EC, e.g. ssh-keygen -t ecdsa "
+        "-b 384) before the run; repeat per node. Every client started with --auth-private-key needs it"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start a SuperLink (unless --superlink) and run the edgekit ServerApp on it with `flwr run`."""
@@ -185,10 +189,16 @@ def server_cmd(
         raise UsageError(f"--checkpoint-dir {ckdir} is a file", "give a directory")
     if superlink is None:
         deploy.check_superlink_options(port, insecure=insecure, ssl_certfile=ssl_certfile,
-                                       ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile)
+                                       ssl_keyfile=ssl_keyfile, ssl_ca_certfile=ssl_ca_certfile,
+                                       enable_supernode_auth=enable_supernode_auth)
     else:
         deploy.check_address(superlink)
         deploy.require_files(ssl_ca_certfile=None if insecure else ssl_ca_certfile)
+    for key in auth_public_key or []:
+        deploy.check_node_key(key, "--auth-public-key", private=False)
+    if auth_public_key and insecure:  # a SuperNode with a private key refuses to connect without TLS
+        raise UsageError("--auth-public-key needs TLS, not --insecure",
+                         "pass --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
     if out.exists():
         out.unlink()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fed-"))
@@ -206,6 +216,9 @@ def server_cmd(
                                           log_path=work / "superlink.log", env=env)
             deploy.wait_port(host, port, 30, link)
             typer.echo(f"SuperLink on {address} (log {work / 'superlink.log'})", err=True)
+        for key in auth_public_key or []:  # before the run: a keyed SuperNode needs its key registered
+            node_id = deploy.register_supernode(key, home, flag="--auth-public-key")
+            typer.echo(f"registered SuperNode {node_id} ({key})", err=True)
         app_dir = deploy.write_app_dir(work / "app", cfg.to_run_config())
         run_id = deploy.submit_run(app_dir, home)
         typer.echo(f"run {run_id} started; waiting for {out}", err=True)
@@ -267,6 +280,32 @@ def client_cmd(
     finally:
         deploy.stop(proc)
     raise typer.Exit(proc.returncode or 0)
+
+
+@fed.command("register-node")
+def register_node_cmd(
+    public_key: Path = typer.Argument(..., help="the SuperNode's OpenSSH EC public key (e.g. node-key.pub from "
+                                      "ssh-keygen -t ecdsa -b 384 -N '' -f node-key)"),
+    superlink: str = typer.Option(..., help="the running SuperLink HOST:PORT"),
+    root_certificates: str = typer.Option(..., help="CA certificate to verify the SuperLink (TLS)"),
+    as_json: bool = typer.Option(False, "--json", help="print the node id as JSON"),
+) -> None:
+    """Register a SuperNode's public key with a running SuperLink (`flwr supernode register`), so a
+    client started with --auth-private-key can join, e.g. mid-run."""
+    from edgekit.federated import deploy
+
+    deploy.check_address(superlink)
+    deploy.require_files(root_certificates=root_certificates)
+    deploy.check_node_key(public_key, "PUBLIC_KEY", private=False)
+    with tempfile.TemporaryDirectory(prefix="edgekit-flwr-") as tmp:
+        home = deploy.write_flwr_home(tmp, superlink, insecure=False, root_certificates=root_certificates)
+        node_id = deploy.register_supernode(public_key, home)
+    if as_json:
+        from edgekit.cli import emit_json
+
+        emit_json({"node-id": node_id, "public-key": str(public_key), "superlink": superlink})
+    else:
+        typer.echo(f"registered SuperNode {node_id} ({public_key}) with {superlink}")
 
 
 def register(app: typer.Typer) -> None:
