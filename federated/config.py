@@ -2,6 +2,7 @@
 are the kebab-case field names, e.g. ``buffer-size``)."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, fields
 
 from edgekit.errors import DataError, UsageError
@@ -15,21 +16,21 @@ class FedConfig:
     method: str = "cloned"  # cloned | fedbuff | fedavg
     dataset: str = "digits"  # digits | fashion-mnist | the path of an .npz/.csv file (made absolute)
     model: str = "mlp"  # mlp | cnn | pkg.mod:fn | path/file.py:fn (made absolute; see usermodel.py)
-    seed: int = 0
+    seed: int = 0  # data split, partitions, model init and client shuffles
     alpha: float = 0.5  # Dirichlet non-IID concentration of the partitions
     num_partitions: int = 0  # informative; nodes carry their own partition config
     lr: float = 0.05  # client SGD learning rate
     epochs: int = 2  # local epochs per clone
-    batch_size: int = 32
+    batch_size: int = 32  # client SGD mini-batch
     buffer_size: int = 5  # K: teachers (or deltas) per core update
     attend: float = 1.0  # distillation: weight on teachers vs. retaining the core (paper: amplify)
     init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
     screen: bool = True  # teacher screening on the server validation set (+ step guard)
-    clip: bool = True  # clip each teacher's update to the buffer's median norm
+    clip: bool = True  # clip each update to the median over nodes of their median update norm
     guard: float = 0.03  # keep the core if a step lowers validation accuracy by more than this
-    distill_epochs: int = 1
+    distill_epochs: int = 1  # cloned: passes over the public split per distillation (0: none)
     distill_lr: float = 0.05  # SGD (momentum 0.9) on the public split
-    temperature: float = 2.0
+    temperature: float = 2.0  # cloned: distillation softmax temperature
     server_lr: float = 1.0  # server step on the buffered (weighted mean) update, both async methods
     server_momentum: float = 0.0  # heavy-ball momentum on that step (0: plain FedBuff step)
     example_weighting: bool = True  # cloned: weight updates by examples (False: uniform, as FedBuff)
@@ -105,6 +106,22 @@ class FedConfig:
             raise UsageError(f"server-lr must be > 0, got {self.server_lr}")
         if not self.deadline > 0:
             raise UsageError(f"deadline must be > 0 seconds, got {self.deadline}")
+        # every setting is reachable from the command line (--set), so each gets its range check
+        for name, ok, want in (
+                ("batch_size", self.batch_size >= 1, ">= 1"), ("distill_epochs", self.distill_epochs >= 0, ">= 0"),
+                ("distill_lr", 0 < self.distill_lr < float("inf"), "> 0 and finite"),
+                ("temperature", 0 < self.temperature < float("inf"), "> 0 and finite"),
+                ("guard", 0 <= self.guard <= 1, "in [0, 1]"), ("teacher_window", self.teacher_window >= 0, ">= 0"),
+                ("norm_history", self.norm_history >= 0, ">= 0"), ("guard_window", self.guard_window >= 0, ">= 0"),
+                ("lr_decay", 0 <= self.lr_decay < float("inf"), ">= 0 and finite (0: off)"),
+                ("max_staleness", self.max_staleness >= 0, ">= 0"),
+                ("max_wait", 0 <= self.max_wait < float("inf"), ">= 0 and finite (0: never)"),
+                ("poll", 0 < self.poll < float("inf"), "> 0 and finite")):
+            if not ok:
+                raise UsageError(f"{name.replace('_', '-')} must be {want}, got {getattr(self, name)}")
+        for name, allowed in (("init", ("delta", "average", "core")), ("staleness", ("sqrt", "poly", "none"))):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_run_config(cls, rc: dict) -> "FedConfig":
@@ -127,3 +144,64 @@ class FedConfig:
         return {"version": int(version), "model": self.model, "dataset": self.dataset,
                 "alpha": float(self.alpha), "seed": int(self.seed), "lr": float(self.lr),
                 "epochs": int(self.epochs), "batch-size": int(self.batch_size)}
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def settings_table() -> list[tuple[str, str, object, str]]:
+    """Every run setting as (run-config key, type, default, what it does): what ``--set`` accepts.
+    The description is the field's comment in this file (one source for code and help)."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    last = None
+    try:
+        source = inspect.getsource(FedConfig).splitlines()
+    except OSError:  # no source shipped (e.g. a byte-code-only install): no descriptions
+        source = []
+    for line in source:
+        m = re.match(r"\s{4}(\w+): \w+ = .*?#\s*(.*)$", line)
+        if m:
+            last, notes[m.group(1)] = m.group(1), m.group(2).strip()
+        elif last and re.match(r"\s+#\s+", line):  # a comment's continuation line
+            notes[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    return [(f.name.replace("_", "-"), f.type, f.default, notes.get(f.name, "")) for f in fields(FedConfig)]
+
+
+def parse_sets(items: list[str] | None, reserved: dict[str, str] | None = None) -> dict:
+    """``--set KEY=VALUE`` items -> FedConfig keyword arguments. KEY is a run-config key
+    (``ema-warmup``) or its field name (``ema_warmup``); VALUE is converted to the field's type.
+    ``reserved`` maps fields that have their own command-line option to that option."""
+    known = {f.name: f for f in fields(FedConfig)}
+    reserved = reserved or {}
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        name = key.replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--set {item!r} is not KEY=VALUE", "e.g. --set ema=0.95 --set ema-warmup=false")
+        if name in reserved:
+            raise UsageError(f"--set {key}: this command sets it with {reserved[name]}", f"use {reserved[name]}")
+        if name not in known:
+            close = difflib.get_close_matches(key.replace("_", "-"), [k.replace("_", "-") for k in known], 3)
+            raise UsageError(f"--set {key}: no such setting" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                             "`edgekit federated settings` lists every setting with its type and default")
+        if name in out:
+            raise UsageError(f"--set {key} is given twice", "give each setting once")
+        typ = known[name].type
+        if typ == "bool":
+            if raw.lower() not in _BOOLS:
+                raise UsageError(f"--set {key}={raw}: true or false expected", f"e.g. --set {key}=false")
+            out[name] = _BOOLS[raw.lower()]
+            continue
+        try:
+            out[name] = {"int": int, "float": float, "str": str}[typ](raw)
+        except ValueError:
+            raise UsageError(f"--set {key}={raw}: {'an integer' if typ == 'int' else 'a number'} expected",
+                             f"e.g. --set {key}={known[name].default}") from None
+    return out

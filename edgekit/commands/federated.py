@@ -1,4 +1,4 @@
-"""CLI: ``edgekit federated simulate | server | client | register-node``.
+"""CLI: ``edgekit federated simulate | server | client | register-node | settings``.
 
 Import is light: torch / flwr are imported inside the command functions.
 """
@@ -59,12 +59,24 @@ MODEL_HELP = ("mlp | cnn | package.module:function | path/to/file.py:function (c
 DATASET_HELP = "digits | fashion-mnist | PATH.npz (x, y[, x_test, y_test]) | PATH.csv (header, label column)"
 
 
+SET_HELP = ("any other run setting as KEY=VALUE, repeatable, e.g. --set ema=0.95 --set ema-warmup=false "
+            "--set deadline=40 (FedAvg's round deadline); `edgekit federated settings` lists them all")
+
+
 def _check_data_file(dataset: str, seed: int) -> tuple[str, ...]:
     """Read and check a user data file before anything starts (DataError naming the problem);
     returns its warnings. Built-in data sets are not loaded here."""
     from edgekit.federated.data import is_file_dataset, load_dataset
 
     return load_dataset(dataset, seed).notes if is_file_dataset(dataset) else ()
+
+
+# FedConfig fields that a command sets with its own option (--set refuses them)
+SIM_OPTIONS = {n: "--" + n.replace("_", "-") for n in ("method", "seed", "dataset", "model", "epochs", "lr", "alpha",
+                                                        "buffer_size", "attend", "combine", "out")}
+SERVER_OPTIONS = {n: "--" + n.replace("_", "-") for n in ("method", "dataset", "model", "epochs", "lr", "max_versions",
+                                                           "max_time", "deadline", "buffer_size", "attend", "combine",
+                                                           "min_nodes", "checkpoint_dir", "out")}
 
 
 @fed.command("simulate")
@@ -86,6 +98,9 @@ def simulate_cmd(
     no_churn: bool = typer.Option(False, "--no-churn", help="all nodes stay online"),
     mean_on: Optional[float] = typer.Option(None, help="churn: mean online period (default horizon/4)"),
     mean_off: Optional[float] = typer.Option(None, help="churn: mean offline period (default horizon/12)"),
+    speed_sigma: float = typer.Option(1.0, help="spread of node speeds: log-normal sigma of seconds per example "
+                                                "(0: all equally fast)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     out: Optional[Path] = typer.Option(None, help="also write the result JSON here"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
@@ -97,6 +112,11 @@ def simulate_cmd(
     from edgekit.federated.simulate import check_simulation, simulate
 
     check_simulation(clients, malicious, horizon)  # before any data is loaded
+    if not 0.0 <= speed_sigma < float("inf"):
+        raise UsageError(f"--speed-sigma must be >= 0 and finite, got {speed_sigma}", "e.g. 1.0 (the benchmark's)")
+    from edgekit.federated.config import parse_sets
+
+    extra = parse_sets(set_, {**SIM_OPTIONS, "num_partitions": "--clients", "max_time": "--horizon"})
     if out:
         _check_out(out)
     from edgekit.federated.data import FALLBACK_NOTE, resolve_dataset
@@ -118,7 +138,7 @@ def simulate_cmd(
     result = simulate(method, clients=clients, malicious=malicious, seed=seed, dataset=ref,
                       horizon=horizon, churn=not no_churn, alpha=alpha, buffer_size=buffer_size,
                       attend=attend, combine=combine, mean_on=mean_on, mean_off=mean_off, model=model,
-                      epochs=epochs, lr=lr, out=str(out) if out else "")
+                      epochs=epochs, lr=lr, speed_sigma=speed_sigma, out=str(out) if out else "", **extra)
     if not result.get("version"):
         warn(f"no core update happened within --horizon {horizon:g} ({result['accepted']} accepted updates, "
              f"{buffer_size} needed per core update): raise --horizon or lower --buffer-size")
@@ -165,17 +185,19 @@ def server_cmd(
     auth_public_key: Optional[List[Path]] = typer.Option(
         None, "--auth-public-key", help="register this SuperNode public key (OpenSSH EC, e.g. ssh-keygen -t ecdsa "
         "-b 384) before the run; repeat per node. Every client started with --auth-private-key needs it"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start a SuperLink (unless --superlink) and run the edgekit ServerApp on it with `flwr run`."""
     from edgekit.federated import deploy
-    from edgekit.federated.config import FedConfig
+    from edgekit.federated.config import FedConfig, parse_sets
 
     out, ckdir = out.resolve(), checkpoint_dir.resolve()
     # every check before anything is written, started or deleted
+    extra = parse_sets(set_, SERVER_OPTIONS)
     cfg = FedConfig(method=method, dataset=dataset, model=model, epochs=epochs, lr=lr, max_versions=max_versions,
                     max_time=max_time, deadline=deadline, buffer_size=buffer_size, attend=attend, combine=combine,
-                    min_nodes=min_nodes, checkpoint_dir=str(ckdir), out=str(out))
+                    min_nodes=min_nodes, checkpoint_dir=str(ckdir), out=str(out), **extra)
     for note in _check_data_file(cfg.dataset, cfg.seed):  # cfg.dataset: a file's absolute path
         typer.echo(f"edgekit: warning: {note}", err=True)
     if cfg.model != "mlp":  # cnn on features that are not a square image, the user's model
@@ -306,6 +328,24 @@ def register_node_cmd(
         emit_json({"node-id": node_id, "public-key": str(public_key), "superlink": superlink})
     else:
         typer.echo(f"registered SuperNode {node_id} ({public_key}) with {superlink}")
+
+
+@fed.command("settings")
+def settings_cmd(as_json: bool = typer.Option(False, "--json", help="print the settings as JSON")) -> None:
+    """Every run setting with its type and default: the keys `--set` takes (and Flower's run config)."""
+    from edgekit.federated.config import settings_table
+
+    rows = settings_table()
+    if as_json:
+        from edgekit.cli import emit_json
+
+        emit_json([{"key": k, "type": t, "default": d, "help": h} for k, t, d, h in rows])
+        return
+    from edgekit.cli import table
+
+    table("run settings (--set KEY=VALUE; commands set some with their own options)",
+          ["key", "type", "default", "what it does"],
+          [[k, t, repr(d) if isinstance(d, str) else str(d), h] for k, t, d, h in rows])
 
 
 def register(app: typer.Typer) -> None:
