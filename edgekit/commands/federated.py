@@ -312,8 +312,10 @@ def register_node_cmd(
     root_certificates: str = typer.Option(..., help="CA certificate to verify the SuperLink (TLS)"),
     as_json: bool = typer.Option(False, "--json", help="print the node id as JSON"),
 ) -> None:
-    """Register a SuperNode's public key with a running SuperLink (`flwr supernode register`), so a
-    client started with --auth-private-key can join, e.g. mid-run."""
+    """Register a SuperNode's public key with a running SuperLink, so a keyed client can join.
+
+    Runs `flwr supernode register`; a client started with --auth-private-key needs its public key
+    registered before it starts, e.g. when it joins mid-run."""
     from edgekit.federated import deploy
 
     deploy.check_address(superlink)
