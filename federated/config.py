@@ -134,7 +134,7 @@ class FedConfig:
             typ = known[name].type
             if typ == "bool" and isinstance(value, str):
                 value = value.lower() in ("1", "true", "yes")
-            kw[name] = {"int": int, "float": float, "str": str, "bool": bool}[typ](value)
+            kw[name] = _CAST[typ](value)
         return cls(**kw)
 
     def to_run_config(self) -> dict:
@@ -146,6 +146,7 @@ class FedConfig:
                 "epochs": int(self.epochs), "batch-size": int(self.batch_size)}
 
 
+_CAST = {"int": int, "float": float, "str": str, "bool": bool}  # a field's type name -> its conversion
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -200,7 +201,7 @@ def parse_sets(items: list[str] | None, reserved: dict[str, str] | None = None) 
             out[name] = _BOOLS[raw.lower()]
             continue
         try:
-            out[name] = {"int": int, "float": float, "str": str}[typ](raw)
+            out[name] = _CAST[typ](raw)
         except ValueError:
             raise UsageError(f"--set {key}={raw}: {'an integer' if typ == 'int' else 'a number'} expected",
                              f"e.g. --set {key}={known[name].default}") from None
