@@ -181,10 +181,7 @@ class Procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                deploy._kill_group(p, signal.SIGKILL)  # its group: start_new_session=True
                 p.wait(timeout=10)
         # Flower's SuperExecs run in their own sessions and end themselves once their parent is gone
         end = time.monotonic() + 30
