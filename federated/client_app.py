@@ -3,7 +3,7 @@
 Message in  (type "train"): RecordDict{"arrays": ArrayRecord (the core model clone),
                                        "config": ConfigRecord(version, model, dataset, alpha,
                                                               seed, lr, epochs, batch-size,
-                                                              in-dim, n-classes, classes)}
+                                                              logit-adjust, in-dim, n-classes, classes)}
 Message out: RecordDict{"arrays": ArrayRecord (the trained clone),
                         "metrics": MetricRecord(num-examples, base-version, train-loss,
                                                 train-acc)}
@@ -87,7 +87,8 @@ def train_clone(msg: Message, context: Context) -> Message:
     if attack == "label-flip":
         y = (n_classes - 1 - y).astype(np.int64)
     metrics = train_local(model, x, y, epochs=int(cfg.get("epochs", 1)), lr=float(cfg.get("lr", 0.05)),
-                          batch_size=int(cfg.get("batch-size", 32)), seed=train_seed)
+                          batch_size=int(cfg.get("batch-size", 32)), seed=train_seed,
+                          logit_adjust=float(cfg.get("logit-adjust", 0.0)))
     state = get_state(model)
     if attack == "random-weights":
         rng = np.random.default_rng(train_seed)

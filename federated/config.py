@@ -22,6 +22,7 @@ class FedConfig:
     lr: float = 0.05  # client SGD learning rate
     epochs: int = 2  # local epochs per clone
     batch_size: int = 32  # client SGD mini-batch
+    logit_adjust: float = 1.0  # client loss CE(z + tau*log(node's label prior)) against label skew (0: plain CE)
     buffer_size: int = 5  # K: teachers (or deltas) per core update
     attend: float = 1.0  # distillation: weight on teachers vs. retaining the core (paper: amplify)
     init: str = "delta"  # student start: delta (core + weighted teacher updates) | average | core
@@ -109,6 +110,7 @@ class FedConfig:
         # every setting is reachable from the command line (--set), so each gets its range check
         for name, ok, want in (
                 ("batch_size", self.batch_size >= 1, ">= 1"), ("distill_epochs", self.distill_epochs >= 0, ">= 0"),
+                ("logit_adjust", 0 <= self.logit_adjust < float("inf"), ">= 0 and finite (0: plain CE)"),
                 ("distill_lr", 0 < self.distill_lr < float("inf"), "> 0 and finite"),
                 ("temperature", 0 < self.temperature < float("inf"), "> 0 and finite"),
                 ("guard", 0 <= self.guard <= 1, "in [0, 1]"), ("teacher_window", self.teacher_window >= 0, ">= 0"),
@@ -143,7 +145,8 @@ class FedConfig:
     def client_config(self, version: int) -> dict:
         return {"version": int(version), "model": self.model, "dataset": self.dataset,
                 "alpha": float(self.alpha), "seed": int(self.seed), "lr": float(self.lr),
-                "epochs": int(self.epochs), "batch-size": int(self.batch_size)}
+                "epochs": int(self.epochs), "batch-size": int(self.batch_size),
+                "logit-adjust": float(self.logit_adjust)}
 
 
 _CAST = {"int": int, "float": float, "str": str, "bool": bool}  # a field's type name -> its conversion

@@ -113,14 +113,28 @@ def shape_mismatch(state: State, reference: State) -> str | None:
 
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
-                lr: float = 0.05, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
-    """Plain SGD(momentum) on local data; returns loss/accuracy on that data after training."""
+                lr: float = 0.05, batch_size: int = 32, seed: int = 0,
+                logit_adjust: float = 0.0) -> dict[str, float]:
+    """SGD(momentum) on local data; returns loss/accuracy on that data after training.
+
+    ``logit_adjust`` = tau > 0 trains with the logit-adjusted (balanced softmax) loss
+    CE(z + tau * log prior, y), where prior is this node's own label distribution (Laplace 1):
+    a node that lacks a class is then not taught to suppress it, and its frequent classes do not
+    crowd out the rest (label skew; Menon et al. 2021, FedLC 2022). The model itself is unchanged
+    and predicts with plain z. The prior never leaves the node."""
     g = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     pairs = needs_pairs(model)
+    adjust = None
+    if logit_adjust > 0:
+        with torch.no_grad():
+            n_out = model.eval()(xt[:2]).shape[1]
+        model.train()
+        counts = np.bincount(yt.numpy(), minlength=n_out)[:n_out].astype(np.float64)
+        adjust = torch.tensor(logit_adjust * np.log((counts + 1.0) / (counts.sum() + n_out)), dtype=torch.float32)
     for _ in range(max(1, int(epochs))):
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), batch_size):
@@ -128,7 +142,8 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int =
             if pairs and len(b) == 1 < len(xt):
                 continue
             opt.zero_grad()
-            loss = loss_fn(model(xt[b]), yt[b])
+            out = model(xt[b])
+            loss = loss_fn(out if adjust is None else out + adjust, yt[b])
             loss.backward()
             opt.step()
     model.eval()
