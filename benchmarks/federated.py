@@ -44,7 +44,7 @@ OUT = ROOT / "benchmarks" / "results"
 # results/federated_tuning.json "session6"; distill_lr "session9"); the library/CLI defaults keep
 # 2 local epochs, EMA 0.9 without warm-up and distillation lr 0.05: on the small 12-client digits
 # runs they ended higher (docs/federated.md, "Screening liveness" and "Session 9")
-ASYNC_SETTINGS = {"epochs": 1, "ema": 0.95, "ema_warmup": True, "distill_lr": 0.01}
+ASYNC_SETTINGS = {"epochs": 1, "ema": 0.95, "ema_warmup": True, "distill_lr": 0.01, "logit_adjust": 1.0}
 
 
 def smoothed_final(curve: list[dict], horizon: float, frac: float = 0.1, key: str = "acc") -> float:
@@ -79,11 +79,40 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
     common = dict(clients=a.clients, seed=seed, dataset=a.dataset, horizon=a.horizon,
                   alpha=a.alpha, speed_sigma=sigma, mean_on=a.mean_on, mean_off=a.mean_off)
     methods = a.methods.split(",")
-    sweep, sweep_val, variants = {}, {}, {}
-    old = a.fedavg_from.get((seed, sigma))
+    sweep, sweep_val, variants, swept = {}, {}, {}, {}
+    old = a.fedavg_from.get((seed, sigma)) if "fedavg" in methods else None
     runs = {}
-    if old is not None and "fedavg" in methods:  # FedAvg's sweep and runs from an earlier file
-        sweep_val, sweep = old["fedavg_deadline_sweep_val"], old["fedavg_deadline_sweep_test"]
+    if "fedavg" in methods:  # FedAvg's round deadline decides how long it waits for stragglers;
+        # it may also serve an EMA of its rounds (as the async methods serve one of their versions);
+        # its local epochs per round and its client loss are swept too (the async methods use 1
+        # epoch and the logit-adjusted loss: ASYNC_SETTINGS)
+        for d in (a.horizon / 100, a.horizon / 50, a.horizon / 25):
+            for ema in (0.0, 0.5):
+                for ep in (1, 2):
+                    for la in (0.0, 1.0):
+                        key = f"deadline={d:g},ema={ema:g},epochs={ep}" + (f",logit-adjust={la:g}" if la else "")
+                        # no serving-EMA warm-up: the committed FedAvg runs (session 6) had none; with
+                        # it, FedAvg's final and the time it first reaches it were identical on seeds
+                        # 1-5 (session 14; only its curve before t~400 moves, by <= 2.6 points)
+                        variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep, "ema_warmup": False,
+                                         "logit_adjust": la}
+                        if old is not None and key in old["fedavg_deadline_sweep_val"]:  # measured before
+                            sweep_val[key] = old["fedavg_deadline_sweep_val"][key]
+                            sweep[key] = old["fedavg_deadline_sweep_test"][key]
+                            continue
+                        t = time.time()
+                        r = simulate("fedavg", **variants[key], **common)
+                        r["wall_s"] = round(time.time() - t, 1)
+                        swept[key] = r  # the chosen variant's clean run is this one
+                        sweep_val[key] = round(smoothed_final(r["curve"], a.horizon, key="val"), 4)
+                        sweep[key] = round(smoothed_final(r["curve"], a.horizon), 4)
+                        print(f"seed {seed} sigma {sigma} fedavg {key}: val {sweep_val[key]:.4f} "
+                              f"(test {sweep[key]:.4f})", flush=True)
+    # chosen on validation; a tie goes to the EMA variant (the stronger baseline on test), then to
+    # the first in sweep order (plain CE before the adjusted loss)
+    best = max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
+    fa_kw = variants.get(best, {})
+    if old is not None and best == old["fedavg_choice"]:  # the same choice: its runs are reused too
         for key, sm in old["summary"].items():
             if key.startswith("fedavg@"):
                 runs[key] = {"curve": old["curves"][key], "final_smoothed": sm["final_smoothed"],
@@ -93,33 +122,17 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
                              "rejected": sm["rejected"], "agg_stats": sm["agg_stats"],
                              "wall_s": sm["wall_s"], "config": old["configs"].get(key, {})}
         methods = [m for m in methods if m != "fedavg"]
-        print(f"seed {seed} sigma {sigma}: FedAvg ({old['fedavg_choice']}) reused", flush=True)
-    elif "fedavg" in methods:  # FedAvg's round deadline decides how long it waits for stragglers;
-        # it may also serve an EMA of its rounds (as the async methods serve one of their versions)
-        # and its local epochs per round are swept too (the async methods use 1: ASYNC_SETTINGS)
-        for d in (a.horizon / 100, a.horizon / 50, a.horizon / 25):
-            for ema in (0.0, 0.5):
-                for ep in (1, 2):
-                    key = f"deadline={d:g},ema={ema:g},epochs={ep}"
-                    # no serving-EMA warm-up: the committed FedAvg runs (session 6) had none; with
-                    # it, FedAvg's final and the time it first reaches it were identical on seeds
-                    # 1-5 (session 14; only its curve before t~400 moves, by <= 2.6 points)
-                    variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep, "ema_warmup": False}
-                    r = simulate("fedavg", **variants[key], **common)
-                    sweep_val[key] = round(smoothed_final(r["curve"], a.horizon, key="val"), 4)
-                    sweep[key] = round(smoothed_final(r["curve"], a.horizon), 4)
-                    print(f"seed {seed} sigma {sigma} fedavg {key}: val {sweep_val[key]:.4f} "
-                          f"(test {sweep[key]:.4f})", flush=True)
-    # chosen on validation; a tie goes to the EMA variant (the stronger baseline on test)
-    best = max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
-    fa_kw = variants.get(best, {})
+        print(f"seed {seed} sigma {sigma}: FedAvg ({best}) reused", flush=True)
     for method in methods:
         for mal in ((0.0,) if clean_only else (0.0, a.malicious)):
             t = time.time()
             extra = fa_kw if method == "fedavg" else ASYNC_SETTINGS
-            r = simulate(method, malicious=mal, **common, **extra)
+            if method == "fedavg" and mal == 0 and best in swept:
+                r = swept[best]  # the same simulation, deterministic: not run twice
+            else:
+                r = simulate(method, malicious=mal, **common, **extra)
+                r["wall_s"] = round(time.time() - t, 1)
             r["final_smoothed"] = round(smoothed_final(r["curve"], a.horizon), 4)
-            r["wall_s"] = round(time.time() - t, 1)
             runs[f"{method}@{mal:g}"] = r
             print(f"seed {seed} sigma {sigma} {method:8s} malicious={mal:.2f} "
                   f"final={r['final_smoothed']:.4f} versions={r['version']} "
@@ -202,9 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(OUT / "federated.json"))
     ap.add_argument("--reuse", default="", help="a results JSON whose matching (seed, sigma) "
                                                 "settings are reused instead of re-run")
-    ap.add_argument("--reuse-fedavg", default="", help="a results JSON whose FedAvg sweep and runs "
-                    "are reused (same setup); only the async methods are re-run (after a change "
-                    "to the async server, which FedAvg does not use)")
+    ap.add_argument("--reuse-fedavg", default="", help="a results JSON (same setup) whose FedAvg "
+                    "sweep entries are reused; variants it lacks are run, and its chosen FedAvg runs "
+                    "are reused if the choice stays (after a change to the async server, which "
+                    "FedAvg does not use)")
     a = ap.parse_args(argv)
     if a.quick:
         a.dataset, a.clients, a.horizon = "digits", 12, 600.0
@@ -257,8 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
                   "final": "time-weighted mean test accuracy over the last 10% of the horizon",
                   "speedup": "t(FedAvg first reaches its final) / t(method first reaches it)",
                   "async_settings": ASYNC_SETTINGS,
-                  "fedavg_choice": "best of deadline horizon/{100,50,25} x per-round EMA {0,0.5} x local epochs {1,2} on "
-                                   "validation, per setting",
+                  "fedavg_choice": "best of deadline horizon/{100,50,25} x per-round EMA {0,0.5} x local epochs {1,2} "
+                                   "x client loss {CE, logit-adjusted} on validation, per setting",
                   "async_deadline": a.horizon / 20,
                   "fedavg_reused_from": Path(a.reuse_fedavg).name if a.reuse_fedavg else None,
                   "defaults": FedConfig().to_run_config()},
