@@ -68,6 +68,28 @@ def first_reach(curve: list[dict], target: float, key: str = "t") -> float | Non
     return next((p[key] for p in curve if p["acc"] >= target), None)
 
 
+def fedavg_variants(horizon: float) -> dict[str, dict]:
+    """FedAvg's sweep, in order: round deadline x serving EMA x local epochs x client loss."""
+    variants = {}
+    for d in (horizon / 100, horizon / 50, horizon / 25):
+        for ema in (0.0, 0.5):
+            for ep in (1, 2):
+                for la in (0.0, 1.0):
+                    key = f"deadline={d:g},ema={ema:g},epochs={ep}" + (f",logit-adjust={la:g}" if la else "")
+                    # no serving-EMA warm-up: the committed FedAvg runs (session 6) had none; with
+                    # it, FedAvg's final and the time it first reaches it were identical on seeds
+                    # 1-5 (session 14; only its curve before t~400 moves, by <= 2.6 points)
+                    variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep, "ema_warmup": False,
+                                     "logit_adjust": la}
+    return variants
+
+
+def choose_fedavg(sweep_val: dict[str, float]) -> str | None:
+    """The best variant on validation; a tie goes to the EMA variant (the stronger baseline on
+    test), then to the first in sweep order (plain CE before the adjusted loss)."""
+    return max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
+
+
 def _mb(b):
     return None if b is None else round(b / 1e6, 2)
 
@@ -86,31 +108,21 @@ def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
         # it may also serve an EMA of its rounds (as the async methods serve one of their versions);
         # its local epochs per round and its client loss are swept too (the async methods use 1
         # epoch and the logit-adjusted loss: ASYNC_SETTINGS)
-        for d in (a.horizon / 100, a.horizon / 50, a.horizon / 25):
-            for ema in (0.0, 0.5):
-                for ep in (1, 2):
-                    for la in (0.0, 1.0):
-                        key = f"deadline={d:g},ema={ema:g},epochs={ep}" + (f",logit-adjust={la:g}" if la else "")
-                        # no serving-EMA warm-up: the committed FedAvg runs (session 6) had none; with
-                        # it, FedAvg's final and the time it first reaches it were identical on seeds
-                        # 1-5 (session 14; only its curve before t~400 moves, by <= 2.6 points)
-                        variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep, "ema_warmup": False,
-                                         "logit_adjust": la}
-                        if old is not None and key in old["fedavg_deadline_sweep_val"]:  # measured before
-                            sweep_val[key] = old["fedavg_deadline_sweep_val"][key]
-                            sweep[key] = old["fedavg_deadline_sweep_test"][key]
-                            continue
-                        t = time.time()
-                        r = simulate("fedavg", **variants[key], **common)
-                        r["wall_s"] = round(time.time() - t, 1)
-                        swept[key] = r  # the chosen variant's clean run is this one
-                        sweep_val[key] = round(smoothed_final(r["curve"], a.horizon, key="val"), 4)
-                        sweep[key] = round(smoothed_final(r["curve"], a.horizon), 4)
-                        print(f"seed {seed} sigma {sigma} fedavg {key}: val {sweep_val[key]:.4f} "
-                              f"(test {sweep[key]:.4f})", flush=True)
-    # chosen on validation; a tie goes to the EMA variant (the stronger baseline on test), then to
-    # the first in sweep order (plain CE before the adjusted loss)
-    best = max(sweep_val, key=lambda k: (sweep_val[k], "ema=0.5" in k)) if sweep_val else None
+        variants = fedavg_variants(a.horizon)
+        for key, kw in variants.items():
+            if old is not None and key in old["fedavg_deadline_sweep_val"]:  # measured before
+                sweep_val[key] = old["fedavg_deadline_sweep_val"][key]
+                sweep[key] = old["fedavg_deadline_sweep_test"][key]
+                continue
+            t = time.time()
+            r = simulate("fedavg", **kw, **common)
+            r["wall_s"] = round(time.time() - t, 1)
+            swept[key] = r  # the chosen variant's clean run is this one
+            sweep_val[key] = round(smoothed_final(r["curve"], a.horizon, key="val"), 4)
+            sweep[key] = round(smoothed_final(r["curve"], a.horizon), 4)
+            print(f"seed {seed} sigma {sigma} fedavg {key}: val {sweep_val[key]:.4f} "
+                  f"(test {sweep[key]:.4f})", flush=True)
+    best = choose_fedavg(sweep_val)
     fa_kw = variants.get(best, {})
     if old is not None and best == old["fedavg_choice"]:  # the same choice: its runs are reused too
         for key, sm in old["summary"].items():
