@@ -52,16 +52,7 @@ def parse_candidate(text: str) -> tuple[str, dict]:
 
 def window_mean(curve: list[dict], a: float, b: float, key: str = "val") -> float:
     """Time-weighted mean of ``key`` over [a, b] (the curve is a step function)."""
-    before = [p for p in curve if p["t"] <= a]
-    cur, tot, last = (before[-1] if before else curve[0])[key], 0.0, a
-    for p in curve:
-        if p["t"] <= a:
-            continue
-        if p["t"] > b:
-            break
-        tot += cur * (p["t"] - last)
-        cur, last = p[key], p["t"]
-    return (tot + cur * (b - last)) / (b - a)
+    return smoothed_final(curve, b, (b - a) / b, key=key)
 
 
 def decide(rows: dict[str, dict]) -> tuple[str | None, str]:
