@@ -130,10 +130,18 @@ def main(argv: list[str] | None = None) -> dict:
     rec_path = Path(a.records)
     done = {}
     if rec_path.exists():
-        for line in rec_path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
+        text = rec_path.read_text()
+        for line in text.splitlines():
+            try:
+                r = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # a run cut off while being written (killed): run again
+                print(f"{rec_path}: skipping a cut-off record", file=sys.stderr)
+                continue
+            if r is not None:
                 done[_key(r)] = r
+        if text and not text.endswith("\n"):  # the next record starts on a line of its own
+            with rec_path.open("a") as f:
+                f.write("\n")
     todo = [j for j in jobs if _key(j) not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs recorded in {rec_path}; running {len(todo)}",
           file=sys.stderr, flush=True)

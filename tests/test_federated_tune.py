@@ -79,10 +79,12 @@ def test_report_from_records_and_report_seeds_refused(tune, tmp_path, capsys):
         recs.append({"method": "cloned", "seed": 0, "mal": 0.2, "setup": setup, "kw": kw, "name": name,
                      "curve": step(t, vm)})
     path = tmp_path / "runs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"method": "cloned", "se')  # cut off
     rep = tune.main(["--candidate", "dw:distill-lr=0.05", "--seeds", "0", "--dataset", "digits", "--clients", "6",
                      "--horizon", str(H), "--records", str(path), "--json"])
-    assert "running 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "running 0" in err and "skipping a cut-off record" in err
+    assert path.read_text().endswith("\n")
     assert rep["fedavg_reference"][0] == {"choice": "deadline=4,ema=0.5,epochs=1", "val_final": 0.8, "t_reach": 120.0}
     c, d = rep["settings"]["committed"], rep["settings"]["dw"]
     assert c["per_seed"][0]["speedup"] == 3.0 and d["per_seed"][0]["speedup"] == 2.0
