@@ -155,21 +155,20 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{i}/{len(todo)}] {r['method']} seed {r['seed']} malicious {r['mal']:g} {r['name']}: "
                   f"{r['wall_s']}s", file=sys.stderr, flush=True)
     val = lambda c: [{"t": p["t"], "acc": p["val"]} for p in c]  # noqa: E731
-    run = lambda j: done[_key(j)]  # noqa: E731
+    curve_of = {(j["method"], j["name"], j["seed"], j["mal"]): done[_key(j)]["curve"] for j in jobs}
     ref = {}
     for s in seeds:
-        sweep = {j["name"]: round(smoothed_final(val(run(j)["curve"]), a.horizon), 4)
-                 for j in jobs if j["method"] == "fedavg" and j["seed"] == s}
+        sweep = {k: round(smoothed_final(val(curve_of["fedavg", k, s, 0.0]), a.horizon), 4)
+                 for k in fedavg_variants(a.horizon)}
         best = choose_fedavg(sweep)
-        curve = run(next(j for j in jobs if j["method"] == "fedavg" and j["seed"] == s and j["name"] == best))["curve"]
+        curve = curve_of["fedavg", best, s, 0.0]
         ref[s] = {"choice": best, "val_final": sweep[best], "t_reach": first_reach(val(curve), sweep[best])}
     scale = a.horizon / 2000.0
     rows = {}
     for n in settings:
         per = {}
         for s in seeds:
-            c, m = (run(next(j for j in jobs if j["method"] == "cloned" and j["name"] == n and j["seed"] == s
-                             and j["mal"] == mal))["curve"] for mal in (0.0, a.malicious))
+            c, m = curve_of["cloned", n, s, 0.0], curve_of["cloned", n, s, a.malicious]
             f0 = smoothed_final(val(c), a.horizon)
             tc = first_reach(val(c), ref[s]["val_final"])
             per[s] = {"speedup": round(ref[s]["t_reach"] / tc, 2) if tc else None,
