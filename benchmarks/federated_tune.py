@@ -14,6 +14,10 @@ Every simulation is appended to a JSON-lines record file as it finishes; a re-ru
 already recorded (same seed, setup and settings), so an interrupted tuning resumes. Usage:
   python benchmarks/federated_tune.py --candidate "dw:distill-lr=0.05,teacher-window=20" --jobs 2
   python benchmarks/federated_tune.py --candidate ... --seeds 0,6,7 --json     # the report as JSON
+  python benchmarks/federated_tune.py --candidate ... --seeds 0,9,10 --clean-only  # a cheap first screen
+A --clean-only screen skips the malicious runs, so it reports speed-ups, gaps and window means but
+makes no decision (the rule needs the malicious drop); a candidate that does not lift the seed
+with the lowest speed-up is not worth its malicious runs.
 The benchmark's own settings (federated.ASYNC_SETTINGS) are always measured as "committed";
 a candidate's settings are applied on top of them.
 """
@@ -42,12 +46,13 @@ def parse_candidate(text: str) -> tuple[str, dict]:
     from edgekit.federated.config import parse_sets
 
     name, sep, body = text.partition(":")
-    if not sep or not name.strip() or not body.strip():
+    name = name.strip()
+    if not sep or not name or not body.strip():
         raise UsageError(f"--candidate {text!r} is not NAME:key=value[,key=value...]",
                          "e.g. --candidate \"dw:distill-lr=0.05,teacher-window=20\"")
-    if name.strip() == "committed":
+    if name == "committed":
         raise UsageError("--candidate: the name 'committed' is the benchmark's own settings", "use another name")
-    return name.strip(), parse_sets([s for s in body.split(",") if s.strip()])
+    return name, parse_sets([s for s in body.split(",") if s.strip()], option=f"--candidate {name}:")
 
 
 def window_mean(curve: list[dict], a: float, b: float, key: str = "val") -> float:
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--malicious", type=float, default=0.2)
     ap.add_argument("--records", default="federated_tune_runs.jsonl", help="JSON-lines file of finished runs")
     ap.add_argument("--jobs", type=int, default=1, help="simulations in parallel (one core each)")
+    ap.add_argument("--clean-only", action="store_true",
+                    help="screen: no malicious runs, no decision (the rule needs the malicious drop)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     a = ap.parse_args(argv)
     from edgekit.errors import EdgekitError
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [{"method": "fedavg", "seed": s, "mal": 0.0, "setup": setup, "kw": kw, "name": k}
             for s in seeds for k, kw in fedavg_variants(a.horizon).items()]
     jobs += [{"method": "cloned", "seed": s, "mal": m, "setup": setup, "kw": kw, "name": n}
-             for n, kw in settings.items() for s in seeds for m in (0.0, a.malicious)]
+             for n, kw in settings.items() for s in seeds
+             for m in ((0.0,) if a.clean_only else (0.0, a.malicious))]
     rec_path = Path(a.records)
     done = {}
     if rec_path.exists():
@@ -168,21 +176,23 @@ def main(argv: list[str] | None = None) -> dict:
     for n in settings:
         per = {}
         for s in seeds:
-            c, m = curve_of["cloned", n, s, 0.0], curve_of["cloned", n, s, a.malicious]
+            c, m = curve_of["cloned", n, s, 0.0], curve_of.get(("cloned", n, s, a.malicious))
             f0 = smoothed_final(val(c), a.horizon)
             tc = first_reach(val(c), ref[s]["val_final"])
             per[s] = {"speedup": round(ref[s]["t_reach"] / tc, 2) if tc else None,
                       "gap": round((f0 - ref[s]["val_final"]) * 100, 2),
-                      "malicious_drop": round((f0 - smoothed_final(val(m), a.horizon)) * 100, 2),
+                      "malicious_drop": None if m is None else
+                      round((f0 - smoothed_final(val(m), a.horizon)) * 100, 2),
                       "window_means": [round(100 * window_mean(c, x * scale, y * scale), 2) for x, y in WINDOWS]}
         rows[n] = {"settings": settings[n], "per_seed": per,
                    "min": min(p["speedup"] or 0.0 for p in per.values()),
                    "mean_speedup": round(statistics.mean(p["speedup"] or 0.0 for p in per.values()), 2),
                    "mean_gap": round(statistics.mean(p["gap"] for p in per.values()), 2),
-                   "max_drop": max(p["malicious_drop"] for p in per.values()),
+                   "max_drop": None if a.clean_only else max(p["malicious_drop"] for p in per.values()),
                    "window_means": [round(statistics.mean(p["window_means"][i] for p in per.values()), 2)
                                     for i in range(len(WINDOWS))]}
-    best, why = decide(rows)
+    best, why = (None, "no decision: a --clean-only screen has no malicious runs") if a.clean_only \
+        else decide(rows)
     report = {"seeds": seeds, "setup": setup, "fedavg_reference": ref, "settings": rows,
               "chosen": best, "why": why, "windows": [[x * scale, y * scale] for x, y in WINDOWS]}
     if a.json:
@@ -194,8 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'max drop':>8s}  val window means (%)")
         for n, r in rows.items():
             sp = " ".join("never" if p["speedup"] is None else f"{p['speedup']:.2f}" for p in r["per_seed"].values())
+            drop = "-" if r["max_drop"] is None else f"{r['max_drop']:.2f}"
             print(f"{n:14s} {sp:34s} {r['min']:5.2f} {r['mean_speedup']:5.2f} {r['mean_gap']:+6.2f} "
-                  f"{r['max_drop']:8.2f}  {r['window_means']}")
+                  f"{drop:>8s}  {r['window_means']}")
         print(f"chosen: {best} ({why})")
     return report
 

@@ -176,10 +176,13 @@ def settings_table() -> list[tuple[str, str, object, str]]:
     return [(f.name.replace("_", "-"), f.type, f.default, notes.get(f.name, "")) for f in fields(FedConfig)]
 
 
-def parse_sets(items: list[str] | None, reserved: dict[str, str] | None = None) -> dict:
+def parse_sets(items: list[str] | None, reserved: dict[str, str] | None = None,
+               option: str = "--set") -> dict:
     """``--set KEY=VALUE`` items -> FedConfig keyword arguments. KEY is a run-config key
     (``ema-warmup``) or its field name (``ema_warmup``); VALUE is converted to the field's type.
-    ``reserved`` maps fields that have their own command-line option to that option."""
+    ``reserved`` maps fields that have their own command-line option to that option; ``option``
+    is the option named in error messages (one ending in ":" is joined to the key directly)."""
+    lead = option if option.endswith(":") else option + " "
     known = {f.name: f for f in fields(FedConfig)}
     reserved = reserved or {}
     out: dict = {}
@@ -188,24 +191,24 @@ def parse_sets(items: list[str] | None, reserved: dict[str, str] | None = None) 
         key, raw = key.strip(), raw.strip()
         name = key.replace("-", "_")
         if not sep or not name:
-            raise UsageError(f"--set {item!r} is not KEY=VALUE", "e.g. --set ema=0.95 --set ema-warmup=false")
+            raise UsageError(f"{lead}{item!r} is not KEY=VALUE", f"e.g. {lead}ema=0.95")
         if name in reserved:
-            raise UsageError(f"--set {key}: this command sets it with {reserved[name]}", f"use {reserved[name]}")
+            raise UsageError(f"{lead}{key}: this command sets it with {reserved[name]}", f"use {reserved[name]}")
         if name not in known:
             close = difflib.get_close_matches(key.replace("_", "-"), [k.replace("_", "-") for k in known], 3)
-            raise UsageError(f"--set {key}: no such setting" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+            raise UsageError(f"{lead}{key}: no such setting" + (f" (did you mean {', '.join(close)}?)" if close else ""),
                              "`edgekit federated settings` lists every setting with its type and default")
         if name in out:
-            raise UsageError(f"--set {key} is given twice", "give each setting once")
+            raise UsageError(f"{lead}{key} is given twice", "give each setting once")
         typ = known[name].type
         if typ == "bool":
             if raw.lower() not in _BOOLS:
-                raise UsageError(f"--set {key}={raw}: true or false expected", f"e.g. --set {key}=false")
+                raise UsageError(f"{lead}{key}={raw}: true or false expected", f"e.g. {lead}{key}=false")
             out[name] = _BOOLS[raw.lower()]
             continue
         try:
             out[name] = _CAST[typ](raw)
         except ValueError:
-            raise UsageError(f"--set {key}={raw}: {'an integer' if typ == 'int' else 'a number'} expected",
-                             f"e.g. --set {key}={known[name].default}") from None
+            raise UsageError(f"{lead}{key}={raw}: {'an integer' if typ == 'int' else 'a number'} expected",
+                             f"e.g. {lead}{key}={known[name].default}") from None
     return out

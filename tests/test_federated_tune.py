@@ -31,6 +31,13 @@ def test_candidate_parsing(tune):
                       ("x:distil-lr=0.05", "did you mean distill-lr")):
         with pytest.raises(UsageError, match=says):
             tune.parse_candidate(bad)
+    # a bad key or value names --candidate, the option the user typed (not the CLI's --set)
+    for bad, says in (("x:bogus=1", "--candidate x:bogus: no such setting"),
+                      ("x:ema=abc", "--candidate x:ema=abc: a number expected"),
+                      ("x:ema=0.9,ema=0.8", "--candidate x:ema is given twice")):
+        with pytest.raises(UsageError, match=says) as err:
+            tune.parse_candidate(bad)
+        assert "--set" not in str(err.value)
 
 
 def test_bad_candidate_value_stops_before_any_run(tune, tmp_path):
@@ -91,5 +98,14 @@ def test_report_from_records_and_report_seeds_refused(tune, tmp_path, capsys):
     assert c["per_seed"][0]["gap"] == pytest.approx(5.0) and c["max_drop"] == pytest.approx(1.0)
     assert d["max_drop"] == pytest.approx(4.0)
     assert rep["chosen"] == "committed"
+    # a --clean-only screen needs no malicious run, and decides nothing
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(r) + "\n" for r in recs if r["mal"] == 0.0))
+    scr = tune.main(["--candidate", "dw:distill-lr=0.05", "--seeds", "0", "--dataset", "digits", "--clients", "6",
+                     "--horizon", str(H), "--records", str(clean), "--clean-only"])
+    out = capsys.readouterr()
+    assert "running 0" in out.err and "no decision" in out.out
+    assert scr["chosen"] is None and scr["settings"]["dw"]["max_drop"] is None
+    assert scr["settings"]["dw"]["per_seed"][0]["speedup"] == 2.0
     with pytest.raises(SystemExit, match="report seeds"):
         tune.main(["--seeds", "0,3", "--records", str(path)])
