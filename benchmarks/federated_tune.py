@@ -42,7 +42,7 @@ MAX_DROP, TIE = 2.0, 0.1
 
 def parse_candidate(text: str) -> tuple[str, dict]:
     """``NAME:key=value,key=value`` -> (NAME, FedConfig keyword arguments)."""
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
     from edgekit.federated.config import parse_sets
 
     name, sep, body = text.partition(":")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="screen: no malicious runs, no decision (the rule needs the malicious drop)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     a = ap.parse_args(argv)
-    from edgekit.errors import EdgekitError
+    from edgekit.core.errors import EdgekitError
 
     try:
         cands = dict(parse_candidate(c) for c in a.candidate)

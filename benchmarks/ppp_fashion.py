@@ -2,7 +2,7 @@
 
     python benchmarks/ppp_fashion.py [--users 16] [--quick]
 Writes benchmarks/results/ppp_fashion.json and .png. Uses the committed gated weights
-(edgekit/models/weights/ppp_fashion.safetensors; scripts/train_ppp.py fashion reproduces them).
+(edgekit/ppp/weights/ppp_fashion.safetensors; scripts/train_ppp.py fashion reproduces them).
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from edgekit.compress import ppp, ppp_bench as B
+    from edgekit.ppp import bench as B, personalize as ppp
     from edgekit.data import fashion_mnist as fm
 
-    gated, meta = ppp.load_checkpoint(ROOT / "edgekit/models/weights/ppp_fashion.safetensors")
+    gated, meta = ppp.load_checkpoint(ROOT / "edgekit/ppp/weights/ppp_fashion.safetensors")
     xt, yt = fm.load("test")
     rng = np.random.default_rng(a.seed)
     users = []

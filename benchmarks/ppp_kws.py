@@ -27,10 +27,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    from edgekit.compress import ppp, ppp_bench as B
-    from edgekit.data import kws
+    from edgekit.ppp import bench as B, personalize as ppp
+    from edgekit.ppp import kws
 
-    gated, meta = ppp.load_checkpoint(ROOT / "edgekit/models/weights/ppp_kws.safetensors")
+    gated, meta = ppp.load_checkpoint(ROOT / "edgekit/ppp/weights/ppp_kws.safetensors")
     _, _, xt, yt, _, _, vt = kws.load(with_voices=True)
     rng = np.random.default_rng(a.seed)
     users = []

@@ -11,7 +11,8 @@ import argparse
 import tempfile
 
 import edgekit
-from edgekit.bench import example_feeds, paired, torch_eager
+from edgekit.exporters.adapter import torch_eager
+from edgekit.runtimes.bench import example_feeds, paired
 from edgekit.models import registry
 
 from common import RESULTS, write

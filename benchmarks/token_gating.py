@@ -64,8 +64,8 @@ def main() -> None:
     a = ap.parse_args()
     import torch
     torch.set_num_threads(1)
-    from edgekit.compress import token_gating_train as T
-    from edgekit.data.rotten_tomatoes import LABELS, load_split
+    from edgekit.tokengate import train as T
+    from edgekit.tokengate.rotten_tomatoes import LABELS, load_split
 
     t_start = time.time()
     tok = T.minilm_path() / "tokenizer.json"
@@ -137,10 +137,10 @@ def main() -> None:
     m = models[pick["checkpoint"]]
     import shutil
     import tempfile
-    from edgekit.compress.token_gating_export import export_gated, export_ungated
+    from edgekit.tokengate.export import export_gated, export_ungated
     work = Path(tempfile.mkdtemp(prefix="tg-bench-"))
     t0 = time.time()
-    from edgekit.compress.token_gating_export import export_ungated_single_bundle
+    from edgekit.tokengate.export import export_ungated_single_bundle
     gb = export_gated(m, work, "gated", targets=("onnx", "openvino"), max_len=64, tokenizer_json=tok, labels=LABELS)
     ub = export_ungated(base, work, "ungated", targets=("onnx",), labels=LABELS)
     ubc = export_ungated(base, work, "ungated_cls", targets=("onnx",), labels=LABELS, cls_last=True)

@@ -32,8 +32,8 @@ def encoder_scaling(lengths=(1, 2, 3, 5, 8, 12, 18, 24, 27, 32, 48, 64), rounds:
     import onnxruntime as ort
     import torch
 
-    from edgekit.compress import token_gating_train as T
-    from edgekit.compress.token_gating_export import export_ungated_single
+    from edgekit.tokengate import train as T
+    from edgekit.tokengate.export import export_ungated_single
 
     torch.set_num_threads(1)
     model = T.load_minilm().eval()

@@ -44,7 +44,7 @@ def matched(curves: dict, flops: float) -> dict:
 def parity(bundle, model, test, backend: str, batch: int = 32) -> dict:
     """Pipeline on `backend` vs PyTorch hard-gated model: kept tokens and logits, whole test set."""
     import edgekit
-    from edgekit.compress.token_gating_train import pad_batch
+    from edgekit.tokengate.train import pad_batch
 
     p = edgekit.load(bundle.root, backend=backend)
     seqs, _ = test
@@ -75,7 +75,7 @@ def parity(bundle, model, test, backend: str, batch: int = 32) -> dict:
 
 def robustness(bundle) -> dict:
     import edgekit
-    from edgekit.errors import InputError
+    from edgekit.core.errors import InputError
 
     p = edgekit.load(bundle.root, backend="onnxruntime")
     cases = {"empty": "", "over_long": "great fun " * 400, "unknown_chars": "😀🤖 \u200b \x00 ñ 日本語 ␀ ‽",
@@ -113,8 +113,8 @@ def latency(gb, ub: dict, m, base, test, n: int, n_batches: int, extra: dict | N
     import torch
 
     import edgekit
-    from edgekit.compress.token_gating_export import UngatedGraph
-    from edgekit.compress.token_gating_train import pad_batch
+    from edgekit.tokengate.export import UngatedGraph
+    from edgekit.tokengate.train import pad_batch
 
     gp = edgekit.load(gb.root, backend="onnxruntime", threads=1)
     gp_pipe = edgekit.load(gb.root, backend="onnxruntime", threads=1, single=False)

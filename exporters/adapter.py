@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import re
 from typing import Any
 
 import numpy as np
+from edgekit.runtimes.bench import check_counts, summarize, time_calls
 
 
 def flatten_outputs(out: Any) -> tuple:
@@ -31,7 +33,7 @@ def flatten_outputs(out: Any) -> tuple:
 
 def as_input_array(name: str, a: Any) -> np.ndarray:
     """One example input as an array; a dict/list/None (a forward taking a structure) is refused by name."""
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
 
     if isinstance(a, (dict, list, tuple)) or a is None:
         kind = "None" if a is None else f"a {type(a).__name__}" + (f" (keys {list(a)[:5]})" if isinstance(a, dict) else "")
@@ -55,7 +57,7 @@ def _numpy_dtype(t: Any, what: str, fix: str) -> None:
     try:
         torch.empty(0, dtype=t.dtype).numpy()
     except TypeError:
-        from edgekit.errors import UsageError
+        from edgekit.core.errors import UsageError
 
         raise UsageError(f"{what} is {str(t.dtype).replace('torch.', '')}, which numpy and the runtimes cannot "
                          "hold as a bundle input/output", fix) from None
@@ -140,7 +142,7 @@ def reference(module: Any, cases: list[dict[str, np.ndarray]], input_names: list
         for feeds in cases:
             outs = module(*to_tensors(feeds, input_names))
             if len(outs) != len(output_names):
-                from edgekit.errors import UsageError
+                from edgekit.core.errors import UsageError
 
                 raise UsageError(f"the model returns {len(outs)} output tensor(s) but {len(output_names)} output "
                                  f"name(s) were given ({output_names})",
@@ -197,3 +199,17 @@ def export_args(example_inputs: dict, names: list[str], dynamic: dict | None) ->
         shapes.append({int(ax): dims.setdefault(sym, torch.export.Dim(dim_symbol(sym), min=1))
                        for ax, sym in axes.items()} if axes else None)
     return tuple(args), (tuple(shapes),)
+
+
+def torch_eager(module: Any, feeds: dict[str, np.ndarray], warmup: int = 20, iters: int = 200) -> dict:
+    """Latency of the PyTorch module itself (eager, inference mode) on the same inputs."""
+    import torch
+
+    check_counts(iters, warmup)
+    gc.collect()  # backend sessions left in reference cycles keep thread pools that starve torch's OpenMP
+    names = list(feeds)
+    m = adapt(module, names)
+    args = to_tensors(feeds, names)
+    with torch.inference_mode():
+        ns = time_calls(lambda a: m(*a), args, warmup, iters)
+    return summarize(ns, next(iter(feeds.values())).shape[0])

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from edgekit.errors import DataError
-from edgekit.specs import TensorSpec
+from edgekit.core.errors import DataError
+from edgekit.core.specs import TensorSpec
 
 DEFAULT_LIMIT = 300  # NNCF's default subset size; more samples rarely change int8 ranges
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgekit.errors import ExportError
 from edgekit.exporters.job import ExportJob, ExportResult
-from edgekit.runtimes.coreml import _ct
+from edgekit.runtimes.coreml import import_coremltools
+
+from edgekit.core.errors import ExportError
 
 INSTALL = 'pip install "edgekit[coreml]"'
 NOT_MAC = "numeric check needs macOS"
@@ -66,10 +66,10 @@ def _input_types(ct: Any, job: ExportJob) -> list:
 def _register_missing_ops() -> None:
     """Converters coremltools 9 lacks for ops current torch emits (``Tensor.new_ones`` in transformers)."""
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import types
     from coremltools.converters.mil.frontend.torch import torch_op_registry as reg
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
     from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
 
     if "new_ones" in getattr(reg, "_TORCH_OPS_REGISTRY", {}):
         return
@@ -144,7 +144,7 @@ def _rename_inputs(ct: Any, model: Any, job: ExportJob) -> None:
 
 
 def export(job: ExportJob) -> ExportResult:
-    ct = _ct()
+    ct = import_coremltools()
     if job.module is None:
         raise ExportError("Core ML converts from the PyTorch module; this graph has no module (ONNX source)",
                           "export from the PyTorch model, or drop --target coreml")
@@ -162,8 +162,9 @@ def export(job: ExportJob) -> ExportResult:
     model.short_description = f"edgekit export ({job.precision})"
     out = Path(job.workdir) / "model.mlpackage"
     model.save(str(out))
-    from edgekit.bundle import Graph
     from edgekit.runtimes.coreml import check_spec, inspect_spec
+
+    from edgekit.core.bundle import Graph
 
     spec_info = inspect_spec(out)  # reload from disk: proves the saved package parses
     check = check_spec(spec_info, Graph("main", list(job.inputs), list(job.outputs)), job.precision)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import warnings
 
-from edgekit.errors import ExportError
 from edgekit.exporters.adapter import export_args
 from edgekit.exporters.job import ExportJob, ExportResult
+
+from edgekit.core.errors import ExportError
 
 DEFAULT_OPSET = 18
 

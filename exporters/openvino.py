@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import BackendUnavailableError, DataError, ExportError
 from edgekit.exporters.adapter import export_args
 from edgekit.exporters.job import ExportJob, ExportResult
-from edgekit.runtimes.openvino import _ov
+from edgekit.runtimes.openvino import import_openvino
+
+from edgekit.core.errors import BackendUnavailableError, DataError, ExportError
 
 INSTALL = 'pip install "edgekit[openvino]"'
 SOURCES = ("exported_program", "module", "onnx")
@@ -128,7 +129,7 @@ def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
 
 
 def export(job: ExportJob) -> ExportResult:
-    ov = _ov()
+    ov = import_openvino()
     if job.precision == "int8" and not job.calib:  # before the (slow) conversion
         raise DataError("int8 OpenVINO export needs calibration data",
                         "pass --calib DATA (.npz or a directory of .npy) or calib=... in the Python API")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
-from edgekit.errors import UsageError
+from edgekit.core.errors import BackendUnavailableError, UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # max abs error allowed, relative to the reference output scale (max(1, max|ref|))
@@ -72,7 +73,6 @@ def resolve_targets(spec: str | list[str] | tuple[str, ...], precisions: list[st
                                  f"{n} supports {', '.join(t.precisions)}")
             if not t.installed():
                 missing = [m for m in t.needs if importlib.util.find_spec(m) is None]
-                from edgekit.errors import BackendUnavailableError
                 raise BackendUnavailableError(f"target {n} needs {', '.join(missing)}, which is not installed",
                                               f'pip install "edgekit[{t.extra}]"')
             rows.append(t)
@@ -83,3 +83,18 @@ def resolve_targets(spec: str | list[str] | tuple[str, ...], precisions: list[st
         rows.append(TARGETS["onnx"])  # built anyway as the source of the others
     rows.sort(key=lambda t: (t.name != "onnx",))
     return list(dict.fromkeys(rows))
+
+
+PIPELINE_TARGETS = ("onnx", "openvino")  # pipelines run on these runtimes
+
+
+def pipeline_targets(targets: Any) -> tuple[str, ...]:
+    """``all`` means every pipeline-capable target installed here; otherwise the names given."""
+    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+    if names == ["all"]:
+        return tuple(t for t in PIPELINE_TARGETS if TARGETS[t].installed())
+    bad = [n for n in names if n not in PIPELINE_TARGETS]
+    if bad:
+        raise UsageError(f"multi-graph models export to {', '.join(PIPELINE_TARGETS)}, not {bad[0]}",
+                         f"use --target {','.join(PIPELINE_TARGETS)}")
+    return tuple(names)

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgekit.errors import DataError, ExportError
 from edgekit.exporters.job import ExportJob, ExportResult
 from edgekit.exporters.trt_ops import DEFAULT_TRT_MAJOR, TRT_SUPPORT, check_onnx_ops
 from edgekit.runtimes.trt_cache import derive_profiles
+
+from edgekit.core.errors import DataError, ExportError
 
 NOT_RUN = ("TensorRT engine build/run not executed here (no NVIDIA GPU/TensorRT on this machine); "
            "build it on the target: edgekit build-engine BUNDLE (or on first edgekit.load)")
@@ -52,7 +52,12 @@ class _Reader:
 
 def write_qdq(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
     """Static int8 Q/DQ quantization in TensorRT's form: symmetric int8, zero points 0, per-channel weights."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     quantize_static(str(src), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -64,7 +69,6 @@ def write_qdq(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> Non
 def write_fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True))

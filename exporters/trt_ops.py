@@ -81,7 +81,7 @@ DEFAULT_TRT_MAJOR = 10
 
 
 def support_for(major: int) -> TrtOpSupport:
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
     if major in TRT_SUPPORT:
         return TRT_SUPPORT[major]
     if major > max(TRT_SUPPORT):  # newer than our table: use the newest we know, flagged by the caller

@@ -10,10 +10,10 @@ import platform
 from typing import Any, Callable
 
 import numpy as np
-
-from edgekit.bundle import Validation
-from edgekit.errors import first_line
 from edgekit.exporters.targets import MIN_AGREEMENT, TOLERANCE
+
+from edgekit.core.bundle import Validation
+from edgekit.core.errors import first_line
 
 
 def _other_sizes(e: int) -> list[int]:

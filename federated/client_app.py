@@ -28,7 +28,7 @@ import numpy as np
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edgekit.errors import DataError, EdgekitError
+from edgekit.core.errors import DataError, EdgekitError
 
 log = logging.getLogger("edgekit.federated")
 

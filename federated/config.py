@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, fields
 
-from edgekit.errors import DataError, UsageError
+from edgekit.core.errors import DataError, UsageError
 
 METHODS = ("cloned", "fedbuff", "fedavg")
 MODELS = ("mlp", "cnn")  # federated/models.py builds them; or the user's pkg.mod:fn / path/file.py:fn

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.data.fashion_mnist import read_idx
-from edgekit.errors import DataError
+from edgekit.core.errors import DataError
 
 from . import userdata
 

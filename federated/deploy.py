@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgekit.errors import EdgekitError, UsageError
+from edgekit.core.errors import EdgekitError, UsageError
 
 CONNECTION = "edgekit"
 

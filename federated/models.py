@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.errors import UsageError
+from edgekit.core.errors import UsageError
 
 
 class MLP(nn.Module):

@@ -25,7 +25,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 
 from . import checkpoint as ckpt
 from .config import FedConfig

@@ -236,7 +236,7 @@ class VirtualGrid(Grid):
 
 def check_simulation(clients: int, malicious: float, horizon: float) -> None:
     """Raise UsageError for settings no simulation can run with."""
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
 
     if clients < 1:
         raise UsageError(f"--clients must be >= 1, got {clients}")
@@ -262,7 +262,7 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
     check_simulation(clients, malicious, horizon)
     for name, v in (("mean-on", mean_on), ("mean-off", mean_off)):
         if v is not None and not 0.0 < v < float("inf"):
-            from edgekit.errors import UsageError
+            from edgekit.core.errors import UsageError
 
             raise UsageError(f"--{name} must be a positive number of virtual time units, got {v}")
     import torch
@@ -282,7 +282,7 @@ def simulate(method: str = "cloned", clients: int = 20, malicious: float = 0.0, 
 
     pool = len(load_dataset(dataset, seed).pool_y)
     if is_file_dataset(dataset) and pool < MIN_PER_CLIENT * clients:
-        from edgekit.errors import DataError
+        from edgekit.core.errors import DataError
 
         raise DataError(f"data set file {dataset}: its client pool has {pool} examples, fewer than "
                         f"{MIN_PER_CLIENT} for each of {clients} clients",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DataError
+from edgekit.core.errors import DataError
 
 SUFFIXES = (".npz", ".csv")
 LABEL_COLUMNS = ("label", "y", "target", "class")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from edgekit.errors import UsageError, first_line
-from edgekit.userimport import absolute_ref, file_of, is_callable_ref, load_callable
+from edgekit.core.errors import UsageError, first_line
+from edgekit.core.userimport import absolute_ref, file_of, is_callable_ref, load_callable
 
 from .config import MODELS
 

@@ -10,9 +10,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgekit.bundle import Artifact, Graph
-from edgekit.errors import InputDtypeError, InputError, InputNameError, InputRankError, InputShapeError
-from edgekit.specs import TensorSpec
+from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.errors import (
+    InputDtypeError,
+    InputError,
+    InputNameError,
+    InputRankError,
+    InputShapeError,
+)
+from edgekit.core.specs import TensorSpec
 
 
 class BackendBase:

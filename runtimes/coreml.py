@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-
-from edgekit.bundle import Artifact, Graph
-from edgekit.errors import BackendUnavailableError
 from edgekit.runtimes.base import BackendBase
+
+from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.errors import BackendUnavailableError
 
 INSTALL = 'pip install "edgekit[coreml]"'
 # numpy dtype of the manifest -> Core ML multiArray dtypes that carry it (int64 travels as int32).
@@ -25,7 +25,7 @@ COMPATIBLE = {"float32": ("FLOAT32",), "float16": ("FLOAT16", "FLOAT32"), "int64
 _NP_OF = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "DOUBLE": np.float64}
 
 
-def _ct():
+def import_coremltools():
     try:
         import coremltools
     except ImportError as e:
@@ -50,7 +50,7 @@ def _array_type(feature: Any) -> tuple[str, list | None]:
 
 def inspect_spec(path: Path) -> dict:
     """IO, op histogram and tensor precisions of a saved .mlpackage / .mlmodel (no Core ML needed)."""
-    ct = _ct()
+    ct = import_coremltools()
     model = ct.models.MLModel(str(path), skip_model_load=True)
     spec = model.get_spec()
     io = {}
@@ -133,7 +133,7 @@ class CoreMLBackend(BackendBase):
         if sys.platform != "darwin":
             return False
         try:
-            _ct()
+            import_coremltools()
         except BackendUnavailableError:
             return False
         return True
@@ -144,7 +144,7 @@ class CoreMLBackend(BackendBase):
             raise BackendUnavailableError("Core ML predictions need macOS; this machine is "
                                           f"{sys.platform}", "run the coreml artifact on a Mac/iPhone, "
                                           "or use the onnx/openvino artifacts here")
-        ct = _ct()
+        ct = import_coremltools()
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units.upper()))
         info = inspect_spec(Path(path))
         self.in_dtypes = {i["name"]: _NP_OF.get(i["dtype"], np.float32) for i in info["inputs"]}

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-
-from edgekit.bundle import Artifact, Graph
-from edgekit.errors import BackendUnavailableError, BundleError, UsageError
 from edgekit.runtimes.base import BackendBase
+
+from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.errors import BackendUnavailableError, BundleError, UsageError
 
 INSTALL = 'pip install "edgekit[openvino]"'
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
-def _ov():
+def import_openvino():
     try:
         import openvino
     except ImportError as e:
@@ -74,7 +74,7 @@ class OpenVINOBackend(BackendBase):
     @staticmethod
     def available() -> bool:
         try:
-            _ov()
+            import_openvino()
             return True
         except BackendUnavailableError:
             return False
@@ -83,7 +83,7 @@ class OpenVINOBackend(BackendBase):
                  hint: str = "LATENCY", static_shapes: Any = None, inference_precision: str | None = None,
                  threads: int | None = None, cache_dir: str | None = None, **options: Any):
         super().__init__(path, artifact, graph, **options)
-        ov = _ov()
+        ov = import_openvino()
         core = ov.Core()
         device = (device or os.environ.get("EDGEKIT_OV_DEVICE") or "CPU").upper()
         base = device.split(":")[0].split(".")[0]

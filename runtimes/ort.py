@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-
-from edgekit.bundle import Artifact, Graph
-from edgekit.errors import BackendUnavailableError, BundleError
 from edgekit.runtimes.base import BackendBase
+
+from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.errors import BackendUnavailableError, BundleError
 
 
 def _ort():

@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-
-from edgekit.bundle import Artifact, Graph
-from edgekit.errors import BackendUnavailableError, BundleError, ExportError
 from edgekit.runtimes.base import BackendBase
-from edgekit.runtimes.trt_cache import (EngineCache, build_plan, check_in_profile, engine_cache_key,
-                                        gpu_info)
+from edgekit.runtimes.trt_cache import (
+    EngineCache,
+    build_plan,
+    check_in_profile,
+    engine_cache_key,
+    gpu_info,
+)
+
+from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.errors import BackendUnavailableError, BundleError, ExportError
 
 INSTALL = 'pip install "edgekit[tensorrt]"'
 PLAN_FILE = "trt.json"

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgekit.errors import InputShapeError, UsageError
-from edgekit.specs import TensorSpec
+from edgekit.core.errors import InputShapeError, UsageError
+from edgekit.core.specs import TensorSpec
 
 CACHE_ENV = "EDGEKIT_TRT_CACHE"
 DEFAULT_BATCH_MAX = 32

@@ -24,7 +24,7 @@ from scipy.io import wavfile
 from scipy.signal import lfilter, resample_poly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edgekit.data.kws import KEYWORDS, SR, default_path, logmel, quantize  # noqa: E402
+from edgekit.ppp.kws import KEYWORDS, SR, default_path, logmel, quantize  # noqa: E402
 
 TRAIN_ESPEAK = [(a, v) for a in ["en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan"] for v in ["m1", "m2", "m3", "f1", "f2"]][:16]
 TEST_ESPEAK = [("en-gb-scotland", "m4"), ("en-029", "f3"), ("en-us-nyc", "m6"), ("en-gb-x-gbcwmd", "f4"),
@@ -124,7 +124,7 @@ def main(argv=None):
         xtr, ytr, vtr = build(train_v, 8, 3, rng, Path(t))
         xte, yte, vte = build(test_v, 6, 2, rng, Path(t))
     assert not set(vtr) & set(vte)
-    from edgekit.data.kws import dequantize
+    from edgekit.ppp.kws import dequantize
 
     deq = dequantize(xtr)
     out = Path(a.out).expanduser()

@@ -1,7 +1,7 @@
 """Reproduce the committed PPP weights.
 
-    python scripts/train_ppp.py fashion   # -> edgekit/models/weights/ppp_fashion.safetensors (~7 min, 1 thread)
-    python scripts/train_ppp.py kws       # needs edgekit/models/weights/ppp_kws_features.npz (scripts/make_kws.py)
+    python scripts/train_ppp.py fashion   # -> edgekit/ppp/weights/ppp_fashion.safetensors (~7 min, 1 thread)
+    python scripts/train_ppp.py kws       # needs edgekit/ppp/weights/ppp_kws_features.npz (scripts/make_kws.py)
     python scripts/train_ppp.py digits --out /tmp/d.safetensors
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from edgekit.commands.ppp import train_builtin
+    from edgekit.ppp.tasks import train_builtin
 
     out = train_builtin(a.task, epochs=a.epochs, seed=a.seed, out=a.out)
     print(f"wrote {out}")

@@ -27,8 +27,8 @@ CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate")
 
 
 def data(max_len: int):
-    from edgekit.compress.token_gating_train import encode_all, minilm_path
-    from edgekit.data.rotten_tomatoes import load_split
+    from edgekit.tokengate.train import encode_all, minilm_path
+    from edgekit.tokengate.rotten_tomatoes import load_split
     tok = minilm_path() / "tokenizer.json"
     out = {}
     for split in ("train", "dev", "test"):
@@ -40,7 +40,7 @@ def data(max_len: int):
 def ungated_teacher(model, xs, max_len: int, base: str = "ungated.pt") -> np.ndarray:
     """Train-set logits of the ungated model (just loaded into ``model`` from CACHE/``base``): the
     distillation targets, computed once and cached in CACHE."""
-    from edgekit.compress.token_gating_train import teacher_logits
+    from edgekit.tokengate.train import teacher_logits
     tag = "" if base == "ungated.pt" else "_" + Path(base).stem
     tpath = CACHE / f"teacher_train_len{max_len}{tag}.npy"
     if tpath.exists():
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from edgekit.compress import token_gating_train as T
+    from edgekit.tokengate import train as T
 
     CACHE.mkdir(parents=True, exist_ok=True)
     d = data(a.max_len)
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
         res["test"] = T.evaluate(model, *d["test"], rules=rules)
     if a.what == "gated":
         res["rules"] = {str(k): v for k, v in model.rules().items()}
-    from edgekit.data.rotten_tomatoes import LABELS
+    from edgekit.tokengate.rotten_tomatoes import LABELS
     T.save_model(model, ck, meta={**{k: v for k, v in res.items() if k != "rules"}, "labels": LABELS})
     ck.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "rules"}, indent=1))

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python scripts/train_vos.py [--steps 1800] [--videos 240] [--out PATH]
 
-Writes edgekit/models/weights/vos_skip_heads.safetensors (fp32, a few hundred KB).
+Writes edgekit/vos/weights/vos_skip_heads.safetensors (fp32, a few hundred KB).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from edgekit.models.vos.model import WEIGHTS  # noqa: E402
-from edgekit.models.vos.train import save_heads, train  # noqa: E402
+from edgekit.vos.model import WEIGHTS  # noqa: E402
+from edgekit.vos.train import save_heads, train  # noqa: E402
 
 
 def main() -> None:

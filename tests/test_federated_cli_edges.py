@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 pytest.importorskip("torch")
 pytest.importorskip("flwr")
 
-from edgekit.errors import DataError, EdgekitError, UsageError  # noqa: E402
+from edgekit.core.errors import DataError, EdgekitError, UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
-from edgekit.errors import DataError  # noqa: E402
+from edgekit.core.errors import DataError  # noqa: E402
 from edgekit.federated import checkpoint as ckpt  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import dirichlet_partition, load_dataset, load_partition  # noqa: E402
@@ -299,7 +299,7 @@ def test_cli_simulate_json():
 
     from typer.testing import CliRunner
 
-    from edgekit import cli
+    from edgekit.cli import main as cli
 
     cli._register_commands()
     r = CliRunner().invoke(cli.app, ["federated", "simulate", "--method", "fedbuff", "--clients", "4",
@@ -381,7 +381,7 @@ def test_bayes_targets_ignore_a_teacher_that_carries_no_evidence():
 
 
 def test_combine_bayes_aggregates_and_is_checked(fed_digits):
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
     from edgekit.federated.strategies import ClonedDistillation
 
     core, ups = _teacher_buffer(fed_digits)

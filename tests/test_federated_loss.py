@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
-from edgekit.errors import UsageError  # noqa: E402
+from edgekit.core.errors import UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig, parse_sets, settings_table  # noqa: E402
 from edgekit.federated.models import build_model, get_state, set_state, train_local  # noqa: E402
 

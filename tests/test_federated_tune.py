@@ -23,7 +23,7 @@ def tune():
 
 
 def test_candidate_parsing(tune):
-    from edgekit.errors import UsageError
+    from edgekit.core.errors import UsageError
 
     name, kw = tune.parse_candidate("dw:distill-lr=0.05,teacher-window=20")
     assert name == "dw" and kw == {"distill_lr": 0.05, "teacher_window": 20}

@@ -18,7 +18,7 @@ pytest.importorskip("flwr")
 pytest.importorskip("sklearn")
 
 from tests.conftest import assert_user_error  # noqa: E402
-from edgekit.errors import DataError, UsageError  # noqa: E402
+from edgekit.core.errors import DataError, UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import load_dataset, load_partition  # noqa: E402
 

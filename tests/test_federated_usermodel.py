@@ -18,7 +18,7 @@ pytest.importorskip("flwr")
 pytest.importorskip("sklearn")
 
 from tests.conftest import assert_user_error  # noqa: E402
-from edgekit.errors import UsageError  # noqa: E402
+from edgekit.core.errors import UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 
 MODELS = textwrap.dedent("""
@@ -188,7 +188,7 @@ def test_config_forms_and_one_import_implementation(models, monkeypatch):
     for bad in ("rnn", "fed_user_models.py", "a b:c"):
         with pytest.raises(UsageError, match="unknown model"):
             FedConfig(model=bad)
-    import edgekit.resolve as resolve
-    from edgekit import userimport
+    import edgekit.models.resolve as resolve
+    from edgekit.core import userimport
 
     assert resolve.load_callable is userimport.load_callable and not hasattr(resolve, "_import")

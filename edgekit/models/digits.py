@@ -64,7 +64,7 @@ def calibration() -> list[dict[str, np.ndarray]]:
 
 
 def builtin():
-    from edgekit.source import ModelSource
+    from edgekit.exporters.source import ModelSource
 
     x, _ = heldout()
     return ModelSource(

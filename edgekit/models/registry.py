@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import importlib
 
-from edgekit.errors import UsageError
+from edgekit.core.errors import UsageError
 
 DEFAULT = "digits-cnn"
 
 BUILTINS: dict[str, str] = {
     "digits-cnn": "edgekit.models.digits:builtin",
-    "ppp-fashion": "edgekit.models.ppp_nets:builtin_fashion",
-    "ppp-kws": "edgekit.models.ppp_nets:builtin_kws",
+    "ppp-fashion": "edgekit.ppp.builtins:builtin_fashion",
+    "ppp-kws": "edgekit.ppp.builtins:builtin_kws",
     # multi-graph models (they export themselves into pipeline bundles)
-    "ppp-fashion-gated": "edgekit.models.pipelines:ppp_fashion_gated",
-    "ppp-kws-gated": "edgekit.models.pipelines:ppp_kws_gated",
-    "vos-skip": "edgekit.models.pipelines:vos_skip",
+    "ppp-fashion-gated": "edgekit.ppp.builtins:ppp_fashion_gated",
+    "ppp-kws-gated": "edgekit.ppp.builtins:ppp_kws_gated",
+    "vos-skip": "edgekit.vos.export:vos_skip",
 }
 
 DESCRIPTIONS: dict[str, str] = {
