@@ -50,7 +50,7 @@ def ungated_teacher(model, xs, max_len: int, base: str = "ungated.pt") -> np.nda
     return teacher
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["ungated", "gated", "ungated_more", "topk_ft"],
                     help="ungated_more: continue the ungated model for --steps steps with the gated runs' "
@@ -82,7 +82,36 @@ def main(argv=None) -> dict:
                          "(e.g. ungated_more.pt, the longer-trained control)")
     ap.add_argument("--from-phase1", action="store_true",
                     help="gated: skip gate training, start from CACHE/phase1_k<knob>.pt (saved by an earlier run)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def train_gated(a, T, model, d) -> tuple[dict, Path, dict | None]:
+    """Gate training (or its saved phase-1 result), then the frozen-gate phase: (info, checkpoint, phase-1 dev)."""
+    xs, ys = d["train"]
+    T.load_state(model, CACHE / a.base)
+    teacher = ungated_teacher(model, xs, a.max_len, a.base) if a.kd else None
+    epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
+    p1 = CACHE / f"phase1_k{a.knob:g}{a.tag}.pt"
+    if a.from_phase1:
+        T.load_state(model, p1)
+        info = {"steps": T.load_model(p1)[1]["steps"]}
+    else:
+        info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
+                       seed=a.seed, bimodal=a.bimodal, sparsity=a.sparsity)   # KD is used in the frozen-gate phase only
+        T.save_model(model, p1, meta={"knob": a.knob, "steps": info["steps"], "phase": 1})
+    phase1_dev = T.evaluate(model, *d["dev"]) if a.hard_steps else None
+    if phase1_dev:
+        print("after gate training (hard gates), dev:", round(phase1_dev["accuracy"], 4),
+              [round(x, 1) for x in phase1_dev["tokens_per_layer"]], f"{phase1_dev['flops'] / 1e6:.0f} MFLOPs",
+              flush=True)
+    if a.hard_steps:
+        T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
+                lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
+    return info, CACHE / f"gated_k{a.knob:g}{a.tag}.pt", phase1_dev
+
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
     import torch
     torch.set_num_threads(1)
     from edgekit.tokengate import train as T
@@ -112,26 +141,7 @@ def main(argv=None) -> dict:
         ck = CACHE / "topk_ft.pt"
         rules = None
     else:
-        T.load_state(model, CACHE / a.base)
-        teacher = ungated_teacher(model, xs, a.max_len, a.base) if a.kd else None
-        epochs = a.steps * 32 / len(xs) if a.steps else a.epochs
-        p1 = CACHE / f"phase1_k{a.knob:g}{a.tag}.pt"
-        if a.from_phase1:
-            T.load_state(model, p1)
-            info = {"steps": T.load_model(p1)[1]["steps"]}
-        else:
-            info = T.train(model, xs, ys, knob=a.knob, epochs=epochs, lr=a.lr or 2e-5, gate_lr=a.gate_lr,
-                           seed=a.seed, bimodal=a.bimodal, sparsity=a.sparsity)   # KD is used in the frozen-gate phase only
-            T.save_model(model, p1, meta={"knob": a.knob, "steps": info["steps"], "phase": 1})
-        phase1_dev = T.evaluate(model, *d["dev"]) if a.hard_steps else None
-        if phase1_dev:
-            print("after gate training (hard gates), dev:", round(phase1_dev["accuracy"], 4),
-                  [round(x, 1) for x in phase1_dev["tokens_per_layer"]], f"{phase1_dev['flops'] / 1e6:.0f} MFLOPs",
-                  flush=True)
-        if a.hard_steps:
-            T.train(model, xs, ys, knob=None, freeze_gates=True, epochs=a.hard_steps * 32 / len(xs),
-                    lr=a.hard_lr, seed=a.seed + 1, teacher=teacher, kd_alpha=a.kd, kd_temp=a.kd_temp)
-        ck = CACHE / f"gated_k{a.knob:g}{a.tag}.pt"
+        info, ck, phase1_dev = train_gated(a, T, model, d)
         rules = None
     res = {"what": a.what, "base": a.base if a.what in ("gated", "topk_ft") else None, "knob": a.knob if a.what == "gated" else None,
            "ratios": [float(x) for x in a.ratios.split(",")] if a.what == "topk_ft" else None, "max_len": a.max_len,

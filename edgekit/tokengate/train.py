@@ -130,6 +130,39 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
     return ids, mask
 
 
+def _optimizer(model: TokenGatedBert, train_gates: bool, lr: float, gate_lr: float, steps: int, const_lr: bool):
+    """AdamW over the encoder (+ the gate logits at their own rate) and the schedule: constant, or warm-up over
+    the first 10 % of the steps and a linear decay. Returns (encoder params, optimizer, scheduler)."""
+    body = [p for n, p in model.named_parameters() if n != "gate_logits"]
+    groups = [{"params": body, "lr": lr}]
+    if train_gates:
+        groups.append({"params": [model.gate_logits], "lr": gate_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if const_lr else min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
+    return body, opt, sched
+
+
+def _loss(model: TokenGatedBert, out: dict, mask, labels, teacher, kd_alpha: float, kd_temp: float,
+          knob: float | None, sparsity: str, bimodal_w: float):
+    """CE (+ KD from the teacher's logits) (+ knob * sparsity + bimodal_w * bimodal when gates train);
+    returns (loss, the record of its terms)."""
+    F = torch.nn.functional
+    ce = F.cross_entropy(out["logits"], labels)
+    loss, rec = ce, {"ce": float(ce.detach())}
+    if teacher is not None:
+        kd = F.kl_div(F.log_softmax(out["logits"] / kd_temp, -1), F.log_softmax(teacher / kd_temp, -1),
+                      reduction="batchmean", log_target=True) * kd_temp ** 2
+        loss = ce + kd_alpha * kd
+        rec["kd"] = float(kd.detach())
+    if knob is not None:
+        reg = model.regularizers(out["kept"], mask)
+        loss = loss + knob * reg["sparsity_" + sparsity] + bimodal_w * reg["bimodal"]
+        rec.update(sparsity=float(reg["sparsity_" + sparsity].detach()), flops=float(reg["sparsity_flops"].detach()),
+                   bimodal=float(reg["bimodal"].detach()))
+    return loss, rec
+
+
 def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, knob: float | None,
           epochs: float = 1.0, batch: int = 32, lr: float = 5e-5, gate_lr: float = 0.02,
           bimodal: float = 0.5, seed: int = 0, log: Callable[[str], None] | None = print,
@@ -163,16 +196,9 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
     if gated and gate_init is not None:
         with torch.no_grad():
             model.gate_logits.fill_(float(gate_init))
-    body = [p for n, p in model.named_parameters() if n != "gate_logits"]
-    groups = [{"params": body, "lr": lr}]
-    if gated and not freeze_gates:
-        groups.append({"params": [model.gate_logits], "lr": gate_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = max(1, int(epochs * len(seqs) / batch))
-    if const_lr is None:
-        const_lr = gated and not freeze_gates
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 1.0 if const_lr else min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
+    body, opt, sched = _optimizer(model, gated and not freeze_gates, lr, gate_lr, steps,
+                                  (gated and not freeze_gates) if const_lr is None else const_lr)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     teacher_t = None
     if teacher is not None:
@@ -190,27 +216,15 @@ def train(model: TokenGatedBert, seqs: list[list[int]], labels: np.ndarray, *, k
             out = model.hard_forward(ids, mask)
         else:
             out = model(ids, mask, mode="soft" if gated else "full")
-        ce = torch.nn.functional.cross_entropy(out["logits"], labels_t[idx])
-        loss = ce
-        if teacher_t is not None:
-            F = torch.nn.functional
-            kd = F.kl_div(F.log_softmax(out["logits"] / kd_temp, -1), F.log_softmax(teacher_t[idx] / kd_temp, -1),
-                          reduction="batchmean", log_target=True) * kd_temp ** 2
-            loss = ce + kd_alpha * kd
-        if gated and not freeze_gates:
-            reg = model.regularizers(out["kept"], mask)
-            loss = loss + knob * reg["sparsity_" + sparsity] + bimodal * max(0.0, 2 * step / steps - 1) * reg["bimodal"]
+        loss, rec = _loss(model, out, mask, labels_t[idx], None if teacher_t is None else teacher_t[idx],
+                          kd_alpha, kd_temp, knob if gated and not freeze_gates else None, sparsity,
+                          bimodal * max(0.0, 2 * step / steps - 1))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(body, 1.0)
         opt.step()
         sched.step()
-        rec = {"step": step, "ce": float(ce.detach())}
-        if teacher_t is not None:
-            rec["kd"] = float(kd.detach())
-        if gated and not freeze_gates:
-            rec.update(sparsity=float(reg["sparsity_" + sparsity].detach()), flops=float(reg["sparsity_flops"].detach()), bimodal=float(reg["bimodal"].detach()))
-        hist.append(rec)
+        hist.append({"step": step, **rec})
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step")
                 + f" {time.time() - t0:.0f}s")
