@@ -1,5 +1,7 @@
-"""The synchronous baseline in the same harness: Flower's own FedAvg strategy, driven one round at
-a time by the AsyncServer, with a Grid wrapper that counts the model bytes sent and received."""
+"""The synchronous baseline in the same harness: Flower's own FedAvg strategy
+(strategies/fedavg.py), driven one round at a time by the AsyncServer, with a Grid wrapper that
+counts the model bytes sent and received. Every reply is checked before Flower aggregates it, and
+the round's model before it is committed."""
 from __future__ import annotations
 
 import logging
@@ -7,58 +9,37 @@ import logging
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from .models import State, record_bytes
+from ..state import merge_fixed, record_bytes, record_to_state, state_to_record
+from ..strategies.fedavg import flower_fedavg
+from .messages import reply_problem
 
 log = logging.getLogger("edgekit.federated")
-
-
-def flower_fedavg(**kw):
-    """Flower's own FedAvg (flwr.serverapp.strategy), with replies of the wrong shape dropped
-    (and the reason logged) before Flower aggregates, so one bad client cannot crash a round."""
-    from flwr.serverapp.strategy import FedAvg
-
-    from .models import record_to_state, shape_mismatch
-    from .strategies import _reply_problem
-
-    class CheckedFedAvg(FedAvg):
-        reference: State | None = None
-
-        def aggregate_train(self, server_round, replies):
-            good = []
-            for m in replies:
-                if not m.has_error():
-                    why = _reply_problem(m, self.reference, record_to_state, shape_mismatch)
-                    if why:
-                        log.warning("fedavg: rejected reply from node %s: %s",
-                                    m.metadata.src_node_id, why)
-                        continue
-                good.append(m)
-            return super().aggregate_train(server_round, good)
-
-    return CheckedFedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1, **kw)
 
 
 def run_fedavg(server) -> dict:
     """Flower's FedAvg on ``server`` (an AsyncServer), one ``strategy.start`` round at a time so
     that time limits, checkpoints, the served EMA and the curve work as for the async methods."""
-    from .models import merge_fixed, record_to_state, state_to_record
-
-    strategy = flower_fedavg()
-    strategy.reference = server.core
+    strategy = flower_fedavg(lambda m: reply_problem(m, version=server.version, reference=server.core,
+                                                     magnitude=server.magnitude))
     grid = CountingGrid(server.grid, server.meta)
     server.wait_for_nodes()
+    stats = server.meta.setdefault("agg-stats", {})
     while not server.done():
         res = strategy.start(grid=grid, initial_arrays=state_to_record(server.core), num_rounds=1,
                              timeout=server.cfg.deadline,
                              train_config=ConfigRecord(server.client_config()))
         if res.arrays is not None and len(res.arrays):
-            server.core = merge_fixed(record_to_state(res.arrays), server.core)  # Flower averages every array
-        server._update_served()  # the same serving EMA option as the async methods (per round)
+            new = merge_fixed(record_to_state(res.arrays), server.core)  # Flower averages every array
+            if server.safe(new):
+                server.core = new
+            else:  # the round counts, its model does not
+                stats["unsafe"] = stats.get("unsafe", 0) + 1
+        server.update_served()  # the same serving EMA option as the async methods (per round)
         n = grid.replies
         grid.replies = 0
         server.version += 1
         server.accepted += n
-        server._record(n)
+        server.record(n)
         log.info("fedavg round %d: acc %.4f at t=%.1f", server.version,
                  server.meta["curve"][-1]["acc"], server.elapsed())
         server.save()

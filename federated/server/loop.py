@@ -1,19 +1,21 @@
-"""Flower ServerApp: an asynchronous loop (no rounds) on Grid.push_messages / pull_messages.
+"""The asynchronous server loop (no rounds) on Flower's Grid.push_messages / pull_messages.
 
 Each pass of the loop
-  1. re-reads ``grid.get_node_ids()`` so nodes that join mid-run get work,
+  1. re-reads ``grid.get_node_ids()`` so nodes that join mid-run get work (and says so, now and
+     then, while no node is connected),
   2. pushes a clone of the current core model (with its version) to every idle node,
   3. pulls whatever replies have arrived; error replies (node unavailable, client rejected its
-     data) are logged and the node is freed; replies of the wrong shape/keys, without examples,
-     with a wrong base version or too stale are rejected with a logged reason,
+     data) are logged and the node is freed; every other reply is checked field by field
+     (messages.py) before anything of it is used, and a bad one is rejected with a logged reason,
   4. expires messages past their own deadline (a SIGKILLed node never answers and Flower's
      heartbeat takes about a minute to notice); deadlines are per node (node_deadline): a slow
      node gets more time, a dead one a growing, bounded wait,
-  5. when the aggregator is ready (K buffered) it updates the core model and bumps the version,
+  5. when the strategy is ready (K buffered) it computes the next core; the core is checked
+     (finite, weights not beyond the bound of state.MagnitudeCheck) before it is committed, and
+     an unsafe step is dropped with the strategy's state restored,
   6. checkpoints atomically after every accepted update and every core update.
-The same loop runs on a real SuperLink and on the virtual-clock grid (simulate.py), which
-advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own FedAvg instead
-(fedavg_baseline.py).
+The same loop runs on a real SuperLink (app.py) and on the virtual-clock grid (sim/), which
+advances virtual time when the loop sleeps. ``method=fedavg`` runs Flower's own FedAvg (fedavg.py).
 """
 from __future__ import annotations
 
@@ -22,25 +24,24 @@ import time
 from collections import Counter
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.serverapp import Grid, ServerApp
+import torch
+from flwr.serverapp import Grid
 
 from edgekit.errors import EdgekitError
 
+from ..data import load_dataset
+from ..errors import CheckpointError
+from ..models import accuracy, build_model, get_state, parameter_names, set_state
+from ..state import MagnitudeCheck, record_bytes, shape_mismatch, state_to_record
+from ..strategies import ServerContext, make_strategy
+from ..strategies.base import Rejected
 from . import checkpoint as ckpt
-from .config import FedConfig
-from .models import record_bytes
-from .strategies import Rejected, Update, _reply_problem
+from .fedavg import run_fedavg
+from .messages import instruction, read_reply
 
 log = logging.getLogger("edgekit.federated")
-# (result-meta key, aggregator attribute): node id -> updates contributed / latest claimed examples
-NODE_TALLIES = (("node-counts", "node_counts"), ("node-claims", "claims"))
-# FedConfig fields passed to the aggregator under the same name
-AGGREGATOR_FIELDS = ("buffer_size", "attend", "init", "screen", "guard", "clip", "temperature", "seed",
-                     "server_lr", "server_momentum", "staleness", "distill_accept", "example_weighting",
-                     "example_cap", "teacher_window", "combine", "refill", "guard_window",
-                     "rate_weighting", "norm_history", "lr_decay", "norm_per_step", "batch_size",
-                     "cached_updates", "max_staleness")
+AGG_STATS = ("dropped", "guarded", "deferred", "at-chance", "evicted", "distilled-kept", "distilled-discarded",
+             "unsafe")
 
 
 class RealClock:
@@ -54,60 +55,30 @@ class RealClock:
 class AsyncServer:
     """The asynchronous server loop (also drives Flower's FedAvg for the baseline)."""
 
-    def __init__(self, grid: Grid, cfg: FedConfig, clock=None):
-        import torch
+    GRID_ERRORS_MAX = 60
+    DEADLINE_GROWTH_MAX = 8  # a node's own deadline is at most this many times --deadline
+    IDLE_WARN_EVERY = 30.0  # clock seconds between "no node is connected" warnings
 
-        from .data import load_dataset
-        from .models import build_model, get_state
-        from .strategies import make_aggregator
-
+    def __init__(self, grid: Grid, cfg, clock=None):
         torch.set_num_threads(1)
         self.grid, self.cfg = grid, cfg
-        self.clock = clock or getattr(grid, "clock", None) or RealClock()
+        self.clock = clock or getattr(grid, "clock", None) or RealClock()  # the virtual grid has its own
         self.data = s = load_dataset(cfg.dataset, cfg.seed)
         self.model_fn = lambda: build_model(cfg.model, s.in_dim, s.n_classes, seed=cfg.seed)
-        self.aggregator = make_aggregator(
-            "fedbuff" if cfg.method == "fedavg" else cfg.method, model_fn=self.model_fn,
-            public_x=s.public_x, val_x=s.val_x, val_y=s.val_y, n_classes=s.n_classes,
-            epochs=cfg.distill_epochs, lr=cfg.distill_lr, max_wait=cfg.max_wait or None,
-            **{k: getattr(cfg, k) for k in AGGREGATOR_FIELDS})
-        self.core, self.version, self.accepted = get_state(self.model_fn()), 0, 0
+        model = self.model_fn()
+        self.core, self.version, self.accepted = get_state(model), 0, 0
+        self.magnitude = MagnitudeCheck(self.core, parameter_names(model))
+        self.strategy = None if cfg.method == "fedavg" else make_strategy(
+            cfg.method, cfg.strategy_config(), ServerContext(self.model_fn, s.public_x, s.val_x, s.val_y,
+                                                             s.n_classes, cfg.seed, cfg.batch_size, cfg.max_staleness))
         self.meta: dict = {"method": cfg.method, "curve": [], "elapsed": 0.0, "bytes-down": 0,
                            "bytes-up": 0, "rejected": {}, "errors": 0, "timeouts": 0}
         self.resumed = False
         self._grid_errors: Counter = Counter()  # per Grid call: failures in a row (see _grid_call)
-        self.served: dict | None = None  # EMA of the core (cfg.ema > 0): the model that is served
+        self.served: dict | None = None  # EMA of the core (ema > 0): the model that is served
         self.ema_updates = 0  # EMA updates so far (for the warm-up)
         if cfg.checkpoint_dir:
-            st = ckpt.load(cfg.checkpoint_dir)
-            if st is not None:
-                if st.meta.get("method") != cfg.method:
-                    raise ckpt.CheckpointError(
-                        f"checkpoint in {cfg.checkpoint_dir} is for method {st.meta.get('method')!r},"
-                        f" not {cfg.method!r}", "use another --checkpoint-dir")
-                from .models import shape_mismatch
-
-                if (why := shape_mismatch(st.core, self.core)) is not None:
-                    raise ckpt.CheckpointError(f"checkpoint does not fit the model: {why}")
-                self.core, self.version, self.accepted = st.core, st.version, st.accepted
-                self.aggregator.buffer, self.meta = st.buffer, {**self.meta, **st.meta}
-                mom = {k[9:]: v for k, v in st.aux.items() if k.startswith("momentum/")}
-                self.aggregator.momentum = mom or None
-                self.served = {k[7:]: v for k, v in st.aux.items() if k.startswith("served/")} or None
-                if "norm-hist" in st.aux and hasattr(self.aggregator, "norm_hist"):
-                    self.aggregator.norm_hist = [float(x) for x in st.aux["norm-hist"]]
-                    self.aggregator.norm_nodes = [int(x) for x in st.aux.get("norm-nodes", [])]
-                if hasattr(self.aggregator, "cache"):
-                    self.aggregator.cache = ckpt.cache_from_arrays(st.aux)
-                if "val-hist" in st.aux and hasattr(self.aggregator, "val_hist"):
-                    self.aggregator.val_hist = [float(x) for x in st.aux["val-hist"]]
-                self.ema_updates = int(self.meta.get("ema-updates", self.version))
-                for key, attr in NODE_TALLIES:  # per-node counters of the cloned aggregator
-                    if hasattr(self.aggregator, attr):
-                        setattr(self.aggregator, attr, {int(k): int(v) for k, v in self.meta.get(key, {}).items()})
-                self.resumed = True
-                log.info("resumed from checkpoint: version %d, %d buffered, %d accepted",
-                         self.version, len(st.buffer), self.accepted)
+            self._resume()
         self.history = {self.version: self.core}
         self.inflight: dict[str, tuple[int, int, float, float]] = {}  # msg id -> node, version, deadline, sent
         # each node's own deadline (see node_deadline): learned from its replies, grown by its misses
@@ -117,16 +88,43 @@ class AsyncServer:
         self.last_sent: dict[int, tuple[int, int]] = {}  # node -> (version, clones of it sent so far)
         self.rejected: Counter = Counter(self.meta.get("rejected", {}))
         self._t0 = self.clock.now() - float(self.meta.get("elapsed", 0.0))
+        self._idle_warned = -float("inf")
         if not self.meta["curve"]:
-            self._record(0)
+            self.record(0)
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint in --checkpoint-dir, if there is one (CheckpointError if it
+        is another run's, does not fit the model, or is damaged; never a silent fresh start)."""
+        st = ckpt.load(self.cfg.checkpoint_dir)
+        if st is None:
+            return
+        p = ckpt.checkpoint_path(self.cfg.checkpoint_dir)
+        if st.method != self.cfg.method:
+            raise CheckpointError(f"checkpoint {p} is for method {st.method!r}, not {self.cfg.method!r}",
+                                  "use another --checkpoint-dir")
+        why = shape_mismatch(st.core, self.core) or self.magnitude.problem(st.core) \
+            or (shape_mismatch(st.served, self.core) if st.served is not None else None)
+        if why is not None:
+            raise CheckpointError(f"checkpoint {p} does not fit the model: {why}",
+                                  "use another --checkpoint-dir, or the model it was written for")
+        if self.strategy is not None:
+            try:
+                self.strategy.load_state_dict(st.strategy, reference=st.core)
+            except (KeyError, ValueError, TypeError, IndexError) as err:
+                raise CheckpointError(f"checkpoint {p}: the {self.cfg.method} state is incomplete or malformed "
+                                      f"({type(err).__name__}: {err})", ckpt.FIX) from None
+        self.core, self.version, self.accepted = st.core, st.version, st.accepted
+        self.meta, self.served = {**self.meta, **st.meta}, st.served
+        self.ema_updates = int(self.meta.get("ema-updates", self.version))
+        self.resumed = True
+        log.info("resumed from checkpoint: version %d, %d buffered, %d accepted", self.version,
+                 len(self.strategy.buffer) if self.strategy is not None else 0, self.accepted)
 
     # ----------------------------------------------------------------- bookkeeping
     def elapsed(self) -> float:
         return self.clock.now() - self._t0
 
     def accuracy(self, split: str = "test") -> float:
-        from .models import accuracy, set_state
-
         x, y = (self.data.val_x, self.data.val_y) if split == "val" else (self.data.test_x, self.data.test_y)
         return accuracy(set_state(self.model_fn(), self.serving()), x, y)
 
@@ -138,7 +136,7 @@ class AsyncServer:
         """The model the server serves and evaluates: the core, or its EMA over versions."""
         return self.served if (self.ema > 0 and self.served is not None) else self.core
 
-    def _update_served(self) -> None:
+    def update_served(self) -> None:
         if self.ema <= 0:
             return
         if self.served is None:
@@ -152,7 +150,7 @@ class AsyncServer:
             self.served = {k: (b * self.served[k] + (1 - b) * v).astype(v.dtype) if v.dtype.kind == "f" else v
                            for k, v in self.core.items()}  # integer buffers: the core's
 
-    def _record(self, used: int) -> None:
+    def record(self, used: int) -> None:
         """One curve point. ``acc`` is test accuracy (reported only); ``val`` is the server's
         validation accuracy, the only number hyper-parameters are chosen on."""
         m = self.meta
@@ -164,22 +162,11 @@ class AsyncServer:
     def save(self) -> None:
         self.meta["elapsed"] = self.elapsed()
         self.meta["rejected"] = dict(self.rejected)
-        for key, attr in NODE_TALLIES:
-            if getattr(self.aggregator, attr, None):
-                self.meta[key] = {str(k): v for k, v in getattr(self.aggregator, attr).items()}
         if self.cfg.checkpoint_dir:
-            mom = getattr(self.aggregator, "momentum", None) or {}
-            aux = {f"momentum/{k}": v for k, v in mom.items()}
-            aux.update({f"served/{k}": v for k, v in (self.served or {}).items()})
-            hist = getattr(self.aggregator, "norm_hist", None)
-            if hist:
-                aux["norm-hist"] = np.asarray(hist, np.float64)
-                aux["norm-nodes"] = np.asarray(self.aggregator.norm_nodes, np.uint64)  # Flower node ids are uint64
-            aux.update(ckpt.cache_arrays(getattr(self.aggregator, "cache", {})))
-            if getattr(self.aggregator, "val_hist", None):
-                aux["val-hist"] = np.asarray(self.aggregator.val_hist, np.float64)
             ckpt.save(self.cfg.checkpoint_dir, ckpt.ServerState(
-                self.core, self.version, list(self.aggregator.buffer), self.accepted, self.meta, aux=aux))
+                self.cfg.method, self.core, self.version, self.accepted, self.meta,
+                served=self.served if self.ema > 0 else None,
+                strategy=self.strategy.state_dict() if self.strategy is not None else {}))
 
     def reject(self, node: int, why: str) -> None:
         log.warning("rejected update from node %s: %s", node, why)
@@ -190,7 +177,7 @@ class AsyncServer:
         return self.version >= c.max_versions or (c.max_time > 0 and self.elapsed() >= c.max_time)
 
     # ----------------------------------------------------------------- async loop
-    def _grid_call(self, fn, *args, default):
+    def grid_call(self, fn, *args, default):
         """A Grid call; a failure (SuperLink hiccup, a node killed mid-transfer) is logged and
         retried on the next pass instead of ending the run. Persistent failure still raises."""
         name = fn.__name__
@@ -210,22 +197,25 @@ class AsyncServer:
         self._grid_errors[name] = 0
         return out
 
-    GRID_ERRORS_MAX = 60
-    DEADLINE_GROWTH_MAX = 8  # a node's own deadline is at most this many times --deadline
-
     def node_deadline(self, node: int) -> float:
         """How long a clone sent to ``node`` may take: --deadline until the node has answered or
         missed; then twice its last round trip, doubled by each miss (bounded)."""
         return self.node_timeout.get(node, self.cfg.deadline)
 
-    def dispatch(self) -> int:
-        from .models import state_to_record
+    def _say_idle(self, now: float) -> None:
+        if now - self._idle_warned >= self.IDLE_WARN_EVERY:
+            self._idle_warned = now
+            log.warning("no node is connected (core version %d, %d clone(s) in flight); waiting for nodes",
+                        self.version, len(self.inflight))
 
+    def dispatch(self) -> int:
         now = self.clock.now()
-        online = self._grid_call(self.grid.get_node_ids, default=None)
+        online = self.grid_call(self.grid.get_node_ids, default=None)
         if online is None:
             return 0
         online = {int(n) for n in online}
+        if not online:
+            self._say_idle(now)
         # a node that left the grid (churn; or a dead node once Flower's heartbeat noticed) cannot
         # answer: its node is free again at once, without a back-off, when it returns. Its message
         # stays pullable until its deadline (a reply sent just before leaving is still accepted)
@@ -248,11 +238,9 @@ class AsyncServer:
             v, count = self.last_sent.get(int(n), (-1, 0))
             repeat = count if v == self.version else 0
             self.last_sent[int(n)] = (self.version, repeat + 1)
-            content = RecordDict({"arrays": rec,
-                                  "config": ConfigRecord({**self.client_config(), "repeat": repeat})})
-            msgs.append(Message(content, dst_node_id=int(n), message_type="train",
-                                ttl=max(2 * self.node_deadline(int(n)), 10.0), group_id=str(self.version)))
-        ids = list(self._grid_call(self.grid.push_messages, msgs, default=[]))
+            msgs.append(instruction(rec, {**self.client_config(), "repeat": repeat}, node=n, version=self.version,
+                                    ttl=max(2 * self.node_deadline(int(n)), 10.0)))
+        ids = list(self.grid_call(self.grid.push_messages, msgs, default=[]))
         for n, mid in zip(nodes, ids):
             if mid:
                 self.inflight[mid] = (int(n), self.version, now + self.node_deadline(int(n)), now)
@@ -263,7 +251,7 @@ class AsyncServer:
         if not self.inflight:
             return 0
         got = 0
-        for reply in self._grid_call(self.grid.pull_messages, list(self.inflight), default=[]):
+        for reply in self.grid_call(self.grid.pull_messages, list(self.inflight), default=[]):
             key = reply.metadata.reply_to_message_id
             if key not in self.inflight:
                 continue
@@ -273,10 +261,13 @@ class AsyncServer:
             if reply.has_error():
                 self.meta["errors"] += 1
                 log.warning("node %s replied with an error (code %s): %s", node,
-                            reply.error.code, reply.error.reason)
+                            reply.error.code, str(reply.error.reason)[:300])
                 self.backoff[node] = self.clock.now() + self.cfg.deadline / 4
                 continue
-            self.meta["bytes-up"] += record_bytes(reply.content)
+            try:
+                self.meta["bytes-up"] += record_bytes(reply.content)
+            except Exception:  # noqa: BLE001 - undecodable arrays: read_reply rejects the reply
+                pass
             self.backoff.pop(node, None)
             # a node that answers: twice its measured round trip (never below --deadline)
             self.node_timeout[node] = min(max(self.cfg.deadline, 2.0 * (self.clock.now() - sent)),
@@ -284,31 +275,20 @@ class AsyncServer:
             self.accept(node, version, reply)
         return got
 
-    def accept(self, node: int, version: int, reply: Message) -> None:
-        from .models import record_to_state, shape_mismatch
-
-        why = _reply_problem(reply, self.core, record_to_state, shape_mismatch)
-        if why is None:
-            m = reply.content.metric_records["metrics"]
-            base = int(m.get("base-version", -1))
-            if base != version:
-                why = f"base version {base} does not match the dispatched version {version}"
-            elif self.version - base > self.cfg.max_staleness:
-                why = f"too stale: base version {base}, core version {self.version}"
-        if why is not None:
-            return self.reject(node, why)
-        m = reply.content.metric_records["metrics"]
-        upd = Update(node_id=node, base_version=version, num_examples=int(m["num-examples"]),
-                     state=record_to_state(reply.content.array_records["arrays"]),
-                     arrived=self.clock.now(),
-                     metrics={k: float(v) for k, v in m.items() if isinstance(v, (int, float))})
+    def accept(self, node: int, version: int, reply) -> None:
+        """Take a reply in: every field is checked before any state is touched (a bad reply costs
+        that reply only), then the strategy buffers it and the server checkpoints."""
         try:
-            self.aggregator.add(upd, self.history)
+            upd = read_reply(reply, node=node, version=version, reference=self.core, magnitude=self.magnitude,
+                             arrived=self.clock.now())
+            if self.version - upd.base_version > self.cfg.max_staleness:
+                raise Rejected(f"too stale: base version {upd.base_version}, core version {self.version}")
+            self.strategy.add(upd, self.history)
         except Rejected as err:
             return self.reject(node, str(err))
         self.accepted += 1
         by = self.meta.setdefault("by-partition", {})
-        pid = str(int(m.get("partition-id", -1)))
+        pid = str(int(upd.metrics.get("partition-id", -1)))
         by[pid] = by.get(pid, 0) + 1
         self.save()  # no accepted update is lost if the server dies now
 
@@ -331,36 +311,53 @@ class AsyncServer:
                             deadline - sent, version, self.node_timeout[node])
 
     def maybe_aggregate(self) -> bool:
-        if not self.aggregator.ready(self.clock.now()):
+        if not self.strategy.ready(self.clock.now()):
             return False
-        new, info = self.aggregator.aggregate(self.core, self.version)
+        before = self.strategy.state_dict()
+        new, info = self.strategy.aggregate(self.core, self.version)
+        if not (info.get("guarded") or info.get("deferred")) and not self.safe(new):
+            # the updates of this step leave with it; the strategy's history is as before the step
+            self.strategy.load_state_dict({**before, "buffer": []})
+            info["unsafe"] = 1
         stats = self.meta.setdefault("agg-stats", {})
-        for k in ("dropped", "guarded", "deferred", "at-chance", "evicted", "distilled-kept",
-                  "distilled-discarded"):
+        for k in AGG_STATS:
             stats[k] = stats.get(k, 0) + int(info.get(k, 0))
-        if info.get("guarded") or info.get("deferred"):  # the core did not change: keep its version (no false staleness)
-            self.save()
+        if info.get("guarded") or info.get("deferred") or info.get("unsafe"):
+            self.save()  # the core did not change: keep its version (no false staleness)
             return True
-        self.core, self.version = new, self.version + 1
-        self._update_served()
-        self.history[self.version] = new
-        for v in [v for v in self.history if v < self.version - self.cfg.max_staleness]:
-            del self.history[v]
-        self._record(int(info.get("used", 0)))
+        self.commit(new, int(info.get("used", 0)))
         log.info("core v%d: acc %.4f (used %s, dropped %s) at t=%.1f", self.version,
                  self.meta["curve"][-1]["acc"], info.get("used"), info.get("dropped"), self.elapsed())
         self.save()
         return True
 
+    def safe(self, new: dict) -> bool:
+        """Whether a new core may be committed: the model's keys and shapes, finite, and weights
+        within the bound (state.MagnitudeCheck), from the very first step."""
+        why = shape_mismatch(new, self.core) or self.magnitude.problem(new)
+        if why is not None:
+            log.warning("core step dropped (the core stays at version %d): %s", self.version, why)
+        return why is None
+
+    def commit(self, new: dict, used: int) -> None:
+        self.core, self.version = new, self.version + 1
+        self.update_served()
+        self.history[self.version] = new
+        for v in [v for v in self.history if v < self.version - self.cfg.max_staleness]:
+            del self.history[v]
+        self.record(used)
+
     def wait_for_nodes(self) -> None:
         t_end = self.clock.now() + max(self.cfg.deadline, 30.0)
-        while len(list(self.grid.get_node_ids())) < self.cfg.min_nodes and self.clock.now() < t_end:
+        n = 0
+        while (n := len(list(self.grid.get_node_ids()))) < self.cfg.min_nodes and self.clock.now() < t_end:
             self.clock.sleep(self.cfg.poll)
+        if n < self.cfg.min_nodes:
+            log.warning("%d of the %d nodes asked for (--min-nodes) are connected; starting anyway", n,
+                        self.cfg.min_nodes)
 
     def run(self) -> dict:
         if self.cfg.method == "fedavg":
-            from .fedavg_baseline import run_fedavg
-
             return run_fedavg(self)
         self.wait_for_nodes()
         while not self.done():
@@ -389,23 +386,8 @@ class AsyncServer:
                   "bytes": self.meta["bytes-down"] + self.meta["bytes-up"],
                   "rejected": dict(self.rejected), "errors": self.meta["errors"],
                   "timeouts": self.meta["timeouts"], "departed": self.meta.get("departed", 0),
-                  "resumed": self.resumed,
-                  "by_partition": self.meta.get("by-partition", {}),
-                  "agg_stats": self.meta.get("agg-stats", {}),
-                  "curve": self.meta["curve"]}
+                  "resumed": self.resumed, "by_partition": self.meta.get("by-partition", {}),
+                  "agg_stats": self.meta.get("agg-stats", {}), "curve": self.meta["curve"]}
         if self.cfg.out:
             ckpt.write_json_atomic(self.cfg.out, result)
         return result
-
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.INFO)
-    cfg = FedConfig.from_run_config(context.run_config)
-    result = AsyncServer(grid, cfg).run()
-    log.info("finished: method %s, version %d, final accuracy %.4f", result["method"],
-             result["version"], result["final_acc"])

@@ -15,7 +15,8 @@ classes the server sends, so such a node needs no copy of the data set) and, for
 experiments only, attack = label-flip | random-weights | scaled (a deliberately malicious client).
 
 ``model`` is mlp | cnn or the user's ``pkg.mod:fn`` / ``/abs/path/file.py:fn`` (usermodel.py): the
-node imports it, so the module or file must be there too.
+node imports it, so the module or file must be there too. The virtual-clock simulation calls
+:func:`train_clone` directly.
 A node whose data is empty or malformed, or that cannot build the model (import failure), replies
 with a Flower ``Error`` naming the reason (and logs it), so the server can skip it without crashing.
 """
@@ -25,10 +26,15 @@ import logging
 import os
 
 import numpy as np
+import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from edgekit.errors import DataError, EdgekitError
+
+from .data import load_dataset, load_node_file, load_partition
+from .models import build_model, get_state, set_state, train_local
+from .state import record_to_state, state_to_record
 
 log = logging.getLogger("edgekit.federated")
 
@@ -47,11 +53,6 @@ def _cfg(msg: Message) -> dict:
 def train_clone(msg: Message, context: Context) -> Message:
     """The whole client step (also called directly by the virtual-clock simulation)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    from .data import load_dataset, load_node_file, load_partition
-    from .models import build_model, get_state, record_to_state, set_state, state_to_record, train_local
-
     torch.set_num_threads(1)
     node = context.node_config
     cfg = _cfg(msg)
