@@ -14,12 +14,13 @@ pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
 from edgekit.federated.config import FedConfig  # noqa: E402
-from edgekit.federated.server_app import AsyncServer  # noqa: E402
-from edgekit.federated.simulate import VirtualGrid, make_profiles  # noqa: E402
+from edgekit.federated.server.loop import AsyncServer  # noqa: E402
+from edgekit.federated.sim.grid import VirtualGrid  # noqa: E402
+from edgekit.federated.sim.nodes import make_profiles  # noqa: E402
 
 
 def _server(profiles, **kw):
-    grid = VirtualGrid(profiles).configure("digits", 0, 0.5)
+    grid = VirtualGrid(profiles)
     cfg = FedConfig(**{**dict(method="fedbuff", dataset="digits", buffer_size=1, deadline=10.0, poll=1.0,
                               max_versions=10**6, max_time=400.0, epochs=1), **kw})
     return AsyncServer(grid, cfg)
@@ -75,7 +76,7 @@ def test_a_repeated_version_is_trained_with_a_fresh_seed():
         srv.collect()
     node0 = [r for n, r in sent if n == prof[0].node_id]
     assert node0 == [0, 1, 2]
-    states = [u.state for u in srv.aggregator.buffer if u.node_id == prof[0].node_id]
+    states = [u.state for u in srv.strategy.buffer if u.node_id == prof[0].node_id]
     assert len(states) == 3
     assert not any(np.array_equal(states[0][k], states[1][k]) for k in states[0])  # not one update thrice
 
@@ -84,8 +85,9 @@ def test_repeat_zero_keeps_the_old_training_seed():
     """FedAvg sends each round once (no ``repeat``): its clients train exactly as before."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import train_clone
-    from edgekit.federated.models import build_model, get_state, record_to_state, state_to_record
+    from edgekit.federated.client import train_clone
+    from edgekit.federated.models import build_model, get_state
+    from edgekit.federated.state import record_to_state, state_to_record
 
     core = get_state(build_model("mlp", 64, 10))
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 4},
@@ -105,8 +107,8 @@ def test_repeat_zero_keeps_the_old_training_seed():
 def test_fedavg_counting_grid_counts_replies_and_bytes_on_both_paths():
     from flwr.app import RecordDict
 
-    from edgekit.federated.fedavg_baseline import CountingGrid
-    from edgekit.federated.models import state_to_record
+    from edgekit.federated.server.fedavg import CountingGrid
+    from edgekit.federated.state import state_to_record
 
     class Reply:
         def __init__(self, err):

@@ -15,11 +15,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
-from edgekit.federated import checkpoint as ckpt  # noqa: E402
+from edgekit.federated.server import checkpoint as ckpt  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import dirichlet_partition  # noqa: E402
 from edgekit.federated.models import build_model, get_state, set_state, train_local  # noqa: E402
-from edgekit.federated.strategies import ClonedDistillation, Update  # noqa: E402
+from edgekit.federated.strategies.base import Update  # noqa: E402
+from tests.federated.helpers import cloned  # noqa: E402
 
 D = 0.01  # the size of every crafted update, per weight
 
@@ -33,8 +34,7 @@ def core(fed_digits):
 
 def _agg(fed_digits, **kw):
     kw.setdefault("epochs", 0)
-    return ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
-                              fed_digits.val_y, 10, **kw)
+    return cloned(fed_digits, **kw)
 
 
 def _step(agg, core, version, signs_nodes, base=None):
@@ -97,22 +97,23 @@ def test_a_guarded_step_leaves_the_cache_as_it_was(fed_digits, core):
 
 
 def test_the_cache_survives_a_restart(tmp_path):
-    from edgekit.federated.server_app import AsyncServer
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.server.loop import AsyncServer
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     grid = VirtualGrid(make_profiles(4, seed=0, horizon=400, churn=False, sec_per_example=0.02)
-                       ).configure("digits", 0, 0.5)
+                       )
     kw = dict(method="cloned", dataset="digits", buffer_size=2, deadline=60.0, poll=1.0,
               max_time=2000.0, checkpoint_dir=str(tmp_path))
     srv = AsyncServer(grid, FedConfig(max_versions=3, **kw))
     srv.run()
-    cache = srv.aggregator.cache
+    cache = srv.strategy.cache
     assert cache  # filled by the run's steps
     b, w, d = next(iter(cache.values()))
     cache[2**64 - 1] = (b, 2 * w, {k: -v for k, v in d.items()})  # real Flower node ids are uint64
     srv.save()
-    assert "cache-nodes" in ckpt.load(tmp_path).aux
-    back = AsyncServer(grid, FedConfig(max_versions=4, **kw)).aggregator.cache
+    assert ckpt.load(tmp_path).strategy["cache"]
+    back = AsyncServer(grid, FedConfig(max_versions=4, **kw)).strategy.cache
     assert sorted(back) == sorted(cache)
     for n, (b, w, d) in cache.items():
         assert back[n][:2] == (b, w) and sorted(back[n][2]) == sorted(d)

@@ -14,18 +14,20 @@ pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
 from edgekit.errors import DataError  # noqa: E402
-from edgekit.federated import checkpoint as ckpt  # noqa: E402
+from edgekit.federated.server import checkpoint as ckpt  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import dirichlet_partition, load_dataset, load_partition  # noqa: E402
 from edgekit.federated.models import accuracy, build_model, get_state, set_state, train_local  # noqa: E402
-from edgekit.federated.strategies import Update  # noqa: E402
+from edgekit.federated.strategies.base import Update  # noqa: E402
+from tests.federated.helpers import cloned  # noqa: E402
 
 
 def _grid(n=4, **kw):
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     prof = make_profiles(n, seed=0, horizon=400, churn=False, sec_per_example=0.02, **kw)
-    return VirtualGrid(prof).configure("digits", 0, 0.5), prof
+    return VirtualGrid(prof), prof
 
 
 def _cfg(**kw):
@@ -60,9 +62,9 @@ def test_empty_and_malformed_partitions_are_rejected(tmp_path):
 def test_client_replies_error_with_reason_for_bad_data(tmp_path, caplog):
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import ERR_DATA, train_clone
-    from edgekit.federated.models import state_to_record
-    from edgekit.federated.simulate import VirtualGrid  # sets a local task identity
+    from edgekit.federated.client import ERR_DATA, train_clone
+    from edgekit.federated.state import state_to_record
+    from edgekit.federated.sim.grid import VirtualGrid  # sets a local task identity
 
     VirtualGrid([])
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 64), np.float32), y=np.zeros(0, np.int64))
@@ -84,7 +86,7 @@ def test_client_replies_error_with_reason_for_bad_data(tmp_path, caplog):
 
 
 def test_screening_drops_malicious_teachers(fed_digits):
-    from edgekit.federated.distill import screen_teachers
+    from edgekit.federated.strategies.screening import screen_teachers
 
     core = build_model("mlp", 64, 10)
     core_state = get_state(core)
@@ -106,25 +108,29 @@ def test_screening_drops_malicious_teachers(fed_digits):
 
 
 def test_distillation_transfers_and_attend_knob(fed_digits):
-    from edgekit.federated.distill import distill, staleness_weight
+    from edgekit.federated.strategies.base import staleness_weight
+    from edgekit.federated.strategies.distill import distill
 
     teacher = build_model("mlp", 64, 10, seed=1)
     train_local(teacher, fed_digits.pool_x, fed_digits.pool_y, epochs=10, lr=0.1)
     t_acc = accuracy(teacher, fed_digits.test_x, fed_digits.test_y)
     student = build_model("mlp", 64, 10, seed=2)
     before = get_state(student)
-    distill(student, [teacher], [1.0], fed_digits.public_x, attend=1.0, epochs=30, lr=3e-3, optimizer="adam")
+    distill(student, [teacher], [1.0], fed_digits.public_x, attend=1.0, epochs=30, lr=0.05)
     assert accuracy(student, fed_digits.test_x, fed_digits.test_y) > 0.6 * t_acc
     keep = set_state(build_model("mlp", 64, 10, seed=2), before)
-    distill(keep, [teacher], [1.0], fed_digits.public_x, attend=0.0, epochs=5, lr=3e-3, optimizer="adam")
+    distill(keep, [teacher], [1.0], fed_digits.public_x, attend=0.0, epochs=5, lr=0.05)
     assert accuracy(keep, fed_digits.test_x, fed_digits.test_y) < 0.4  # retains its own (untrained) view
     assert staleness_weight(0) == 1.0 > staleness_weight(3) > staleness_weight(10)
 
 
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
-    state = ckpt.ServerState({"w": np.ones((2, 2), np.float32)}, 3,
-                             [Update(5, 2, 10, {"w": np.zeros((2, 2), np.float32)}, 1.5, {"a": 1.0})], 7,
-                             {"method": "cloned", "curve": []})
+    from edgekit.federated.strategies.fedbuff import FedBuff, FedBuffConfig
+
+    strategy = FedBuff(FedBuffConfig())
+    strategy.buffer = [Update(5, 2, 10, {"w": np.zeros((2, 2), np.float32)}, 1.5, {"a": 1.0})]
+    state = ckpt.ServerState("fedbuff", {"w": np.ones((2, 2), np.float32)}, 3, 7, {"curve": []},
+                             strategy=strategy.state_dict())
     ckpt.save(tmp_path, state)
     real_savez = np.savez
 
@@ -134,19 +140,22 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", dying_savez)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save(tmp_path, ckpt.ServerState({"w": np.full((2, 2), 9, np.float32)}, 4, [], 8, {"method": "cloned"}))
+        ckpt.save(tmp_path, ckpt.ServerState("fedbuff", {"w": np.full((2, 2), 9, np.float32)}, 4, 8, {"curve": []}))
     monkeypatch.setattr(np, "savez", real_savez)
     back = ckpt.load(tmp_path)
-    assert back.version == 3 and back.accepted == 7 and back.buffer[0].node_id == 5
-    assert back.buffer[0].metrics == {"a": 1.0} and np.all(back.core["w"] == 1)
+    assert back.version == 3 and back.accepted == 7 and np.all(back.core["w"] == 1)
+    again = FedBuff(FedBuffConfig())
+    again.load_state_dict(back.strategy, reference={"w": np.ones((2, 2), np.float32)})
+    assert again.buffer[0].node_id == 5 and again.buffer[0].metrics == {"a": 1.0}
+    np.testing.assert_array_equal(again.buffer[0].state["w"], 0)
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.CKPT_NAME]
 
 
 def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_path):
     from flwr.app import Message, MetricRecord, RecordDict
 
-    from edgekit.federated.client_app import train_clone
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.client import train_clone
+    from edgekit.federated.server.loop import AsyncServer
 
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 64), np.float32), y=np.zeros(0, np.int64))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -177,8 +186,8 @@ def test_server_rejects_wrong_shapes_and_errors_without_crashing(caplog, tmp_pat
 
 def test_fedavg_drops_wrong_shape_replies_with_reason(caplog):
     """Flower's FedAvg would crash on a reply of the wrong shape; ours logs and drops it."""
-    from edgekit.federated.client_app import train_clone
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.client import train_clone
+    from edgekit.federated.server.loop import AsyncServer
 
     grid, prof = _grid(4)
     bad = prof[0].node_id
@@ -208,13 +217,10 @@ def _teacher_buffer(fed_digits, n=4, version=0):
 
 
 def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(fed_digits):
-    from edgekit.federated.strategies import ClonedDistillation
-
     core, ups = _teacher_buffer(fed_digits)
 
     def agg(**kw):
-        a = ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
-                               fed_digits.val_y, 10, buffer_size=len(ups), guard=1.0, refill=False, **kw)
+        a = cloned(fed_digits, buffer_size=len(ups), guard=1.0, refill=False, **kw)
         for u in ups:
             a.add(u, {0: core})
         return a.aggregate(core, 0)
@@ -229,30 +235,27 @@ def test_distillation_is_kept_only_if_it_beats_the_start_on_validation(fed_digit
     bad, _ = agg(epochs=2, lr=50.0, distill_accept=False)
     assert val(bad) < val(start)
     # a sane step is kept only when it helps on validation; it is never worse
-    ok, info = agg(epochs=1, lr=0.05, teacher_window=8)
+    ok, info = agg(epochs=1, lr=0.05)
     assert val(ok) >= val(start) and (info.get("distilled-kept", 0) + info.get("distilled-discarded", 0)) == 1
 
 
-def test_server_momentum_and_served_ema_survive_a_restart(tmp_path):
-    from edgekit.federated.server_app import AsyncServer
+def test_the_served_ema_survives_a_restart(tmp_path):
+    from edgekit.federated.server.loop import AsyncServer
 
     grid, _ = _grid(4)
-    cfg = _cfg(method="fedbuff", server_momentum=0.5, ema=0.8, max_versions=3, checkpoint_dir=str(tmp_path))
+    cfg = _cfg(method="fedbuff", ema=0.8, max_versions=3, checkpoint_dir=str(tmp_path))
     srv = AsyncServer(grid, cfg)
     srv.run()
-    st = ckpt.load(tmp_path)
-    assert any(k.startswith("momentum/") for k in st.aux) and any(k.startswith("served/") for k in st.aux)
-    back = AsyncServer(grid, _cfg(method="fedbuff", server_momentum=0.5, ema=0.8, max_versions=4,
-                                  checkpoint_dir=str(tmp_path)))
-    assert back.resumed
+    assert ckpt.load(tmp_path).served is not None
+    back = AsyncServer(grid, _cfg(method="fedbuff", ema=0.8, max_versions=4, checkpoint_dir=str(tmp_path)))
+    assert back.resumed and back.ema_updates == srv.ema_updates
     for k in srv.core:
         np.testing.assert_array_equal(back.served[k], srv.served[k])
-        np.testing.assert_array_equal(back.aggregator.momentum[k], srv.aggregator.momentum[k])
     assert not all(np.array_equal(srv.served[k], srv.core[k]) for k in srv.core)  # EMA != core
 
 
 def test_resume_from_checkpoint_loses_no_accepted_update(tmp_path):
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.server.loop import AsyncServer
 
     class Crash(Exception):
         pass
@@ -260,7 +263,7 @@ def test_resume_from_checkpoint_loses_no_accepted_update(tmp_path):
     grid, _ = _grid(4)
     cfg = _cfg(buffer_size=3, max_versions=3, checkpoint_dir=str(tmp_path))
     srv = AsyncServer(grid, cfg)
-    real = srv.aggregator.add
+    real = srv.strategy.add
 
     def add_then_maybe_crash(update, history):
         real(update, history)
@@ -269,20 +272,20 @@ def test_resume_from_checkpoint_loses_no_accepted_update(tmp_path):
             srv.save()
             raise Crash()
 
-    srv.aggregator.add = add_then_maybe_crash
+    srv.strategy.add = add_then_maybe_crash
     with pytest.raises(Crash):
         srv.run()
-    buffered = [u.node_id for u in srv.aggregator.buffer]
+    buffered = [u.node_id for u in srv.strategy.buffer]
     srv2 = AsyncServer(grid, cfg)
     assert srv2.resumed and srv2.version == 1 and srv2.accepted == 4
-    assert [u.node_id for u in srv2.aggregator.buffer] == buffered and len(buffered) == 1
+    assert [u.node_id for u in srv2.strategy.buffer] == buffered and len(buffered) == 1
     np.testing.assert_array_equal(srv2.core["net.0.weight"], srv.core["net.0.weight"])
     res = srv2.run()
     assert res["version"] == 3 and res["accepted"] >= 4 + 2 * 3 - 1 and res["resumed"]
 
 
 def test_simulation_learns_with_churn_and_is_deterministic():
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated.sim import simulate
 
     a = simulate("fedbuff", clients=6, seed=1, horizon=300, buffer_size=3)
     b = simulate("fedbuff", clients=6, seed=1, horizon=300, buffer_size=3)
@@ -311,22 +314,21 @@ def test_cli_simulate_json():
     assert bad.exit_code != 0
 
 
-def test_flwr_app_config_matches_the_defaults():
+def test_the_app_command_lists_every_setting_with_its_default(tmp_path):
     import tomllib
-    from pathlib import Path
 
-    import edgekit.federated
+    from tests.conftest import run_cli
 
-    app = Path(edgekit.federated.__file__).parent / "flwr_app" / "pyproject.toml"
-    cfg = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
-    want = FedConfig().to_run_config()
-    assert set(cfg) == set(want)
-    assert {k: v for k, v in cfg.items() if k not in ("checkpoint-dir", "out")} == \
-        {k: v for k, v in want.items() if k not in ("checkpoint-dir", "out")}
+    res = run_cli("federated", "app", tmp_path / "app", "--set", "ema=0.95", timeout=60)
+    assert res.returncode == 0, res.stderr
+    app = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["config"] == {**FedConfig().to_run_config(), "ema": 0.95}
+    assert app["components"] == {"serverapp": "edgekit.federated.server.app:app",
+                                 "clientapp": "edgekit.federated.client:app"}
 
 
 def test_transient_grid_errors_do_not_end_the_run(caplog):
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.server.loop import AsyncServer
 
     grid, _ = _grid(4)
     real_pull, calls = grid.pull_messages, {"n": 0}
@@ -349,51 +351,3 @@ def _wrong_shape_reply(reply, msg, shape):
 
     arrays = {k: Array(np.zeros(shape, np.float32)) for k in reply.content["arrays"].keys()}
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": reply.content["metrics"]}), reply_to=msg)
-
-
-def test_bayes_targets_ignore_a_teacher_that_carries_no_evidence():
-    """A teacher that predicts class 0 for everything (it only ever saw class 0) drags the plain
-    mean of the teachers to class 0; through its confusion matrix it carries no evidence, so the
-    Bayesian combination follows the competent teacher."""
-    import torch
-    from torch import nn
-
-    from edgekit.federated.distill import bayes_targets, soft_labels
-
-    rng = np.random.default_rng(0)
-    n_cls = 3
-    y = rng.integers(0, n_cls, 300)
-    x = (np.eye(n_cls)[y] + 0.3 * rng.standard_normal((300, n_cls))).astype(np.float32)
-    good, zero = nn.Linear(n_cls, n_cls), nn.Linear(n_cls, n_cls)
-    with torch.no_grad():
-        good.weight.copy_(torch.eye(n_cls) * 1.5)  # right, moderately confident
-        good.bias.zero_()
-        zero.weight.zero_()
-        zero.bias.copy_(torch.tensor([6.0, 0.0, 0.0]))  # always class 0, very confident
-    val_x, val_y, pub_x, pub_y = x[:150], y[:150], x[150:], y[150:]
-    mean = (soft_labels(good, pub_x, 1.0) + soft_labels(zero, pub_x, 1.0)) / 2
-    bayes = bayes_targets([good, zero], [1.0, 1.0], pub_x, val_x, val_y, n_cls, temperature=1.0)
-    assert torch.allclose(bayes.sum(1), torch.ones(len(pub_x)), atol=1e-5)
-    own = good(torch.from_numpy(pub_x)).argmax(1).numpy()
-    assert (bayes.argmax(1).numpy() == own).mean() > 0.95
-    assert (mean.argmax(1).numpy() == 0).mean() > 0.9  # the plain mean follows the useless teacher
-    assert (bayes.argmax(1).numpy() == pub_y).mean() > (mean.argmax(1).numpy() == pub_y).mean() + 0.3
-
-
-def test_combine_bayes_aggregates_and_is_checked(fed_digits):
-    from edgekit.errors import UsageError
-    from edgekit.federated.strategies import ClonedDistillation
-
-    core, ups = _teacher_buffer(fed_digits)
-    a = ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
-                           fed_digits.val_y, 10, buffer_size=len(ups), screen=False,
-                           epochs=1, lr=0.05, combine="bayes")
-    for u in ups:
-        a.add(u, {0: core})
-    new, info = a.aggregate(core, 0)
-    assert info["used"] == len(ups) and "distill-loss" in info
-    assert set(new) == set(core) and all(np.isfinite(v).all() for v in new.values())
-    with pytest.raises(UsageError, match="combine"):
-        FedConfig(combine="product")
-    with pytest.raises(UsageError, match="teacher-window"):
-        FedConfig(combine="bayes", teacher_window=4)

@@ -16,8 +16,8 @@ pytest.importorskip("flwr")
 pytest.importorskip("torch")
 pytest.importorskip("psutil")
 
-from edgekit.federated import checkpoint as ckpt  # noqa: E402
-from edgekit.federated import deploy  # noqa: E402
+from edgekit.federated.server import checkpoint as ckpt  # noqa: E402
+from edgekit.federated import deploy, flwr_cli  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 
 LIMIT = float(os.environ.get("EDGEKIT_FED_DEPLOY_LIMIT", "420"))  # hard bound on the whole test
@@ -41,7 +41,7 @@ def _dump_run_logs(run_ids, home, tmp_path):
 
     for rid in run_ids:
         try:
-            out = subprocess.run(["flwr", "log", str(rid), deploy.CONNECTION, "--show"], capture_output=True,
+            out = subprocess.run(["flwr", "log", str(rid), flwr_cli.CONNECTION, "--show"], capture_output=True,
                                  text=True, timeout=20, env={**os.environ, "FLWR_HOME": str(home)})
             (tmp_path / f"run-{rid}.log").write_text(out.stdout + out.stderr)
             print(f"--- ServerApp log of run {rid} (last 40 lines) ---")
@@ -76,21 +76,21 @@ def _deploy_scenario(tmp_path):
     t0 = time.monotonic()
     port = deploy.free_port()
     address = f"127.0.0.1:{port}"
-    home = deploy.write_flwr_home(tmp_path / "flwr-home", address)
+    home = flwr_cli.write_flwr_home(tmp_path / "flwr-home", address)
     env = {"FLWR_HOME": str(home)}
     procs, run_ids = [], []
     try:
         link = deploy.start_superlink(port, log_path=tmp_path / "superlink.log", env=env)
         procs.append(link)
-        deploy.wait_port("127.0.0.1", port, 30, link)
+        deploy.wait_listening(link, "127.0.0.1", port, 30)
         nodes = [deploy.start_supernode(address, i, 4, log_path=tmp_path / f"node{i}.log", env=env)
                  for i in range(3)]
         procs += nodes
         ckdir = tmp_path / "ckpt"
         cfg = FedConfig(method="cloned", max_versions=6, buffer_size=2, deadline=40.0, poll=0.3,
                         min_nodes=3, lr=0.1, checkpoint_dir=str(ckdir), out=str(tmp_path / "result.json"))
-        app = deploy.write_app_dir(tmp_path / "app", cfg.to_run_config())
-        run_ids.append(deploy.submit_run(app, home))
+        app = flwr_cli.write_app_dir(tmp_path / "app", cfg.to_run_config())
+        run_ids.append(flwr_cli.submit_run(app, home))
 
         # 1. two updates accepted -> SIGKILL client 0 (its in-flight clone never returns)
         _wait(lambda: (s := _state(ckdir)) and s.accepted >= 2, LIMIT / 3, "first updates", [link])
@@ -110,8 +110,8 @@ def _deploy_scenario(tmp_path):
         assert after_kill.accepted >= before.accepted and after_kill.version >= before.version
 
         # 4. restart: a new run of the same app resumes from the checkpoint and finishes
-        run_ids.append(deploy.submit_run(app, home))
-        result = deploy.wait_for_file(tmp_path / "result.json", max(30.0, LIMIT - (time.monotonic() - t0)),
+        run_ids.append(flwr_cli.submit_run(app, home))
+        result = flwr_cli.wait_for_file(tmp_path / "result.json", max(30.0, LIMIT - (time.monotonic() - t0)),
                                       procs=[link])
         assert result["resumed"] is True
         assert result["version"] == cfg.max_versions

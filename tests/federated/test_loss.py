@@ -64,7 +64,7 @@ def test_setting_travels_to_the_clients_and_is_checked():
     assert FedConfig(logit_adjust=1.0).client_config(3)["logit-adjust"] == 1.0
     assert FedConfig().client_config(0)["logit-adjust"] == FedConfig().logit_adjust
     assert parse_sets(["logit-adjust=0.5"]) == {"logit_adjust": 0.5}
-    assert any(k == "logit-adjust" and "label" in note for k, _, _, note in settings_table())
+    assert any(r["key"] == "logit-adjust" and "label" in r["help"] for r in settings_table())
     with pytest.raises(UsageError, match="logit-adjust must be >= 0"):
         FedConfig(logit_adjust=-1.0)
     with pytest.raises(UsageError, match="logit-adjust must be >= 0"):
@@ -76,9 +76,9 @@ def test_client_app_uses_the_setting(fed_digits):
     an instruction without the key (an older server) trains plain CE."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import train_clone
-    from edgekit.federated.models import record_to_state, state_to_record
-    from edgekit.federated.simulate import VirtualGrid  # sets a local task identity
+    from edgekit.federated.client import train_clone
+    from edgekit.federated.state import record_to_state, state_to_record
+    from edgekit.federated.sim.grid import VirtualGrid  # sets a local task identity
 
     VirtualGrid([])
     torch.manual_seed(0)

@@ -165,9 +165,10 @@ def test_client_partition_and_node_file_with_class_names(files, tmp_path):
     .npz whose string labels are mapped to the data set's class names."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import train_clone
-    from edgekit.federated.models import build_model, get_state, state_to_record
-    from edgekit.federated.simulate import VirtualGrid  # sets a local task identity
+    from edgekit.federated.client import train_clone
+    from edgekit.federated.models import build_model, get_state
+    from edgekit.federated.state import state_to_record
+    from edgekit.federated.sim.grid import VirtualGrid  # sets a local task identity
 
     VirtualGrid([])
     ds = str(files / "table.csv")

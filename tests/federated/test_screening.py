@@ -16,11 +16,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("flwr")
 torch.set_num_threads(1)
 
-from edgekit.federated import checkpoint as ckpt  # noqa: E402
+from edgekit.federated.server import checkpoint as ckpt  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
 from edgekit.federated.data import dirichlet_partition  # noqa: E402
 from edgekit.federated.models import accuracy, build_model, get_state, set_state, train_local  # noqa: E402
-from edgekit.federated.strategies import ClonedDistillation, Update  # noqa: E402
+from edgekit.federated.strategies.base import Update  # noqa: E402
+from tests.federated.helpers import cloned  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,7 @@ def trained(fed_digits):
 
 def _agg(fed_digits, **kw):
     kw.setdefault("epochs", 0)
-    return ClonedDistillation(lambda: build_model("mlp", 64, 10), fed_digits.public_x, fed_digits.val_x,
-                              fed_digits.val_y, 10, **kw)
+    return cloned(fed_digits, **kw)
 
 
 def _random_update(core, node, seed):
@@ -53,7 +53,7 @@ def _norm(core, st):
 
 
 def test_update_norm_screening_catches_attackers_that_outvote_the_buffer(fed_digits, trained):
-    from edgekit.federated.distill import screen_teachers
+    from edgekit.federated.strategies.screening import screen_teachers
 
     core, ups = trained
     # 2 honest + 2 random-weight teachers: within this buffer the random ones are not outliers
@@ -111,24 +111,25 @@ def test_refill_waits_for_k_screened_teachers(fed_digits, trained):
 
 
 def test_server_does_not_bump_the_version_on_a_deferred_buffer():
-    from edgekit.federated.server_app import AsyncServer
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.server.loop import AsyncServer
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     prof = make_profiles(4, seed=0, horizon=400, churn=False, sec_per_example=0.02)
-    grid = VirtualGrid(prof).configure("digits", 0, 0.5)
+    grid = VirtualGrid(prof)
     srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", max_versions=2,
                                       buffer_size=2, deadline=60.0, poll=1.0, max_time=2000.0))
     calls = []
-    real = srv.aggregator.aggregate
+    real = srv.strategy.aggregate
 
     def first_deferred(core, version):
         calls.append(version)
         if len(calls) == 1:
-            srv.aggregator.buffer = srv.aggregator.buffer[:1]
+            srv.strategy.buffer = srv.strategy.buffer[:1]
             return core, {"used": 0, "dropped": 1, "deferred": 1}
         return real(core, version)
 
-    srv.aggregator.aggregate = first_deferred
+    srv.strategy.aggregate = first_deferred
     res = srv.run()
     assert calls[:2] == [0, 0] and res["version"] == 2 and res["agg_stats"]["deferred"] == 1
 
@@ -158,27 +159,22 @@ def _delta_updates(core, signs_nodes, scale=0.01):
             for sign, node in signs_nodes]
 
 
-def test_rate_weighting_and_server_step_schedule(fed_digits, trained):
+def test_the_server_step_is_the_buffer_mean_or_the_cache_mean(fed_digits, trained):
     core, _ = trained
     ups = _delta_updates(core, [(+1, 1), (+1, 1), (-1, 2)])  # node 1 (fast) sent 2, node 2 one
 
-    def step(**kw):
-        kw.setdefault("cached_updates", False)  # the buffer's own mean (the cache: test_federated_cache)
+    def step(version=0, **kw):
+        kw.setdefault("cached_updates", False)  # the buffer's own mean (the cache: test_cache.py)
         a = _agg(fed_digits, buffer_size=3, screen=False, **kw)
         for u in ups:
             a.add(u, {0: core})
-        new, _ = a.aggregate(core, 0)
+        new, _ = a.aggregate(core, version)
         return float(np.mean(new["net.0.bias"] - core["net.0.bias"]))
 
     assert step() == pytest.approx(0.01 / 3, rel=1e-3)  # (2*(+d) - d) / 3
     assert step(cached_updates=True) == pytest.approx(0.0, abs=1e-7)  # node 1's latest only: (d - d) / 2
-    assert step(rate_weighting=True) == pytest.approx(0.0, abs=1e-7)  # (d/2 + d/2 - d) / 2
-    assert step(lr_decay=10.0) == pytest.approx(0.01 / 3, rel=1e-3)  # version 0: full step
-    b = _agg(fed_digits, buffer_size=3, screen=False, lr_decay=10.0, staleness="none", cached_updates=False)
-    for u in ups:
-        b.add(u, {0: core})
-    new, _ = b.aggregate(core, 30)  # version 30: step / sqrt(1 + 30/10) = step / 2
-    assert float(np.mean(new["net.0.bias"] - core["net.0.bias"])) == pytest.approx(0.01 / 6, rel=1e-3)
+    assert step(3) == pytest.approx(0.01 / 6, rel=1e-3)  # 3 versions stale: s = 1/sqrt(1+3) = 1/2
+    assert step(3, staleness="none") == pytest.approx(0.01 / 3, rel=1e-3)
 
 
 def test_an_inflated_example_count_cannot_outweigh_the_buffer(fed_digits, trained):
@@ -204,19 +200,20 @@ def test_an_inflated_example_count_cannot_outweigh_the_buffer(fed_digits, traine
 
 
 def test_serving_ema_warmup():
-    from edgekit.federated.server_app import AsyncServer
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.server.loop import AsyncServer
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
-    grid = VirtualGrid(make_profiles(2, seed=0, horizon=100, churn=False)).configure("digits", 0, 0.5)
+    grid = VirtualGrid(make_profiles(2, seed=0, horizon=100, churn=False))
 
     def served_after(warm=None):  # None: the library default
         kw = {} if warm is None else {"ema_warmup": warm}
         srv = AsyncServer(grid, FedConfig(method="cloned", dataset="digits", ema=0.9, **kw))
         base = {k: np.zeros_like(v) for k, v in srv.core.items()}
         srv.core = base
-        srv._update_served()  # the first version is copied
+        srv.update_served()  # the first version is copied
         srv.core = {k: np.ones_like(v) for k, v in base.items()}
-        srv._update_served()
+        srv.update_served()
         return float(srv.served["net.0.bias"][0])
 
     assert served_after(False) == pytest.approx(0.1)
@@ -226,28 +223,28 @@ def test_serving_ema_warmup():
 
 
 def test_screening_state_survives_a_restart(tmp_path):
-    from edgekit.federated.server_app import AsyncServer
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.server.loop import AsyncServer
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     prof = make_profiles(4, seed=0, horizon=400, churn=False, sec_per_example=0.02)
-    grid = VirtualGrid(prof).configure("digits", 0, 0.5)
+    grid = VirtualGrid(prof)
     kw = dict(method="cloned", dataset="digits", buffer_size=2, deadline=60.0, poll=1.0,
-              max_time=2000.0, checkpoint_dir=str(tmp_path), rate_weighting=True)
+              max_time=2000.0, checkpoint_dir=str(tmp_path))
     srv = AsyncServer(grid, FedConfig(max_versions=3, **kw))
     srv.run()
-    agg = srv.aggregator
-    assert agg.norm_hist and agg.val_hist and agg.node_counts
+    agg = srv.strategy
+    assert agg.norm_hist and agg.val_hist
     agg.norm_nodes[-1] = 2**64 - 1  # real Flower node ids are uint64 (a deployment run crashed on one)
     srv.save()
     st = ckpt.load(tmp_path)
-    assert "norm-hist" in st.aux and "val-hist" in st.aux
+    assert st.strategy["norm_hist"] and st.strategy["val_hist"] and st.strategy["norm_nodes"][-1] == 2**64 - 1
     back = AsyncServer(grid, FedConfig(max_versions=4, **kw))
     assert back.resumed
-    assert back.aggregator.norm_hist == pytest.approx(agg.norm_hist)
-    assert back.aggregator.norm_nodes == agg.norm_nodes and len(agg.norm_nodes) == len(agg.norm_hist)
-    assert back.aggregator.val_hist == pytest.approx(agg.val_hist)
-    assert back.aggregator.node_counts == agg.node_counts
-    assert agg.claims and back.aggregator.claims == agg.claims
+    assert back.strategy.norm_hist == pytest.approx(agg.norm_hist)
+    assert back.strategy.norm_nodes == agg.norm_nodes and len(agg.norm_nodes) == len(agg.norm_hist)
+    assert back.strategy.val_hist == pytest.approx(agg.val_hist)
+    assert agg.claims and back.strategy.claims == agg.claims
     assert back.ema_updates == srv.ema_updates
 
 
@@ -281,7 +278,7 @@ def test_update_sizes_are_compared_per_local_step(fed_digits, trained):
 def test_a_fast_node_does_not_define_the_normal_update_size(fed_digits, trained):
     """Robust references are taken over nodes: 3 small updates of one fast node in a buffer do not
     make the other nodes' updates outliers; an update far above every node's still is."""
-    from edgekit.federated.distill import screen_teachers
+    from edgekit.federated.strategies.screening import screen_teachers
 
     core, ups = trained
     models = [set_state(build_model("mlp", 64, 10), ups[0].state) for _ in range(6)]

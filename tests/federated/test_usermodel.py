@@ -94,8 +94,8 @@ def test_simulate_with_a_user_mlp_from_a_relative_file(models):
 def test_a_batchnorm_model_trains_and_keeps_its_counter_from_the_core(models, tmp_path, method):
     """Floating-point entries (weights, running statistics) are aggregated; num_batches_tracked is a
     counter that goes through Flower as a 0-d int64 array and stays the core's."""
-    from edgekit.federated import checkpoint as ckpt
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated.server import checkpoint as ckpt
+    from edgekit.federated.sim import simulate
 
     r = simulate(method, clients=4, seed=0, horizon=300, churn=False, alpha=1.0,
                  model=str(models / "fed_user_models.py") + ":bn_net", checkpoint_dir=str(tmp_path / "ck"))
@@ -109,7 +109,7 @@ def test_a_batchnorm_model_trains_and_keeps_its_counter_from_the_core(models, tm
 
 
 def test_fedbuff_and_a_module_reference_on_the_python_path(models, monkeypatch):
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated.sim import simulate
 
     monkeypatch.syspath_prepend(str(models))
     assert FedConfig(model="fed_user_models:bn_net").model == "fed_user_models:bn_net"  # unchanged
@@ -150,14 +150,15 @@ def test_a_node_that_cannot_import_the_model_replies_with_an_error(models, caplo
 
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import ERR_CONFIG, train_clone
-    from edgekit.federated.models import build_model, get_state, state_to_record
-    from edgekit.federated.server_app import AsyncServer
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.client import ERR_CONFIG, train_clone
+    from edgekit.federated.models import build_model, get_state
+    from edgekit.federated.state import state_to_record
+    from edgekit.federated.server.loop import AsyncServer
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     ref = str(models / "fed_user_models.py") + ":small_mlp"
     grid = VirtualGrid(make_profiles(3, seed=0, horizon=300, churn=False, sec_per_example=0.02))
-    grid.configure("digits", 0, 0.5)
     cfg = FedConfig(model=ref, max_versions=2, buffer_size=2, deadline=60.0, poll=1.0, max_time=200.0,
                     num_partitions=3)
 

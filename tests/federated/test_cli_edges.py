@@ -10,38 +10,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tests.federated.helpers import user_error as _user_error
 
 pytest.importorskip("torch")
 pytest.importorskip("flwr")
 
 from edgekit.errors import DataError, EdgekitError, UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig  # noqa: E402
-
-
-def _user_error(res, *needles: str) -> None:
-    _stop_started_node(res)
-    assert res.returncode == 1, (res.returncode, res.stderr)
-    assert res.stdout == ""
-    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgekit: error: "), res.stderr
-    for n in needles:
-        assert n in line, (n, line)
-
-
-def _stop_started_node(res) -> None:
-    """If a regression let `client --json` start a SuperNode, stop its process group."""
-    import os
-    import signal
-
-    try:
-        pid = int(json.loads(res.stdout)["pid"])
-    except (ValueError, KeyError, TypeError):
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -52,7 +27,7 @@ def _stop_started_node(res) -> None:
     (["--horizon", "nan"], ["--horizon must be a positive"]),
     (["--mean-on", "0"], ["--mean-on must be a positive"]),
     (["--mean-off", "-5"], ["--mean-off must be a positive"]),
-    (["--combine", "product"], ["combine must be 'mean' or 'bayes'", "product"]),
+    (["--method", "fedsgd"], ["method must be one of cloned, fedbuff, fedavg", "fedsgd"]),
 ])
 def test_simulate_rejects_bad_values_with_one_line(args, needles):
     _user_error(run_cli("federated", "simulate", "--horizon", "30", *args, timeout=120), *needles)
@@ -65,7 +40,7 @@ def test_simulate_out_that_is_a_directory_fails_before_running(tmp_path):
 
 
 def test_simulate_bounds_in_the_library():
-    from edgekit.federated.simulate import check_simulation
+    from edgekit.federated.sim import check_simulation
 
     check_simulation(20, 0.97, 10.0)  # 19 of 20 malicious is allowed: one honest node
     check_simulation(1, 0.4, 1.0)
@@ -88,9 +63,10 @@ def test_huge_seed_trains_instead_of_failing_silently():
     then retried forever as a 'transient Grid error' and the run ended with 0 updates, exit 0."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from edgekit.federated.client_app import train_clone
+    from edgekit.federated.client import train_clone
     from edgekit.federated.data import load_dataset
-    from edgekit.federated.models import build_model, get_state, state_to_record
+    from edgekit.federated.models import build_model, get_state
+    from edgekit.federated.state import state_to_record
 
     _grid()  # sets up Flower's local task identity, which Message() needs outside a run
     s = load_dataset("digits", 10**15)
@@ -105,10 +81,11 @@ def test_huge_seed_trains_instead_of_failing_silently():
 
 
 def _grid(n=3):
-    from edgekit.federated.simulate import VirtualGrid, make_profiles
+    from edgekit.federated.sim.grid import VirtualGrid
+    from edgekit.federated.sim.nodes import make_profiles
 
     prof = make_profiles(n, seed=0, horizon=400, churn=False, sec_per_example=0.02)
-    return VirtualGrid(prof).configure("digits", 0, 0.5)
+    return VirtualGrid(prof)
 
 
 def _cfg(**kw):
@@ -118,7 +95,7 @@ def _cfg(**kw):
 def test_a_raising_client_is_an_error_reply_in_the_virtual_grid(caplog):
     """As in Flower, an exception in the ClientApp becomes an Error reply (counted, logged), not a
     failed push that the server retries as a SuperLink hiccup."""
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.server.loop import AsyncServer
 
     grid = _grid()
 
@@ -135,7 +112,7 @@ def test_a_raising_client_is_an_error_reply_in_the_virtual_grid(caplog):
 def test_a_grid_call_that_always_fails_ends_the_run_even_if_others_work():
     """The failure counter was shared: a working get_node_ids reset it, so a push that always
     failed was retried until max-time. Now each call has its own count."""
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.server.loop import AsyncServer
 
     grid = _grid()
 
@@ -150,7 +127,7 @@ def test_a_grid_call_that_always_fails_ends_the_run_even_if_others_work():
 
 
 def test_a_user_error_in_a_grid_call_is_not_retried():
-    from edgekit.federated.server_app import AsyncServer
+    from edgekit.federated.server.loop import AsyncServer
 
     grid = _grid()
     calls = {"n": 0}
@@ -166,7 +143,7 @@ def test_a_user_error_in_a_grid_call_is_not_retried():
 
 
 def test_result_write_failure_is_a_user_error_and_leaves_no_temporary(tmp_path):
-    from edgekit.federated.checkpoint import write_json_atomic
+    from edgekit.federated.server.checkpoint import write_json_atomic
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(EdgekitError, match="cannot write the result"):
@@ -279,16 +256,17 @@ def test_server_wait_ends_when_the_run_failed_without_a_result(tmp_path):
     import threading
     import time
 
-    from edgekit.federated import deploy
+    from edgekit.federated import flwr_cli
+    from edgekit.federated.errors import DeployError
 
     t0 = time.monotonic()
-    with pytest.raises(deploy.DeployError, match=r"the run ended \(finished:failed\)"):
-        deploy.wait_for_file(tmp_path / "r.json", 60, poll=0.02, status=lambda: "finished:failed",
+    with pytest.raises(DeployError, match=r"the run ended \(finished:failed\)"):
+        flwr_cli.wait_for_file(tmp_path / "r.json", 60, poll=0.02, status=lambda: "finished:failed",
                              status_every=0.05, grace=0.2)
     assert time.monotonic() - t0 < 5
     out = tmp_path / "ok.json"
     threading.Timer(0.3, lambda: out.write_text('{"version": 3}')).start()
-    assert deploy.wait_for_file(out, 60, poll=0.02, status=lambda: "running", status_every=0.05) == {"version": 3}
+    assert flwr_cli.wait_for_file(out, 60, poll=0.02, status=lambda: "running", status_every=0.05) == {"version": 3}
 
 
 def _keys(d):
@@ -364,58 +342,3 @@ def test_register_node_argument_and_connection_errors(tmp_path):
     # nothing listens there: Flower's CLI fails at once, and so does the command (one line, exit 1)
     _user_error(run_cli("federated", "register-node", k["ec.pub"], "--superlink", f"127.0.0.1:{free_port()}", *ca,
                         timeout=120), "registering", "failed")
-
-
-def test_set_reaches_the_run_and_speed_sigma_the_nodes(tmp_path):
-    """--set KEY=VALUE sets any run setting without its own option (here the FedAvg-style round
-    deadline, the serving EMA and its warm-up), converted to the setting's type."""
-    out = tmp_path / "r.json"
-    res = run_cli("federated", "simulate", "--clients", "6", "--horizon", "300", "--speed-sigma", "0.5",
-                  "--set", "ema=0.95", "--set", "deadline=20", "--set", "ema_warmup=off", "--set", "max-staleness=7",
-                  "--out", out, "--json", timeout=180)
-    assert res.returncode == 0, res.stderr
-    r = json.loads(res.stdout)
-    c = r["config"]
-    assert (c["ema"], c["deadline"], c["ema-warmup"], c["max-staleness"]) == (0.95, 20.0, False, 7)
-    assert r["speed_sigma"] == 0.5 and r["version"] >= 1
-    assert json.loads(out.read_text())["config"] == c
-
-
-@pytest.mark.parametrize("sets, needles", [
-    (["ema"], ["--set 'ema' is not KEY=VALUE"]),
-    (["emma=0.9"], ["--set emma: no such setting", "did you mean ema"]),
-    (["ema-warmup=maybe"], ["--set ema-warmup=maybe: true or false expected"]),
-    (["max-staleness=2.5"], ["--set max-staleness=2.5: an integer expected"]),
-    (["guard=high"], ["--set guard=high: a number expected"]),
-    (["ema=0.9", "ema=0.8"], ["--set ema is given twice"]),
-    (["ema=1.5"], ["ema must be in [0, 1), got 1.5"]),  # the setting's own check
-    (["staleness=linear"], ["staleness must be one of sqrt, poly, none, got 'linear'"]),
-    (["poll=0"], ["poll must be > 0 and finite, got 0.0"]),
-    (["batch-size=0"], ["batch-size must be >= 1, got 0"]),
-])
-def test_set_errors_name_the_setting(tmp_path, sets, needles):
-    args = [a for s in sets for a in ("--set", s)]
-    _user_error(run_cli("federated", "simulate", "--clients", "4", *args, timeout=60), *needles)
-    out = tmp_path / "r.json"
-    _user_error(run_cli("federated", "server", "--insecure", "--out", out, *args, timeout=60), *needles)
-    assert not out.exists()
-
-
-def test_set_refuses_settings_with_their_own_option():
-    _user_error(run_cli("federated", "simulate", "--set", "epochs=1", timeout=60), "--set epochs", "--epochs")
-    _user_error(run_cli("federated", "simulate", "--set", "max-time=5", timeout=60), "--horizon")
-    _user_error(run_cli("federated", "server", "--insecure", "--set", "deadline=5", timeout=60), "--deadline")
-    _user_error(run_cli("federated", "simulate", "--speed-sigma", "-1", timeout=60), "--speed-sigma must be >= 0")
-
-
-def test_settings_lists_every_setting_with_its_default_and_help():
-    from dataclasses import fields
-
-    res = run_cli("federated", "settings", "--json", timeout=60)
-    assert res.returncode == 0, res.stderr
-    rows = {r["key"]: r for r in json.loads(res.stdout)}
-    defaults = FedConfig.__dataclass_fields__
-    assert set(rows) == {f.name.replace("_", "-") for f in fields(FedConfig)}
-    for key, r in rows.items():
-        assert r["default"] == defaults[key.replace("-", "_")].default and r["help"], key
-    assert rows["ema-warmup"]["default"] is True and "random init" in rows["ema-warmup"]["help"]
