@@ -64,3 +64,17 @@ def test_the_committed_summaries_name_their_runs_files():
             full = json.load(fh)
         assert [st["seed"] for st in full["settings"]] == [st["seed"] for st in summary["settings"]]
         assert all(st["curves"] and "curves" not in sm for st, sm in zip(full["settings"], summary["settings"]))
+
+
+def test_the_regression_check_compares_point_by_point(tmp_path):
+    curve = [{"t": 0.0, "version": 0, "acc": 0.1, "val": 0.1, "accepted": 0, "bytes": 0, "used": 0}]
+    run = {"version": 1, "accepted": 2, "rejected": {}, "final_acc": 0.5, "bytes": 10, "timeouts": 0,
+           "lost_replies": 0, "agg_stats": {"dropped": 0}, "curve": curve}
+    (tmp_path / "a.json").write_text(json.dumps({"cloned/seed0": run}))
+    (tmp_path / "b.json").write_text(json.dumps({"cloned/seed0": {**run, "agg_stats": {}}}))
+    same = _run("federated_regress.py", "compare", tmp_path / "a.json", tmp_path / "b.json")
+    assert same.returncode == 0 and "1 runs compared, 0 differ" in same.stdout, same.stdout + same.stderr
+    moved = {**run, "curve": curve + [{**curve[0], "t": 5.0, "acc": 0.2}]}
+    (tmp_path / "c.json").write_text(json.dumps({"cloned/seed0": moved}))
+    diff = _run("federated_regress.py", "compare", tmp_path / "a.json", tmp_path / "c.json")
+    assert diff.returncode == 1 and "curves differ from point 1" in diff.stdout
