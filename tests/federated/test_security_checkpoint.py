@@ -118,7 +118,7 @@ def test_a_sound_checkpoint_resumes(tmp_path, good):
     assert srv.resumed and srv.version == 2
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 10**9), flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), max_size=4))
 def test_fuzzed_damage_is_a_checkpoint_error_or_an_unchanged_load(tmp_path_factory, good, cut, flips):
     d = tmp_path_factory.mktemp("fuzz")

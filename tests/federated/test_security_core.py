@@ -59,8 +59,7 @@ def test_huge_weights_from_one_node_never_reach_the_core(tmp_path, caplog, metho
     assert res["final_acc"] > res["curve"][0]["acc"]  # the others' updates still trained the core
 
 
-@pytest.mark.parametrize("method", ["fedbuff", "cloned"])
-@pytest.mark.parametrize("poison", [1e30, F32_MAX, float("nan")])
+@pytest.mark.parametrize("method, poison", [("fedbuff", 1e30), ("fedbuff", float("nan")), ("cloned", F32_MAX)])
 def test_an_unsafe_step_is_dropped_from_the_very_first_step(tmp_path, caplog, method, poison):
     """Past the reply checks (as if a check were missing), a step towards poisoned weights: the
     core stays at version 0, the strategy's state is as before the step and its buffer is emptied,

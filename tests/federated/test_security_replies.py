@@ -129,7 +129,7 @@ METRICS = st.dictionaries(st.sampled_from(["num-examples", "base-version", "part
                                            "train-acc", "other"]), NUMBER, max_size=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(metrics=METRICS, scale=st.one_of(st.just(1.0), st.floats(allow_nan=True, allow_infinity=True, width=32)))
 def test_fuzzed_replies_are_read_or_rejected_never_crash(server, metrics, scale):
     core = server.core
@@ -145,7 +145,7 @@ def test_fuzzed_replies_are_read_or_rejected_never_crash(server, metrics, scale)
     assert server.magnitude.problem(upd.state) is None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(metrics=METRICS)
 def test_fuzzed_replies_at_the_server_never_crash_it(server, metrics):
     before = _snapshot(server)
