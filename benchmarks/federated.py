@@ -8,24 +8,27 @@ same seed gives every method the same clients, speeds and churn. Each method run
 Fairness and honesty rules built in:
   * FedAvg is Flower's own strategy with the same local training; its round deadline is swept
     and the best one *on the server validation split* is used (per seed and sigma).
-  * Hyper-parameters of the async methods are the ``FedConfig`` defaults (chosen on seed 0, and
-    for the issue-8 screening changes on seeds 0, 6, 7, with validation accuracy only; see
-    docs/federated.md and results/federated_tuning.json); this script never looks at test
-    accuracy to decide anything. Test accuracy is only reported.
+  * Hyper-parameters of the async methods are the ``FedConfig`` defaults with ASYNC_SETTINGS on
+    top, chosen on the tuning seeds (0, 6-10; never the report seeds 1-5) with validation accuracy
+    only (docs/research/federated-tuning.md, results/federated_tuning.json.gz); this script never
+    looks at test accuracy to decide anything. Test accuracy is only reported.
   * "final" = time-weighted mean test accuracy over the last 10 % of the horizon; "speed-up" =
     (time FedAvg's curve first reaches its own final) / (time the method first reaches it).
 
-Writes benchmarks/results/NAME.json and NAME.png (accuracy vs virtual time and vs bytes sent, one
-row per seed; or, with several sigmas, the speed-up and final-accuracy gap vs sigma). Usage:
+Writes benchmarks/results/NAME.json (the summary: setup, verdict, per-setting numbers),
+NAME.runs.json.gz (everything, with every run's curve and config; what --reuse reads) and NAME.png
+(accuracy vs virtual time and vs bytes sent, one row per seed; or, with several sigmas, the
+speed-up and final-accuracy gap vs sigma). Usage:
   python benchmarks/federated.py --seeds 1,2,3,4,5                 # the README table
   python benchmarks/federated.py --seeds 1 --sigmas 0.5,1.0,1.5 --clean-only \\
-         --reuse benchmarks/results/federated.json \\
+         --reuse benchmarks/results/federated.runs.json.gz \\
          --out benchmarks/results/federated_sigma.json              # heterogeneity sweep
   python benchmarks/federated.py --quick                            # digits, seconds
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -41,9 +44,8 @@ OUT = ROOT / "benchmarks" / "results"
 
 
 # the async methods' client/serving settings, chosen on the tuning seeds 0/6/7 (validation only;
-# results/federated_tuning.json "session6"; distill_lr "session9"); the library/CLI defaults keep
-# 2 local epochs, EMA 0.9 without warm-up and distillation lr 0.05: on the small 12-client digits
-# runs they ended higher (docs/federated.md, "Screening liveness" and "Session 9")
+# docs/research/federated-tuning.md, 2026-12-03 and 2026-12-04); the library/CLI defaults keep 2 local
+# epochs, EMA 0.9 and distillation lr 0.05: on the small 12-client digits runs they ended higher
 ASYNC_SETTINGS = {"epochs": 1, "ema": 0.95, "ema_warmup": True, "distill_lr": 0.01, "logit_adjust": 1.0}
 
 
@@ -76,9 +78,9 @@ def fedavg_variants(horizon: float) -> dict[str, dict]:
             for ep in (1, 2):
                 for la in (0.0, 1.0):
                     key = f"deadline={d:g},ema={ema:g},epochs={ep}" + (f",logit-adjust={la:g}" if la else "")
-                    # no serving-EMA warm-up: the committed FedAvg runs (session 6) had none; with
-                    # it, FedAvg's final and the time it first reaches it were identical on seeds
-                    # 1-5 (session 14; only its curve before t~400 moves, by <= 2.6 points)
+                    # no serving-EMA warm-up: the committed FedAvg runs had none; with it, FedAvg's
+                    # final and the time it first reaches it were identical on seeds 1-5 (only its
+                    # curve before t~400 moves, by <= 2.6 points)
                     variants[key] = {"deadline": d, "fedavg_ema": ema, "epochs": ep, "ema_warmup": False,
                                      "logit_adjust": la}
     return variants
@@ -94,9 +96,36 @@ def _mb(b):
     return None if b is None else round(b / 1e6, 2)
 
 
+def read_results(path: str | Path) -> dict:
+    """A results file: NAME.runs.json.gz (everything), or a NAME.json summary, whose runs file
+    (beside it) is read instead when it exists."""
+    p = Path(path)
+    if p.suffix == ".gz":
+        with gzip.open(p, "rt") as fh:
+            return json.load(fh)
+    res = json.loads(p.read_text())
+    runs = p.with_name(res.get("runs_file", "")) if res.get("runs_file") else None
+    return read_results(runs) if runs is not None and runs.is_file() else res
+
+
+def write_results(result: dict, out: Path) -> None:
+    """``out`` (the summary: no curves, no per-run configs) and its runs file beside it (all of it,
+    gzip), each written to a temporary and renamed."""
+    runs = out.with_name(out.name.removesuffix(".json") + ".runs.json.gz")
+    summary = {**result, "runs_file": runs.name,
+               "settings": [{k: v for k, v in st.items() if k not in ("curves", "configs")} for st in result["settings"]]}
+    tmp = runs.with_name(runs.name + ".tmp")
+    with gzip.open(tmp, "wt") as fh:
+        json.dump(result, fh, separators=(",", ":"))
+    os.replace(tmp, runs)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out)
+
+
 def run_setting(seed: int, sigma: float, a, clean_only: bool) -> dict:
     """All methods for one (seed, sigma): FedAvg deadline sweep, runs, summary, must-show."""
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated import simulate
 
     common = dict(clients=a.clients, seed=seed, dataset=a.dataset, horizon=a.horizon,
                   alpha=a.alpha, speed_sigma=sigma, mean_on=a.mean_on, mean_off=a.mean_off)
@@ -234,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.quick:
         a.dataset, a.clients, a.horizon = "digits", 12, 600.0
-    from edgekit.federated.simulate import churn_means
+    from edgekit.federated import churn_means
 
     a.mean_on, a.mean_off = churn_means(a.horizon, a.mean_on, a.mean_off)
 
@@ -249,21 +278,20 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.ERROR)
     import flwr
 
-    from edgekit.federated.config import FedConfig
-    from edgekit.federated.data import resolve_dataset
+    from edgekit.federated import FedConfig, resolve_dataset
 
     a.dataset = resolve_dataset(a.dataset)
     seeds = [int(s) for s in a.seeds.split(",")]
     sigmas = [float(s) for s in a.sigmas.split(",")]
     reuse = {}
     if a.reuse:  # settings already measured by this script with the same setup and code
-        prev = json.loads(Path(a.reuse).read_text())
+        prev = read_results(a.reuse)
         ps = prev["setup"]
         if same_setup(ps) and ps.get("async_settings") == ASYNC_SETTINGS:  # results of older settings are re-run
             reuse = {(st["seed"], st["sigma"]): st for st in prev["settings"]}
     a.fedavg_from = {}
     if a.reuse_fedavg:
-        prev = json.loads(Path(a.reuse_fedavg).read_text())
+        prev = read_results(a.reuse_fedavg)
         ps = prev["setup"]
         if not (same_setup(ps) and ps.get("malicious") == (None if a.clean_only else a.malicious)):
             sys.exit(f"--reuse-fedavg {a.reuse_fedavg}: measured with another setup: {ps}")
@@ -292,9 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_results(result, out)
     plot(result, out.with_suffix(".png"))
     print(json.dumps({"verdict_by_sigma": by_sigma,
                       "must_show": [{"seed": s["seed"], "sigma": s["sigma"], **s["must_show"]}

@@ -12,6 +12,7 @@ FedAvg's final to be 3x sooner:
 FedAvg's final is measured with all nodes' data; these numbers say how much of it no method could
 have seen by t3. Usage:
   python benchmarks/federated_availability.py [benchmarks/results/federated.json] [--json]
+(the summary is enough: no curves are read).
 Writes benchmarks/results/federated_availability.json beside a table on stdout.
 """
 from __future__ import annotations
@@ -28,12 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def availability(setup: dict, seed: int, sigma: float, t3: float) -> dict:
-    from edgekit.federated.data import _partitions, load_dataset
-    from edgekit.federated.simulate import base_sec_per_example, make_profiles
+    from edgekit.federated import base_sec_per_example, load_dataset, make_profiles, partitions
 
     n = int(setup["clients"])
     s = load_dataset(setup["dataset"], seed)
-    sizes = np.array([len(p) for p in _partitions(s.name, seed, n, float(setup["alpha"]))], float)
+    sizes = np.array([len(p) for p in partitions(s.name, seed, n, float(setup["alpha"]))], float)
     profiles = make_profiles(n, seed=seed, horizon=float(setup["horizon"]), speed_sigma=sigma,
                              sec_per_example=base_sec_per_example(len(s.pool_y), n), mean_on=setup.get("mean_on"),
                              mean_off=setup.get("mean_off"))

@@ -1,6 +1,6 @@
 """Tune the async benchmark settings on the tuning seeds, by validation accuracy only.
 
-The decision rule used since session 9 (docs/federated.md), in code, so a choice can be re-made:
+The decision rule (docs/research/federated-tuning.md), in code, so a choice can be re-made:
   1. a setting whose 20 %-malicious validation drop is above 2 points on any tuning seed is out;
   2. then the highest *minimum* validation speed-up over the seeds; a difference below 0.1x goes
      to the larger mean validation gap to FedAvg.
@@ -12,7 +12,7 @@ less noisy view of how fast the curve rises than a first crossing on 500 validat
 
 Every simulation is appended to a JSON-lines record file as it finishes; a re-run skips those
 already recorded (same seed, setup and settings), so an interrupted tuning resumes. Usage:
-  python benchmarks/federated_tune.py --candidate "dw:distill-lr=0.05,teacher-window=20" --jobs 2
+  python benchmarks/federated_tune.py --candidate "t5:logit-adjust=0.5,buffer-size=3" --jobs 2
   python benchmarks/federated_tune.py --candidate ... --seeds 0,6,7 --json     # the report as JSON
   python benchmarks/federated_tune.py --candidate ... --seeds 0,9,10 --clean-only  # a cheap first screen
 A --clean-only screen skips the malicious runs, so it reports speed-ups, gaps and window means but
@@ -49,7 +49,7 @@ def parse_candidate(text: str) -> tuple[str, dict]:
     name = name.strip()
     if not sep or not name or not body.strip():
         raise UsageError(f"--candidate {text!r} is not NAME:key=value[,key=value...]",
-                         "e.g. --candidate \"dw:distill-lr=0.05,teacher-window=20\"")
+                         "e.g. --candidate \"t5:logit-adjust=0.5,buffer-size=3\"")
     if name == "committed":
         raise UsageError("--candidate: the name 'committed' is the benchmark's own settings", "use another name")
     return name, parse_sets([s for s in body.split(",") if s.strip()], option=f"--candidate {name}:")
@@ -79,7 +79,7 @@ def _run(job: dict) -> dict:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    from edgekit.federated.simulate import simulate
+    from edgekit.federated import simulate
 
     t = time.time()
     r = simulate(job["method"], malicious=job["mal"], seed=job["seed"], **job["setup"], **job["kw"])
@@ -116,14 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"federated_tune: {e}")
     if set(seeds) & {1, 2, 3, 4, 5}:
         sys.exit("federated_tune: seeds 1-5 are the report seeds; tune on others (default 0,6,7,8,9,10)")
-    from edgekit.federated.data import resolve_dataset
-    from edgekit.federated.simulate import churn_means
+    from edgekit.federated import churn_means, resolve_dataset
 
     on, off = churn_means(a.horizon, None, None)
     setup = {"clients": a.clients, "dataset": resolve_dataset(a.dataset), "horizon": a.horizon,
              "alpha": a.alpha, "speed_sigma": a.sigma, "mean_on": on, "mean_off": off}
     settings = {"committed": dict(ASYNC_SETTINGS), **{n: {**ASYNC_SETTINGS, **kw} for n, kw in cands.items()}}
-    from edgekit.federated.config import FedConfig
+    from edgekit.federated import FedConfig
 
     for n, kw in settings.items():  # a bad value fails here, with its reason, before any run
         try:

@@ -239,14 +239,15 @@ def load_partition(dataset: str, partition_id: int, num_partitions: int, alpha: 
     if not (0 <= int(partition_id) < int(num_partitions)):
         raise DataError(f"partition-id {partition_id} is outside [0, {num_partitions})",
                         "start the node with --node-config 'partition-id=I num-partitions=N'")
-    parts = _partitions(s.name, seed, int(num_partitions), float(alpha))
+    parts = partitions(s.name, seed, int(num_partitions), float(alpha))
     idx = parts[int(partition_id)]
     x, y = s.pool_x[idx], s.pool_y[idx]
     validate_partition(x, y, s.in_dim, s.n_classes, where=f"partition {partition_id}")
     return x, y
 
 
-def _partitions(name: str, seed: int, n: int, alpha: float) -> list[np.ndarray]:
+def partitions(name: str, seed: int, n: int, alpha: float) -> list[np.ndarray]:
+    """The pool indices of each of ``n`` clients' partitions (cached; what the simulation uses)."""
     return _partitions_cached(name, seed, n, alpha, _stamp(name))
 
 

@@ -1,13 +1,19 @@
-"""Deployment mode: real ``flower-superlink`` / ``flower-supernode`` processes and ``flwr run``.
+"""Deployment mode: real ``flower-superlink`` / ``flower-supernode`` processes, tied to the
+command that starts them (the ``flwr`` command line is flwr_cli.py).
 
-Flower 1.41 facts this relies on (read from its source and --help):
+Flower 1.41 facts this relies on (read from its source and --help, checked by the tests):
   * SuperLink serves Fleet, Control and Runtime APIs over HTTP on one ``--port`` (default 9093
     here); ``--insecure`` or ``--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile`` for TLS;
     ``--enable-supernode-auth`` for node authentication; we always pass
     ``--disable-runtime-dependency-installation`` (no ``uv sync`` at run time). TLS needs all
     three of certfile, keyfile and CA file (flower-superlink exits otherwise; its own SuperExec
     checks the Runtime API's certificate with that CA), and node auth needs TLS.
-  * Node authentication (verified on loopback, tests/test_federated_tls.py): a SuperNode started
+  * The SuperLink starts a SuperExec in a session of its own, which starts each ServerApp
+    (``flwr-serverapp``); a SuperNode starts a SuperExec in its group, which starts a
+    ``flwr-clientapp`` per message. So a process-group kill misses the SuperLink's SuperExec and
+    ServerApp: :func:`stop` kills the recorded tree, and lifeline.py does the same when the
+    command dies (SIGKILL included).
+  * Node authentication (verified on loopback, tests/federated/test_tls.py): a SuperNode started
     with ``--auth-supernode-private-key`` (an unencrypted OpenSSH EC private key, e.g.
     ``ssh-keygen -t ecdsa -b 384``) does not register itself, on any SuperLink: its public key
     (OpenSSH, NIST curve) must first be registered through the Control API with
@@ -17,33 +23,25 @@ Flower 1.41 facts this relies on (read from its source and --help):
   * A SuperNode needs ``--superlink HOST:PORT``, its own runtime ``--port`` (default 9094,
     so several on one host need different ports), ``--node-config 'partition-id=0
     num-partitions=3'``; TLS via ``--root-certificates``, auth via
-    ``--auth-supernode-private-key``. Each message starts a fresh ``flwr-clientapp`` process.
-  * ``flwr run APP_DIR CONNECTION`` builds a FAB from APP_DIR (its pyproject.toml needs
-    [tool.flwr.app] publisher, components serverapp/clientapp, and a config table) and
-    submits it; CONNECTION is a named entry of ``$FLWR_HOME/config.toml``
-    ([superlink.NAME] address, insecure | root-certificates).
-Our components are ``edgekit.federated.server_app:app`` / ``client_app:app``, imported from the
-installed edgekit, so the app directory holds only pyproject.toml.
+    ``--auth-supernode-private-key``. When the SuperLink it is connected to restarts, it exits
+    with code 0 ("terminated gracefully"): :func:`supervise` restarts it (bounded).
 """
 from __future__ import annotations
 
-import json
+import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from edgekit.core.errors import EdgekitError, UsageError
+from edgekit.core.errors import UsageError
 
-CONNECTION = "edgekit"
-
-
-class DeployError(EdgekitError):
-    """A Flower process could not be started or did not answer."""
+from .errors import DeployError
+from .flwr_cli import exe, toml_value
+from .lifeline import Lifeline, die_with_parent
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,63 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _exe(name: str) -> str:
-    path = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    if not Path(path).exists():
-        raise DeployError(f"{name} not found", 'pip install "edgekit[federated]" (flwr==1.41.0)')
-    return path
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def write_app_dir(dest: str | os.PathLike, run_config: dict) -> Path:
-    """A Flower app directory whose [tool.flwr.app.config] is ``run_config``."""
-    d = Path(dest)
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = "\n".join(f"{k} = {_toml_value(v)}" for k, v in run_config.items())
-    (d / "pyproject.toml").write_text(f"""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "edgekit-federated"
-version = "0.1.0"
-description = "edgekit asynchronous cloned/buffered-distillation edge learning"
-license = "Apache-2.0"
-dependencies = ["flwr==1.41.0"]
-
-[tool.flwr.app]
-publisher = "edgekit"
-
-[tool.flwr.app.components]
-serverapp = "edgekit.federated.server_app:app"
-clientapp = "edgekit.federated.client_app:app"
-
-[tool.flwr.app.config]
-{cfg}
-""")
-    return d
-
-
-def write_flwr_home(home: str | os.PathLike, address: str, *, insecure: bool = True,
-                    root_certificates: str | None = None) -> Path:
-    """$FLWR_HOME/config.toml with one SuperLink connection named ``edgekit``."""
-    h = Path(home)
-    h.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
-             f'address = "{address}"']
-    if insecure:
-        lines.append("insecure = true")
-    elif root_certificates:
-        lines.append(f'root-certificates = "{Path(root_certificates).resolve()}"')
-    (h / "config.toml").write_text("\n".join(lines) + "\n")
-    return h
+def check_port_free(host: str, port: int, flag: str = "--port") -> None:
+    """UsageError if something already listens on (or holds) ``host:port``: a SuperLink we would
+    start there could not bind, and our run must not go to whatever answers instead."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the SuperLink's server binds
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise UsageError(f"{flag} {port}: {host}:{port} is already in use (another SuperLink, or an old one "
+                                 "still running?)", f"stop that process, or pass another {flag}") from None
+            raise UsageError(f"{flag} {port}: cannot listen on {host}:{port} ({err.strerror})",
+                             "check --host and --port") from None
 
 
 def check_address(address: str, flag: str = "--superlink") -> None:
@@ -131,16 +85,21 @@ def require_files(**files: str | os.PathLike | None) -> None:
             raise UsageError(f"--{opt.replace('_', '-')} {path}: no such file", "check the path")
 
 
-def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None) -> subprocess.Popen:
-    """Start ``cmd`` in its own process group; output to ``log_path`` (None: inherit)."""
+def _popen(cmd: list[str], log_path: str | os.PathLike | None, env: dict | None,
+           lifeline: Lifeline | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, to die with this process (Linux: PDEATHSIG; and the
+    ``lifeline`` watchdog, if given); output to ``log_path`` (None: inherit)."""
     out = open(log_path, "ab") if log_path else None
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=e,
-                                start_new_session=True)  # own process group: clean kills
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=e,
+                                start_new_session=True, preexec_fn=die_with_parent())
     finally:
         if out is not None:
             out.close()
+    if lifeline is not None:
+        lifeline.guard(proc.pid)
+    return proc
 
 
 def check_superlink_options(port: int, *, insecure: bool, ssl_certfile: str | None = None,
@@ -198,10 +157,10 @@ def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True
                     ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
                     ssl_ca_certfile: str | None = None, enable_supernode_auth: bool = False,
                     database: str | None = None, log_path=None, env=None,
-                    extra: list[str] | None = None) -> subprocess.Popen:
+                    extra: list[str] | None = None, lifeline: Lifeline | None = None) -> subprocess.Popen:
     check_superlink_options(port, insecure=insecure, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                             ssl_ca_certfile=ssl_ca_certfile, enable_supernode_auth=enable_supernode_auth)
-    cmd = [_exe("flower-superlink"), "--host", host, "--port", str(port),
+    cmd = [exe("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     if insecure:
         cmd.append("--insecure")
@@ -213,13 +172,13 @@ def start_superlink(port: int, *, host: str = "127.0.0.1", insecure: bool = True
         cmd.append("--enable-supernode-auth")
     if database:
         cmd += ["--database", database]
-    return _popen(cmd + list(extra or []), log_path, env)
+    return _popen(cmd + list(extra or []), log_path, env, lifeline)
 
 
-def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, port: int | None = None,
-                    insecure: bool = True, root_certificates: str | None = None,
-                    auth_private_key: str | None = None, node_config: dict | None = None,
-                    log_path=None, env=None, extra: list[str] | None = None) -> subprocess.Popen:
+def check_supernode_options(superlink: str, partition_id: int, num_partitions: int, *, port: int | None = None,
+                            insecure: bool = True, root_certificates: str | None = None,
+                            auth_private_key: str | None = None, node_config: dict | None = None) -> None:
+    """Raise UsageError for SuperNode options flower-supernode would reject (before starting it)."""
     check_address(superlink)
     check_port(port or 0, allow_zero=True)
     if num_partitions < 1:
@@ -234,84 +193,87 @@ def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, p
         if insecure:  # flower-supernode exits (code 303): node authentication needs TLS
             raise UsageError("--auth-private-key needs TLS, not --insecure",
                              "pass --root-certificates (the SuperLink's CA)")
+
+
+def start_supernode(superlink: str, partition_id: int, num_partitions: int, *, port: int | None = None,
+                    insecure: bool = True, root_certificates: str | None = None,
+                    auth_private_key: str | None = None, node_config: dict | None = None,
+                    log_path=None, env=None, extra: list[str] | None = None,
+                    lifeline: Lifeline | None = None) -> subprocess.Popen:
+    check_supernode_options(superlink, partition_id, num_partitions, port=port, insecure=insecure,
+                            root_certificates=root_certificates, auth_private_key=auth_private_key,
+                            node_config=node_config)
     cfg = {"partition-id": int(partition_id), "num-partitions": int(num_partitions), **(node_config or {})}
-    cmd = [_exe("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
-           "--node-config", " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items())]
+    cmd = [exe("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
+           "--node-config", " ".join(f"{k}={toml_value(v)}" for k, v in cfg.items())]
     if insecure:
         cmd.append("--insecure")
     elif root_certificates:
         cmd += ["--root-certificates", root_certificates]
     if auth_private_key:
         cmd += ["--auth-supernode-private-key", auth_private_key]
-    return _popen(cmd + list(extra or []), log_path, env)
+    return _popen(cmd + list(extra or []), log_path, env, lifeline)
 
 
-def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def _listens(proc: subprocess.Popen, port: int) -> bool | None:
+    """Whether ``proc`` or one of its descendants has a listening socket on ``port`` (None: psutil
+    cannot tell here)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            conns = p.net_connections("inet") if hasattr(p, "net_connections") else p.connections("inet")
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+                return True
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return None
+    return False
+
+
+def wait_listening(proc: subprocess.Popen, host: str, port: int, timeout: float = 30.0) -> None:
+    """Wait until the SuperLink we started listens on ``port``; DeployError if it exits first or
+    if something else answers there (a run must never go to a SuperLink we did not start)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise DeployError(f"process exited with code {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise DeployError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+        if proc.poll() is not None:
+            raise DeployError(f"flower-superlink exited with code {proc.returncode} before listening on "
+                              f"{host}:{port}", "see its log; is the port taken?")
+        ours = _listens(proc, port)
+        if ours is True:
+            return
+        if ours is None:  # no way to see sockets here: a connection is the next best sign
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise DeployError(f"flower-superlink does not listen on {host}:{port} after {timeout:.0f}s", "see its log")
 
 
-def _flwr(args: list[str], flwr_home: str | os.PathLike, timeout: float) -> subprocess.CompletedProcess:
-    """``flwr ARGS`` against the connection written in ``flwr_home`` (raises TimeoutExpired/OSError)."""
-    return subprocess.run([_exe("flwr"), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "FLWR_HOME": str(flwr_home)})
-
-
-def _json_payload(stdout: str) -> dict:
-    """The JSON object a ``flwr ... --format json`` call prints (after any log lines); {} if none."""
-    start = stdout.find("{")
+def _tree(proc: subprocess.Popen) -> list:
     try:
-        return json.loads(stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        return {}
+        import psutil
+
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except Exception:  # noqa: BLE001 - no psutil, or the process is gone
+        return []
 
 
-def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, timeout: float = 60.0) -> str:
-    """``flwr run APP_DIR edgekit --format json``; returns the run id."""
-    try:
-        p = _flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home, timeout)
-    except subprocess.TimeoutExpired as err:
-        raise DeployError(f"flwr run did not return within {timeout:.0f}s") from err
-    payload = _json_payload(p.stdout)
-    if p.returncode != 0 or not payload.get("success"):
-        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        raise DeployError(f"flwr run failed: {' | '.join(tail)}",
-                          "check that the SuperLink address and TLS options are right")
-    return str(payload["run-id"])
-
-
-def register_supernode(public_key: str | os.PathLike, flwr_home: str | os.PathLike,
-                       timeout: float = 60.0, flag: str = "PUBLIC_KEY") -> str:
-    """``flwr supernode register PUBLIC_KEY edgekit``: lets the SuperNode holding the matching
-    private key (``--auth-supernode-private-key``) activate; returns its node id. Needed for every
-    SuperNode started with a key (with or without ``--enable-supernode-auth``), before it starts:
-    an unregistered key fails activation and the SuperNode exits."""
-    check_node_key(public_key, flag, private=False)
-    try:
-        p = _flwr(["supernode", "register", str(Path(public_key).resolve()), CONNECTION, "--format", "json"],
-                  flwr_home, timeout)
-    except subprocess.TimeoutExpired as err:
-        raise DeployError(f"flwr supernode register did not return within {timeout:.0f}s") from err
-    payload = _json_payload(p.stdout)
-    if p.returncode != 0 or not payload.get("success") or not payload.get("node-id"):
-        why = payload.get("error-message") or " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])
-        raise DeployError(f"registering {public_key} failed: {' '.join(str(why).split())}",
-                          "check the SuperLink address and CA; a key can be registered only once")
-    return str(payload["node-id"])
-
-
-def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
-    """Stop a process we started, and its process group (the SuperExec and app children)."""
+def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM,
+         lifeline: Lifeline | None = None) -> None:
+    """Stop a process we started with everything under it: its process group (SuperNode's
+    SuperExec and ClientApps) and its other descendants (the SuperLink's SuperExec and ServerApps
+    run in a session of their own)."""
     if proc is None:
         return
+    tree = _tree(proc) if proc.poll() is None else []
     if proc.poll() is None:
         _kill_group(proc, sig)
         try:
@@ -320,6 +282,13 @@ def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.
             _kill_group(proc, signal.SIGKILL)
             proc.wait(timeout=timeout)
     _kill_group(proc, signal.SIGKILL)  # leftovers in the group
+    for p in tree[1:]:
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    if lifeline is not None:
+        lifeline.release(proc.pid)
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -327,6 +296,33 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session=True
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def supervise(start: Callable[[], subprocess.Popen], *, restarts: int, say: Callable[[str], None],
+              what: str, stable: float = 300.0, sleep=time.sleep) -> int:
+    """Run the SuperNode ``start()`` returns until it fails or is stopped (KeyboardInterrupt reaches
+    the caller); returns the exit code for the command. A SuperNode exits with code 0 when the
+    SuperLink it was connected to went away or restarted: it is started again after a growing
+    pause (2, 4, ... 30 s), at most ``restarts`` times in a row (a run of ``stable`` seconds resets
+    the count); then, or on any non-zero exit (TLS or authentication refused, bad options), the
+    command ends non-zero. Every restart is said (``say``)."""
+    attempt = 0
+    while True:
+        t0 = time.monotonic()
+        proc = start()
+        code = proc.wait()
+        if code != 0:
+            say(f"the SuperNode exited with code {code} (see its output above)")
+            return code
+        attempt = 1 if time.monotonic() - t0 >= stable else attempt + 1
+        if attempt > restarts:
+            say(f"the SuperNode lost {what} {restarts + 1} times in a row; giving up (check that the SuperLink runs "
+                "and is reachable, then start the client again)")
+            return 1
+        delay = min(30.0, 2.0 ** attempt)
+        say(f"the SuperNode exited: it lost {what} (it went away or restarted); starting it again in {delay:.0f}s "
+            f"(restart {attempt} of at most {restarts})")
+        sleep(delay)
 
 
 def serverapp_pids(superlink: subprocess.Popen) -> list[int]:
@@ -347,53 +343,3 @@ def serverapp_pids(superlink: subprocess.Popen) -> list[int]:
     return out
 
 
-def run_status(run_id: str, flwr_home: str | os.PathLike, timeout: float = 30.0) -> str | None:
-    """The run's status from ``flwr ls --run-id ID --format json`` ("pending", "running",
-    "finished:completed", "finished:failed", ...); None when it cannot be read right now."""
-    try:
-        p = _flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home, timeout)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    runs = _json_payload(p.stdout).get("runs") or []
-    return str(runs[0].get("status")) if runs and runs[0].get("status") else None
-
-
-def save_run_log(run_id: str, flwr_home: str | os.PathLike, dest: str | os.PathLike,
-                 timeout: float = 30.0) -> Path | None:
-    """``flwr log RUN_ID --show`` into ``dest`` (while the SuperLink still runs); None if unavailable."""
-    try:
-        p = _flwr(["log", str(run_id), CONNECTION, "--show"], flwr_home, timeout)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    text = (p.stdout or "") + (p.stderr or "")
-    if not text.strip():
-        return None
-    Path(dest).write_text(text)
-    return Path(dest)
-
-
-def wait_for_file(path: str | os.PathLike, timeout: float, procs=(), poll: float = 0.5,
-                  status=None, status_every: float = 10.0, grace: float = 5.0,
-                  hint: str = "see the run's log (flwr log RUN_ID) and the SuperLink log") -> dict:
-    """Wait for the server's result JSON; fail early if a watched process died, or if ``status()``
-    (e.g. ``run_status``) says the run finished and, a few polls later, still no result exists
-    (the ServerApp crashed: waiting for ``timeout`` would only hide it)."""
-    p = Path(path)
-    end = time.monotonic() + timeout
-    next_status, finished_at, finished = time.monotonic() + status_every, None, None
-    while time.monotonic() < end:
-        if p.exists():
-            return json.loads(p.read_text())
-        for proc in procs:
-            if proc.poll() is not None:
-                raise DeployError(f"a Flower process exited (code {proc.returncode}) before the run ended")
-        now = time.monotonic()
-        if finished_at is not None and now - finished_at > grace:
-            raise DeployError(f"the run ended ({finished}) without writing {p}", hint)
-        if status is not None and finished_at is None and now >= next_status:
-            finished = status()
-            next_status = now + status_every
-            if finished and finished.startswith("finished"):
-                finished_at = now            # grace: the result may still be landing
-        time.sleep(poll)
-    raise DeployError(f"no result at {p} after {timeout:.0f}s", "see the SuperLink log")

@@ -4,7 +4,7 @@ Models are plain ``torch.nn`` modules described by a name (``mlp``, ``cnn``, or 
 ``pkg.mod:fn`` / ``path/file.py:fn``, see :mod:`edgekit.federated.usermodel`) and input/output
 sizes, so the server and every client can build the same architecture from the run config alone.
 Only floating-point state entries are aggregated; integer buffers are kept from the core
-(:func:`merge_fixed`).
+(:func:`edgekit.federated.state.merge_fixed`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.core.errors import UsageError
+from edgekit.core.errors import UsageError, first_line
+
+from . import usermodel
+from .data import load_dataset
+from .state import State
 
 
 class MLP(nn.Module):
@@ -48,12 +52,7 @@ def build_model(name: str, in_dim: int, n_classes: int, seed: int = 0) -> nn.Mod
         return MLP(in_dim, n_classes, hidden=64 if in_dim <= 64 else 128)
     if name == "cnn":
         return SmallCNN(in_dim, n_classes)
-    from . import usermodel
-
     return usermodel.build(usermodel.model_ref(name), in_dim, n_classes)  # UsageError for unknown names
-
-
-State = dict[str, np.ndarray]
 
 
 def get_state(model: nn.Module) -> State:
@@ -65,51 +64,9 @@ def set_state(model: nn.Module, state: State) -> nn.Module:
     return model
 
 
-def is_float(v) -> bool:
-    return np.asarray(v).dtype.kind == "f"
-
-
-def float_keys(state: State) -> list[str]:
-    """The entries that are averaged: floating-point weights and buffers (BatchNorm running stats)."""
-    return [k for k, v in state.items() if is_float(v)]
-
-
-def merge_fixed(new: State, core: State) -> State:
-    """``new``'s floating-point entries (in the core's dtypes) with the core's other entries: integer
-    buffers such as BatchNorm's ``num_batches_tracked`` are counters, never averaged or stepped."""
-    return {k: np.asarray(new[k]).astype(v.dtype, copy=False) if is_float(v) else v for k, v in core.items()}
-
-
-def state_to_record(state: State):
-    from flwr.app import Array, ArrayRecord
-
-    # np.asarray, not np.ascontiguousarray: that makes 0-d arrays (BatchNorm's num_batches_tracked) 1-d
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in state.items()})
-
-
-def record_to_state(record) -> State:
-    return {k: arr.numpy() for k, arr in record.items()}
-
-
-def state_bytes(state: State) -> int:
-    return int(sum(np.asarray(v).nbytes for v in state.values()))
-
-
-def shape_mismatch(state: State, reference: State) -> str | None:
-    """Why ``state`` cannot stand in for ``reference`` (keys, shapes, dtypes, finiteness)."""
-    if set(state) != set(reference):
-        missing = sorted(set(reference) - set(state))
-        extra = sorted(set(state) - set(reference))
-        return f"array keys differ (missing {missing[:3]}, unexpected {extra[:3]})"
-    for k, ref in reference.items():
-        v = np.asarray(state[k])
-        if v.shape != ref.shape:
-            return f"array {k!r} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}"
-        if v.dtype != ref.dtype:
-            return f"array {k!r} has dtype {v.dtype}, expected {ref.dtype}"
-        if not np.isfinite(v).all():
-            return f"array {k!r} contains NaN or Inf"
-    return None
+def parameter_names(model: nn.Module) -> list[str]:
+    """The trainable parameters' state_dict names (not running statistics or counters)."""
+    return [k for k, _ in model.named_parameters()]
 
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 1,
@@ -165,6 +122,52 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((out.argmax(1).numpy() == y).mean())
 
 
-def record_bytes(content) -> int:
-    """Bytes of the arrays in a Flower ``RecordDict`` (what a message carries over the wire)."""
-    return int(sum(a.numpy().nbytes for rec in content.array_records.values() for a in rec.values()))
+def check(ref: str, x, n_classes: int, seed: int = 0) -> None:
+    """Build the model and run it on a few real examples ``x`` (N, in_dim) before anything starts:
+    finite float (N, n_classes) logits, a loss that trains its parameters, a state_dict of floating-point
+    weights (integer buffers are kept from the core, other dtypes are refused)."""
+    xs = torch.from_numpy(np.asarray(x[:usermodel.CHECK_EXAMPLES], np.float32))
+    n, in_dim = xs.shape
+    model = build_model(ref, in_dim, n_classes, seed=seed)
+    where = f"{ref}({in_dim}, {n_classes})"
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError(f"{where} has no trainable parameters", "federated learning trains the model's parameters")
+    for k, v in model.state_dict().items():  # integer/bool buffers are fine: kept from the core
+        if torch.nn.parameter.is_lazy(v):
+            raise UsageError(f"{where}: {k!r} is a lazy parameter (nn.LazyLinear, ...)",
+                             "give its sizes: the server and every node must build the same shapes without data")
+        if v.is_complex() or (v.is_floating_point() and v.dtype not in (torch.float32, torch.float64, torch.float16)):
+            raise UsageError(f"{where}: state_dict entry {k!r} is {str(v.dtype)[6:]}, which cannot be sent and "
+                             "averaged", "keep the model's weights in float32 (e.g. return model.float())")
+    try:
+        with torch.no_grad():
+            out = model.eval()(xs)
+    except Exception as e:
+        raise UsageError(f"{where} fails on a batch of {n} examples of shape ({n}, {in_dim}): {type(e).__name__}: "
+                         f"{first_line(e)}", "the model gets flattened float32 features (N, in_dim); "
+                         "a model for images reshapes inside forward, e.g. x.view(-1, 1, 8, 8)") from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"{where} returns {type(out).__name__} from forward, not a tensor", "return the logits")
+    if tuple(out.shape) != (n, n_classes):
+        raise UsageError(f"{where} maps ({n}, {in_dim}) to shape {tuple(out.shape)}, expected ({n}, {n_classes})",
+                         "return one logit per class for every example")
+    if not out.is_floating_point():
+        raise UsageError(f"{where} returns {str(out.dtype)[6:]} logits", "return float logits")
+    if not torch.isfinite(out).all():
+        raise UsageError(f"{where} returns NaN or Inf logits on real examples", "check the model's forward")
+    try:  # one training step's backward, as the clients will run it
+        torch.nn.functional.cross_entropy(model.train()(xs), torch.zeros(n, dtype=torch.int64)).backward()
+        trained = any(p.grad is not None for p in params)
+    except Exception as e:
+        raise UsageError(f"{where} cannot be trained: {type(e).__name__}: {first_line(e)}",
+                         "the logits must depend on the parameters (no .detach() or torch.no_grad() in forward)") from None
+    if not trained:
+        raise UsageError(f"{where} cannot be trained: the loss reaches none of its parameters",
+                         "the logits must depend on the parameters (no .detach() or torch.no_grad() in forward)")
+
+def check_run(model: str, dataset: str, seed: int = 0) -> None:
+    """:func:`check` the run's model on its data set's validation examples (built-in models too:
+    cnn refuses features that are not a square image)."""
+    s = load_dataset(dataset, seed)
+    check(model, s.val_x, s.n_classes, seed)

@@ -46,13 +46,6 @@ def no_torch_env(tmp_path) -> dict:
     return {"PYTHONPATH": os.pathsep.join([str(shim.parent), str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-@pytest.fixture(scope="session")
-def fed_digits():
-    """The federated digits dataset (pool / public / validation / test splits), seed 0."""
-    from edgekit.federated.data import load_dataset
-    return load_dataset("digits", 0)
-
-
 def assert_user_error(res, *needles: str) -> None:
     """A CLI user mistake: exit 1, nothing on stdout, no traceback, one last 'edgekit: error:' line
     containing every needle."""
