@@ -50,8 +50,9 @@ def lstat(path: Path, label: str) -> os.stat_result:
                           "check the bundle's permissions") from None
 
 
-def refuse(label: str, mode: int) -> UnsafeFileError:
-    return UnsafeFileError(f"bundle entry {label!r} is {kind(mode)}, not a regular file", UNSAFE_HINT)
+def refuse(label: str, mode: int, what: str = "bundle entry", error: type[Exception] = UnsafeFileError,
+           hint: str = UNSAFE_HINT) -> Exception:
+    return error(f"{what} {label!r} is {kind(mode)}, not a regular file", hint)
 
 
 def inside(root: Path, rel: str) -> Path:
@@ -69,19 +70,28 @@ def inside(root: Path, rel: str) -> Path:
     return root / rel
 
 
-def open_regular(path: Path, label: str) -> BinaryIO:
-    """Open a regular file for reading without following a link or blocking on a FIFO/device."""
-    st = lstat(path, label)
+def open_regular(path: Path, label: str, follow: bool = False, what: str = "bundle entry",
+                 error: type[Exception] = UnsafeFileError, hint: str = UNSAFE_HINT) -> BinaryIO:
+    """Open a regular file for reading without blocking on a FIFO/device (and, unless ``follow``,
+    without following a link: bundle entries; a user's own input file may be a link)."""
+    if not follow and error is UnsafeFileError:
+        st = lstat(path, label)
+    else:
+        try:
+            st = os.stat(path) if follow else os.lstat(path)
+        except OSError as e:
+            raise error(f"{what} {label!r} cannot be read ({e.strerror})", hint) from None
     if not stat.S_ISREG(st.st_mode):
-        raise refuse(label, st.st_mode)
+        raise refuse(label, st.st_mode, what, error, hint)
+    flags = OPEN_FLAGS if not follow else OPEN_FLAGS & ~getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        fd = os.open(path, flags)
     except OSError as e:  # ELOOP: it became a link since lstat; ENXIO: a socket/FIFO without peer
-        raise UnsafeFileError(f"bundle file {label!r} cannot be opened safely ({e.strerror})", UNSAFE_HINT) from None
+        raise error(f"{what} {label!r} cannot be opened safely ({e.strerror})", hint) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise refuse(label, st.st_mode)
+            raise refuse(label, st.st_mode, what, error, hint)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
