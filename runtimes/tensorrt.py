@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -148,11 +150,15 @@ def build_engine(art_dir: Path, precision: str, profiles: Mapping | None = None,
     for name, p in profiles.items():
         profile.set_shape(name, p["min"], p["opt"], p["max"])
     config.add_optimization_profile(profile)
-    if plan["calibrator"]:
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        config.int8_calibrator = _make_calibrator(trt, art_dir / plan["calibrator"], names,
-                                                  art_dir / ".calib.cache")
-    engine = builder.build_serialized_network(network, config)
+    calib_dir = tempfile.mkdtemp(prefix="edgekit-trt-calib-")  # never inside the bundle: its checksum covers it
+    try:
+        if plan["calibrator"]:
+            names = [network.get_input(i).name for i in range(network.num_inputs)]
+            config.int8_calibrator = _make_calibrator(trt, art_dir / plan["calibrator"], names,
+                                                      Path(calib_dir) / "calib.cache")
+        engine = builder.build_serialized_network(network, config)
+    finally:
+        shutil.rmtree(calib_dir, ignore_errors=True)
     if engine is None:
         raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path.name}",
                           "run with a TensorRT logger at VERBOSE to see which layer failed")

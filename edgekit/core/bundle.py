@@ -130,11 +130,11 @@ class Bundle:
         st = fsafe.lstat(p, rel)
         if stat.S_ISREG(st.st_mode) and size >= 0 and st.st_size != size:
             raise ChecksumError(f"bundle file {rel!r} is corrupt (size {st.st_size} bytes != manifest {size})",
-                                "copy the bundle again or re-export it")
+                                "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)")
         actual, _n = fsafe.tree_digest(p, rel)
         if actual != sha256:
             raise ChecksumError(f"bundle file {rel!r} is corrupt (sha256 {actual[:12]}… != manifest {sha256[:12]}…)",
-                                "copy the bundle again or re-export it")
+                                "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)")
         self._ok[rel] = sha256
         return p
 
