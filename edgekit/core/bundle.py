@@ -243,7 +243,10 @@ class BundleWriter:
             raise self._full(exc) from exc
 
     def _full(self, exc: BaseException) -> DiskFullError:
-        where = getattr(exc, "filename", None) or self.out_dir
+        path = getattr(exc, "filename2", None) or getattr(exc, "filename", None)  # copyfile: 2 = destination
+        path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else None
+        stage = str(self.stage or self.dest.with_name(publish.stage_prefix(self.dest)))
+        where = self.out_dir if not path or str(path).startswith(stage) else Path(path).parent
         return DiskFullError(f"no space left on the device holding {where}; the export stopped and "
                              f"{self.dest} was left as it was",
                              "free some disk space, or choose another --out (and TMPDIR for work files)")
