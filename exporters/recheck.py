@@ -53,7 +53,8 @@ def _run_one(bundle: Bundle, a: Artifact, name: str, refs: dict, row: dict) -> N
     except EdgekitError as e:
         row.update(result="FAIL", backend=name, reason=f"cannot be loaded although {name} is installed: {e.message}")
         return
-    v = compare([ref], run_cases(sess.run, [feeds]), a.precision, bundle.manifest.metadata.get("task") == "classification")
+    classifier = bundle.manifest.metadata.get("task") == "classification"
+    v = compare([ref], run_cases(sess.run, [feeds]), a.precision, classifier)
     row.update(result="pass" if v.passed else "FAIL", max_abs_err=v.max_abs_err, tolerance=v.tolerance,
                backend=name, compared=True, **({"reason": v.detail["mismatch"][0]} if v.detail.get("mismatch") else {}))
 

@@ -42,6 +42,7 @@ from edgekit.core.manifest import (  # noqa: F401 - the bundle API re-exports th
 from edgekit.core.version import __version__
 
 SUFFIX = ".edgekit"
+DAMAGED_FIX = "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)"
 VERIFY_MODES = {True: "all", "all": "all", "used": "used", False: "none", "none": "none"}
 # staging/work directories in use: removed by remove_work_dirs() when the process is terminated
 WORK_DIRS: set[Path] = set()
@@ -128,13 +129,13 @@ class Bundle:
                 fsafe.check_tree(p, rel)
             return p
         st = fsafe.lstat(p, rel)
-        if stat.S_ISREG(st.st_mode) and size >= 0 and st.st_size != size:
+        if stat.S_ISREG(st.st_mode) and size > 0 and st.st_size != size:  # cheap, before hashing
             raise ChecksumError(f"bundle file {rel!r} is corrupt (size {st.st_size} bytes != manifest {size})",
-                                "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)")
+                                DAMAGED_FIX)
         actual, _n = fsafe.tree_digest(p, rel)
         if actual != sha256:
             raise ChecksumError(f"bundle file {rel!r} is corrupt (sha256 {actual[:12]}… != manifest {sha256[:12]}…)",
-                                "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)")
+                                DAMAGED_FIX)
         self._ok[rel] = sha256
         return p
 
