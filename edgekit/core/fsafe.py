@@ -103,11 +103,11 @@ def read_capped(path: Path, label: str, cap: int) -> bytes:
     with open_regular(path, label) as f:
         size = os.fstat(f.fileno()).st_size
         if size > cap:
-            raise BundleError(f"{label} is {size / 1e6:.1f} MB, more than the {cap / 1e6:.0f} MB a bundle may use "
-                              "for it", "the bundle is corrupt or hostile; re-export it")
+            raise BundleError(f"{label} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:.0f} MiB a bundle "
+                              "may use for it", "the bundle is corrupt or hostile; re-export it")
         data = f.read(cap + 1)
     if len(data) > cap:
-        raise BundleError(f"{label} grew past {cap / 1e6:.0f} MB while being read", "re-export the bundle")
+        raise BundleError(f"{label} grew past {cap / 2**20:.0f} MiB while being read", "re-export the bundle")
     return data
 
 

@@ -46,8 +46,8 @@ def _npy(stream: IO[bytes], label: str, limit: int, error: type[Exception], hint
     nbytes = count * dtype.itemsize
     room = limit - (stream.tell() - start)
     if nbytes > room:
-        raise error(f"{label} declares a {dtype} array of shape {list(shape)} ({nbytes / 1e6:.1f} MB) but holds "
-                    f"{max(room, 0) / 1e6:.1f} MB", hint)
+        raise error(f"{label} declares a {dtype} array of shape {list(shape)} ({nbytes / 2**20:.1f} MiB) but holds "
+                    f"{max(room, 0) / 2**20:.1f} MiB", hint)
     arr = np.empty(count, dtype=dtype)
     view, got = memoryview(arr.view(np.uint8)) if count else memoryview(b""), 0
     while got < nbytes:
@@ -69,7 +69,7 @@ def _zip(f: IO[bytes], label: str, cap: int, error: type[Exception], hint: str) 
             raise error(f"{label} holds {len(infos)} arrays, more than {MAX_MEMBERS}", hint)
         total = sum(i.file_size for i in infos)
         if total > cap:
-            raise error(f"{label} expands to {total / 1e6:.1f} MB, more than the {cap / 1e6:.0f} MB allowed", hint)
+            raise error(f"{label} expands to {total / 2**20:.1f} MiB, more than the {cap / 2**20:.0f} MiB allowed", hint)
         out: dict[str, np.ndarray] = {}
         for info in infos:
             if not info.filename.endswith(".npy"):
@@ -101,7 +101,7 @@ def read_arrays(path: str | os.PathLike, label: str, *, cap: int = INPUT_MAX_BYT
             return _zip(f, label, cap, error, hint)
         if head == NPY_MAGIC:
             if size > cap + 4096:
-                raise error(f"{label} is {size / 1e6:.1f} MB, more than the {cap / 1e6:.0f} MB allowed", hint)
+                raise error(f"{label} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:.0f} MiB allowed", hint)
             return _npy(f, label, size, error, hint)
     raise error(f"{label} is neither an .npz nor an .npy file", hint)
 
