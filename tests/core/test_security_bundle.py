@@ -16,21 +16,12 @@ from edgekit.core.errors import BundleError, ChecksumError, DataError, UnsafeFil
 from edgekit.core.inputs import load_arrays
 from edgekit.models.digits import heldout
 from tests.conftest import assert_user_error, run_cli
-from tests.fixtures.bundles import add_openvino_ir, copy, edit_manifest, rehash
-
-
-@pytest.fixture(scope="module")
-def mixed_src(digits_bundle, tmp_path_factory):
-    """The default bundle with an OpenVINO IR directory artifact beside its ONNX file."""
-    pytest.importorskip("openvino")
-    b = copy(digits_bundle, tmp_path_factory.mktemp("mixed"))
-    add_openvino_ir(b)
-    return b
+from tests.fixtures.bundles import copy, edit_manifest, rehash
 
 
 @pytest.fixture()
-def mixed(mixed_src, tmp_path):
-    return copy(mixed_src, tmp_path)
+def mixed(mixed_bundle, tmp_path):
+    return copy(mixed_bundle, tmp_path)
 
 
 def _flip(p):

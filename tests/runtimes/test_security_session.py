@@ -8,24 +8,16 @@ import edgekit
 from edgekit.core.errors import InferenceError, InputShapeError, NonFiniteInputError, UsageError
 from edgekit.models.digits import heldout
 from tests.conftest import assert_user_error, run_cli
-from tests.fixtures.bundles import add_openvino_ir, copy, edit_manifest
+from tests.fixtures.bundles import copy, edit_manifest
 
 BACKENDS = ["onnxruntime", "openvino"]
 
 
 @pytest.fixture(scope="module")
-def mixed(digits_bundle, tmp_path_factory):
-    pytest.importorskip("openvino")
-    b = copy(digits_bundle, tmp_path_factory.mktemp("session"))
-    add_openvino_ir(b)
-    return b
-
-
-@pytest.fixture(scope="module")
-def loose(mixed, tmp_path_factory):
+def loose(mixed_bundle, tmp_path_factory):
     """The same bundle, its manifest claiming a symbolic height the graphs do not have: inputs pass the
     checks and the backend itself rejects them (a failure after the checks)."""
-    b = copy(mixed, tmp_path_factory.mktemp("loose"))
+    b = copy(mixed_bundle, tmp_path_factory.mktemp("loose"))
 
     def symbolic_height(m):
         for specs in (m["inputs"], m["graphs"]["main"]["inputs"]):
@@ -36,8 +28,8 @@ def loose(mixed, tmp_path_factory):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nonfinite_inputs_are_refused_by_default(mixed, backend, bad):
-    sess = edgekit.load(mixed, backend=backend)
+def test_nonfinite_inputs_are_refused_by_default(mixed_bundle, backend, bad):
+    sess = edgekit.load(mixed_bundle, backend=backend)
     x = heldout()[0][:4].copy()
     x[2, 0, 3, 3] = bad
     with pytest.raises(NonFiniteInputError, match="'x' holds NaN or infinite values") as info:
@@ -47,13 +39,13 @@ def test_nonfinite_inputs_are_refused_by_default(mixed, backend, bad):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_allow_nonfinite_passes_them_through(mixed, backend):
+def test_allow_nonfinite_passes_them_through(mixed_bundle, backend):
     x = np.full((1, 1, 8, 8), np.nan, np.float32)
     for allow in (True, ["x"], "x"):
-        out = edgekit.load(mixed, backend=backend, allow_nonfinite=allow).run({"x": x})["logits"]
+        out = edgekit.load(mixed_bundle, backend=backend, allow_nonfinite=allow).run({"x": x})["logits"]
         assert out.shape == (1, 10)
     with pytest.raises(UsageError, match="unknown input"):
-        edgekit.load(mixed, backend=backend, allow_nonfinite=["mask"])
+        edgekit.load(mixed_bundle, backend=backend, allow_nonfinite=["mask"])
 
 
 def test_finiteness_check_is_exact():
@@ -74,14 +66,14 @@ def test_finiteness_check_is_exact():
                         assert not _finite(w, zeros), (dtype, n, pos, bad)
 
 
-def test_huge_finite_values_are_accepted(mixed):
-    sess = edgekit.load(mixed, backend="onnxruntime")
+def test_huge_finite_values_are_accepted(mixed_bundle):
+    sess = edgekit.load(mixed_bundle, backend="onnxruntime")
     assert sess.run({"x": np.full((2, 1, 8, 8), 3e38, np.float32)})["logits"].shape == (2, 10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch_is_an_input_error_and_the_session_survives(mixed, backend):
-    sess = edgekit.load(mixed, backend=backend)
+def test_empty_batch_is_an_input_error_and_the_session_survives(mixed_bundle, backend):
+    sess = edgekit.load(mixed_bundle, backend=backend)
     with pytest.raises(InputShapeError, match="'x' is empty"):
         sess.run({"x": np.zeros((0, 1, 8, 8), np.float32)})
     x = heldout()[0][:3]
@@ -99,11 +91,11 @@ def test_backend_failure_is_an_inference_error_and_the_session_survives(loose, b
     np.testing.assert_array_equal(sess.run({"x": x})["logits"], want)
 
 
-def test_cli_run_refuses_nan_input_unless_allowed(mixed, tmp_path):
+def test_cli_run_refuses_nan_input_unless_allowed(mixed_bundle, tmp_path):
     x = np.full((1, 1, 8, 8), np.nan, np.float32)
     np.savez(tmp_path / "nan.npz", x=x)
-    assert_user_error(run_cli("run", mixed, "--input", tmp_path / "nan.npz"), "NaN or infinite",
+    assert_user_error(run_cli("run", mixed_bundle, "--input", tmp_path / "nan.npz"), "NaN or infinite",
                       "EDGEKIT_ALLOW_NONFINITE")
-    r = run_cli("run", mixed, "--input", tmp_path / "nan.npz", "-b", "onnxruntime",
+    r = run_cli("run", mixed_bundle, "--input", tmp_path / "nan.npz", "-b", "onnxruntime",
                 env={"EDGEKIT_ALLOW_NONFINITE": "x,mask"})
     assert r.returncode == 0 and "logits" in r.stdout, r.stderr

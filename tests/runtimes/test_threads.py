@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 
 import edgekit
-from tests.fixtures.bundles import add_openvino_ir, copy, tokengate_bundle
+from tests.fixtures.bundles import tokengate_bundle
 
 THREADS, CALLS = 8, 24
-
-
-@pytest.fixture(scope="module")
-def mixed(digits_bundle, tmp_path_factory):
-    pytest.importorskip("openvino")
-    b = copy(digits_bundle, tmp_path_factory.mktemp("threads"))
-    add_openvino_ir(b)
-    return b
 
 
 def _hammer(run, feeds: list) -> list:
@@ -35,8 +27,8 @@ def _hammer(run, feeds: list) -> list:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_one_session_many_threads(mixed, backend):
-    sess = edgekit.load(mixed, backend=backend)
+def test_one_session_many_threads(mixed_bundle, backend):
+    sess = edgekit.load(mixed_bundle, backend=backend)
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((1 + i % 5, 1, 8, 8)).astype(np.float32)} for i in range(THREADS * CALLS)]
     want = [sess.run(f)["logits"] for f in feeds]  # single-thread reference
