@@ -31,6 +31,7 @@ MAX_RANK = 64
 MAX_DIM = 2**31 - 1
 MAX_EXAMPLE_ELEMENTS = 1 << 28  # elements of one example shape (bench draws random inputs of it)
 SHA256 = re.compile(r"[0-9a-f]{64}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 FIX = "re-export the bundle; manifests are written by edgekit"
 _MISSING = object()
 
@@ -152,6 +153,11 @@ def _bad(f: str, what: str, v: Any) -> _FieldError:
     return _FieldError(f, f"must be {what}, got {_tname(v)}{shown}")
 
 
+def _k(key: str) -> str:
+    """A key as it appears in a field path: itself when printable, else its repr (NUL, control characters)."""
+    return key if key.isprintable() and len(key) <= 120 else repr(key[:120])
+
+
 def _get(d: dict, key: str, f: str, default: Any = _MISSING) -> Any:
     v = d.get(key, default)
     if v is _MISSING:
@@ -239,11 +245,11 @@ def _specs(v: Any, f: str) -> list[TensorSpec]:
 
 def _example_shapes(v: Any, f: str) -> None:
     for name, shape in _obj(v, f, optional=True).items():
-        n = 1
-        for i, x in enumerate(_list(shape, f"{f}.{name}", MAX_RANK)):
-            n *= _int(x, f"{f}.{name}[{i}]", 0, MAX_DIM)
+        n, g = 1, f"{f}.{_k(name)}"
+        for i, x in enumerate(_list(shape, g, MAX_RANK)):
+            n *= _int(x, f"{g}[{i}]", 0, MAX_DIM)
         if n > MAX_EXAMPLE_ELEMENTS:
-            raise _FieldError(f"{f}.{name}", f"has {n} elements, more than {MAX_EXAMPLE_ELEMENTS}")
+            raise _FieldError(g, f"has {n} elements, more than {MAX_EXAMPLE_ELEMENTS}")
 
 
 def _graph(name: str, v: Any, f: str) -> Graph:
@@ -301,11 +307,12 @@ def _files(v: Any) -> dict[str, dict]:
     if len(files) > MAX_ITEMS:
         raise _FieldError("files", f"lists {len(files)} files, more than the {MAX_ITEMS} a bundle may hold")
     for rel, info in files.items():
-        check_rel(rel, f"files.{rel}")
-        info = _obj(info, f"files.{rel}")
-        if not SHA256.fullmatch(_str(_get(info, "sha256", f"files.{rel}"), f"files.{rel}.sha256", cap=64)):
-            raise _FieldError(f"files.{rel}.sha256", "must be 64 lowercase hex digits", ChecksumError)
-        _int(info.get("bytes", 0), f"files.{rel}.bytes")
+        f = f"files.{_k(rel)}"
+        check_rel(rel, f)
+        info = _obj(info, f)
+        if not SHA256.fullmatch(_str(_get(info, "sha256", f), f"{f}.sha256", cap=64)):
+            raise _FieldError(f"{f}.sha256", "must be 64 lowercase hex digits", ChecksumError)
+        _int(info.get("bytes", 0), f"{f}.bytes")
     return files
 
 
@@ -338,7 +345,7 @@ def _manifest(cls: type[Manifest], d: dict) -> Manifest:
     graphs_raw = _obj(_get(d, "graphs", ""), "graphs")
     if len(graphs_raw) > MAX_ITEMS:
         raise _FieldError("graphs", f"declares {len(graphs_raw)} graphs, more than {MAX_ITEMS}")
-    graphs = {k: _graph(k, g, f"graphs.{k}") for k, g in graphs_raw.items()}
+    graphs = {k: _graph(k, g, f"graphs.{_k(k)}") for k, g in graphs_raw.items()}
     arts = [_artifact(a, f"artifacts[{i}]", graphs) for i, a in enumerate(_list(d.get("artifacts", []), "artifacts"))]
     return cls(name=_str(_get(d, "name", ""), "name", empty=False, cap=256),
                inputs=_specs(_get(d, "inputs", ""), "inputs"), outputs=_specs(_get(d, "outputs", ""), "outputs"),
@@ -348,14 +355,22 @@ def _manifest(cls: type[Manifest], d: dict) -> Manifest:
                created=_str(d.get("created") or "", "created", cap=64))
 
 
-def _check_depth(obj: Any, where: str) -> None:
+def _check_tree(obj: Any, where: str, strings: bool) -> None:
+    """Nesting depth; with ``strings``, also that every key and string is valid Unicode (JSON's \\u
+    escapes can spell lone surrogates, which no file name or terminal can take)."""
+    bad_text = BundleError(f"{where} holds text that is not valid Unicode (a lone surrogate escape)", FIX)
     stack = [(obj, 1)]
     while stack:
         o, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise BundleError(f"{where} nests objects/lists deeper than {MAX_DEPTH} levels", FIX)
-        items = o.values() if isinstance(o, dict) else o
-        stack.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+        if strings and isinstance(o, dict) and any(_SURROGATE.search(k) for k in o):
+            raise bad_text
+        for v in (o.values() if isinstance(o, dict) else o):
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+            elif strings and isinstance(v, str) and _SURROGATE.search(v):
+                raise bad_text
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -374,5 +389,5 @@ def read_manifest(root: Path) -> Manifest:
     except ValueError as e:  # JSONDecodeError, and integers too long to convert
         raise BundleError(f"{where} is not valid JSON ({str(e)[:200]})", "re-export the bundle") from None
     if isinstance(raw, (dict, list)):
-        _check_depth(raw, where)
+        _check_tree(raw, where, strings=re.search(rb"\\u[dD][89a-fA-F]", data) is not None)
     return Manifest.from_dict(raw, where)

@@ -99,6 +99,12 @@ def test_checksum_and_version_fields(bundle):
     _write(bundle, m2)
     with pytest.raises(ChecksumError, match="64 lowercase hex"):
         Bundle.load(bundle)
+    m3 = copy.deepcopy(m)
+    m3["artifacts"][0]["path"] = "main\ud800.onnx"  # a lone surrogate: no file name, no terminal takes it
+    m3["metadata"]["labels"][0] = "\udfff"
+    _write(bundle, m3)
+    with pytest.raises(BundleError, match="not valid Unicode"):
+        Bundle.load(bundle)
     for bad in ("../x.onnx", "/abs", "a//b", "./a", "a\\b", "C:x", "a\0b"):
         m2["artifacts"][0].update(sha256="0" * 64, path=bad)
         _write(bundle, m2)
@@ -193,7 +199,7 @@ def test_fuzzed_manifests_raise_only_bundle_errors(fuzz_bundle):
         except BundleError as e:
             assert str(e) and len(str(e).splitlines()) == 1
             return
-        assert isinstance(loaded.manifest.name, str)
+        json.dumps(loaded.manifest.to_dict(), ensure_ascii=False).encode("utf-8")  # printable as UTF-8
         for a in loaded.manifest.artifacts:
             assert a.status in mf.STATUSES and isinstance(a.bytes, int) and (a.sha256 or a.status == "failed")
         loaded.integrity()
