@@ -144,8 +144,13 @@ def test_size_and_count_caps(bundle):
 NASTY = st.sampled_from(["", ".", "..", "../x", "/etc/passwd", "a\0b", "C:\\x", "main.onnx", FILE, "x" * 5000,
                          "float32", "object", "main", "ok", "failed", "batch", "é/ü", "\ud800"])
 LEAF = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12) | NASTY
-JSON = st.recursive(LEAF, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6) | NASTY, c,
-                                                                                   max_size=4), max_leaves=12)
+
+
+def _containers(children):
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6) | NASTY, children, max_size=4)
+
+
+JSON = st.recursive(LEAF, _containers, max_leaves=12)
 
 
 def _slots(node, out, depth=1):
