@@ -17,13 +17,12 @@ import tempfile
 import time
 
 import numpy as np
+from common import write
+from edgekit.runtimes import open_graph
 
 import edgekit
 from edgekit.core.bundle import Bundle
 from edgekit.models import registry
-from edgekit.runtimes import open_graph
-
-from common import write
 
 
 def _spread(a: np.ndarray) -> dict:

@@ -46,7 +46,8 @@ CASES = [
     (("pipeline",), {"params": {}}, "pipeline.kind is missing"),
     (("artifacts",), {}, "artifacts must be a list, got object"),
     (("artifacts", 0), 7, "artifacts[0] must be an object, got int"),
-    (("artifacts", 0, "status"), "great", "artifacts[0].status must be one of ok, not-validated, failed, pending-build"),
+    (("artifacts", 0, "status"), "great",
+     "artifacts[0].status must be one of ok, not-validated, failed, pending-build"),
     (("artifacts", 0, "graph"), "nope", "artifacts[0].graph names graph 'nope', which the manifest does not declare"),
     (("artifacts", 0, "bytes"), -1, "artifacts[0].bytes must be an int"),
     (("artifacts", 0, "validation"), [], "artifacts[0].validation must be an object, got list"),
@@ -135,7 +136,8 @@ def test_size_and_count_caps(bundle):
     (bundle / "manifest.json").write_bytes(b'{"format": "\xff"}')
     with pytest.raises(BundleError, match="not UTF-8"):
         Bundle.load(bundle)
-    (bundle / "manifest.json").write_text('{"format": "edgekit.core.bundle", "format_version": 1, "x": ' + "9" * 5000 + "}")
+    head = '{"format": "edgekit.core.bundle", "format_version": 1, "x": '
+    (bundle / "manifest.json").write_text(head + "9" * 5000 + "}")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.load(bundle)
 
