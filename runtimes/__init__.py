@@ -27,8 +27,12 @@ __all__ = ["load", "open_graph", "Session", "BackendBase", "BACKENDS", "ALIASES"
 
 def load(path: str | os.PathLike | Bundle, backend: str = "auto", graph: str | None = None,
          precision: str | None = None, verify: bool = True, **options: Any):
-    """Open a bundle. Returns a Session, or the pipeline runner for pipeline bundles (graph=None)."""
-    bundle = path if isinstance(path, Bundle) else Bundle.load(path, verify=verify)
+    """Open a bundle. Returns a Session, or the pipeline runner for pipeline bundles (graph=None).
+
+    ``verify``: check the checksum of every file the session uses (the others are not read, so a
+    damaged artifact that is not used does not block this one). ``allow_nonfinite=True`` (or a list
+    of input names) lets float inputs carry NaN/inf, refused by default. The Session is thread-safe."""
+    bundle = path if isinstance(path, Bundle) else Bundle.load(path, verify="used" if verify else False)
     if graph is None and bundle.manifest.pipeline:
         return load_pipeline(bundle, backend=backend, precision=precision, **options)
     return open_graph(bundle, graph or "main", backend, precision, **options)

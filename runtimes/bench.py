@@ -14,6 +14,7 @@ from edgekit.runtimes.registry import BACKENDS, open_graph
 
 from edgekit.core.bundle import Bundle
 from edgekit.core.errors import BackendUnavailableError, EdgekitError, UsageError
+from edgekit.core.inputs import load_validation
 
 
 def check_counts(iters: int, warmup: int = 0, batch: int | None = None) -> None:
@@ -74,8 +75,7 @@ def example_feeds(bundle: Bundle, graph: str = "main", batch: int | None = None,
     rel = f"validation/{graph}.npz"
     g = bundle.graph(graph)
     if rel in bundle.manifest.files:
-        with np.load(bundle.file(rel)) as z:
-            feeds = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
+        feeds = load_validation(bundle, graph)[0]
     else:
         rng = np.random.default_rng(seed)
         ex = g.metadata.get("example_shapes", {})

@@ -5,10 +5,13 @@ macOS, so ``available()`` is False elsewhere. ``inspect_spec`` / ``check_spec`` 
 .mlpackage's spec (works on Linux) and compare its IO with the manifest: what the exporter records
 when a numeric check cannot run.
 Options: ``compute_units`` = "ALL" (default) | "CPU_ONLY" | "CPU_AND_GPU" | "CPU_AND_NE".
+Thread safety: Core ML does not document ``MLModel.predict`` as safe to call concurrently, so
+calls on one backend are serialized with a lock (open one session per thread for parallelism).
 """
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -120,6 +123,7 @@ def check_spec(info: Mapping[str, Any], graph: Graph, precision: str) -> dict:
 class CoreMLBackend(BackendBase):
     name = "coreml"
     extra = "coreml"
+    concurrency = "serialized"
 
     @classmethod
     def unavailable_reason(cls) -> tuple[str, str]:
@@ -149,7 +153,10 @@ class CoreMLBackend(BackendBase):
         info = inspect_spec(Path(path))
         self.in_dtypes = {i["name"]: _NP_OF.get(i["dtype"], np.float32) for i in info["inputs"]}
         self.out_names = [s.name for s in graph.outputs]
+        self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        res = self.model.predict({n: np.asarray(a, dtype=self.in_dtypes.get(n, a.dtype)) for n, a in feeds.items()})
-        return {n: np.asarray(res[n]) for n in self.out_names}
+        arrays = {n: np.asarray(a, dtype=self.in_dtypes.get(n, a.dtype)) for n, a in feeds.items()}
+        with self._lock:
+            res = self.model.predict(arrays)
+        return {n: np.array(res[n]) for n in self.out_names}

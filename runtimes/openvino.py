@@ -10,10 +10,15 @@ Options (``edgekit.load(path, backend="openvino", **options)``):
                (OpenVINO's CPU default there); int8 artifacts keep the device default.
   threads      inference threads (default $EDGEKIT_THREADS or OpenVINO's choice)
   cache_dir    OpenVINO compiled-model cache directory
+
+Thread safety: an InferRequest serves one call at a time, so ``run`` takes a request from a pool
+(created on demand, one per concurrent caller), copies the outputs out of it and puts it back;
+a request whose call failed is dropped. ``raw_call`` (benchmarks) uses one request: single thread.
 """
 from __future__ import annotations
 
 import os
+import queue
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -126,7 +131,9 @@ class OpenVINOBackend(BackendBase):
             self.note = "compiled with INFERENCE_PRECISION_HINT=f32 (device default failed)"
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")) \
             if base == "CPU" else config.get("INFERENCE_PRECISION_HINT", "device default")
-        self.request = self.compiled.create_infer_request()
+        self.request = self.compiled.create_infer_request()  # raw_call's (single-thread benchmarks)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests free for run()
+        self._idle.put(self.compiled.create_infer_request())
         self.version = f"{ov.get_version().split('-')[0]} {device}"
         self.in_index = {s.name: self._find(self.compiled.inputs, i, s.name) for i, s in enumerate(graph.inputs)}
         self.out_names = [s.name for s in graph.outputs]
@@ -150,9 +157,14 @@ class OpenVINOBackend(BackendBase):
         return i  # converted graphs keep the export order
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        req = self.request
+        try:
+            req = self._idle.get_nowait()
+        except queue.Empty:  # every request is busy in another thread: one more
+            req = self.compiled.create_infer_request()
         req.infer({self.in_index[n]: a for n, a in feeds.items()}, share_inputs=True)
-        return {n: req.get_output_tensor(j).data.copy() for n, j in zip(self.out_names, self.out_index)}
+        out = {n: req.get_output_tensor(j).data.copy() for n, j in zip(self.out_names, self.out_index)}
+        self._idle.put(req)  # only after a successful call: a failed request is not reused
+        return out
 
     def raw_call(self):
         req, idx = self.request, self.in_index

@@ -93,7 +93,8 @@ def _pick(bundle: Bundle, graph: str, backend: str, precision: str | None) -> tu
 def open_graph(bundle: Bundle, graph: str = "main", backend: str = "auto", precision: str | None = None,
                **options: Any) -> Session:
     """Open one graph of a loaded bundle as a Session."""
+    allow_nonfinite = options.pop("allow_nonfinite", False)
     name, art = _pick(bundle, graph, backend, precision)
     g = bundle.graph(graph)
     impl = backend_class(name)(bundle.path(art), art, g, **options)
-    return Session(impl, g.inputs, g.outputs, art)
+    return Session(impl, g.inputs, g.outputs, art, allow_nonfinite=allow_nonfinite)

@@ -6,10 +6,16 @@ the library calls below are kept thin and follow NVIDIA's TensorRT 10/11 Python 
 (profiles, version dispatch, cache keys, op check) is pure Python in ``trt_cache.py`` and tested.
 
 Needs ``tensorrt`` (>=10) and ``cuda-python`` for device memory: ``pip install "edgekit[tensorrt]"``.
+Thread safety: one execution context, one stream and shared device buffers per backend, so calls
+are serialized with a lock (open one session per thread, each with its own context, to overlap).
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,8 +29,10 @@ from edgekit.runtimes.trt_cache import (
     gpu_info,
 )
 
-from edgekit.core.bundle import Artifact, Graph
+from edgekit.core.bundle import Artifact, Graph, check_rel
 from edgekit.core.errors import BackendUnavailableError, BundleError, ExportError
+from edgekit.core.fsafe import read_capped
+from edgekit.core.inputs import VALIDATION_MAX_BYTES, read_arrays
 
 INSTALL = 'pip install "edgekit[tensorrt]"'
 PLAN_FILE = "trt.json"
@@ -59,17 +67,34 @@ def _ck(ret: Any) -> Any:
 
 
 def read_plan(art_dir: Path) -> dict:
+    """The artifact's trt.json (untrusted: size-capped, its file names checked to stay inside the artifact)."""
     p = Path(art_dir) / PLAN_FILE
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise BundleError(f"{art_dir} is not an edgekit TensorRT artifact (no {PLAN_FILE})",
                           "re-export with --target tensorrt")
-    return json.loads(p.read_text())
+    try:
+        meta = json.loads(read_capped(p, PLAN_FILE, 1 << 20).decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise BundleError(f"{PLAN_FILE} of {Path(art_dir).name} is not valid JSON ({str(e)[:120]})",
+                          "re-export with --target tensorrt") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) \
+            or not isinstance(meta.get("profiles"), dict) or not isinstance(meta.get("sha256"), dict):
+        raise BundleError(f"{PLAN_FILE} of {Path(art_dir).name} lacks files/profiles/sha256 maps",
+                          "re-export with --target tensorrt")
+    for role, name in files.items():
+        check_rel(name, f"{PLAN_FILE} files.{role}")
+    return meta
 
 
 def _make_calibrator(trt, npz: Path, input_names: list[str], cache_file: Path):
     """TensorRT 10 implicit-quantization calibrator fed from the bundle's calibration .npz."""
     cudart = _cudart()
-    data = np.load(npz)
+    data = read_arrays(npz, npz.name, cap=VALIDATION_MAX_BYTES * 16, bundle_file=True,
+                       hint="re-export with --target tensorrt --precision int8 --calib DATA")
+    if not isinstance(data, dict) or any(n not in data for n in input_names):
+        raise BundleError(f"{npz.name} holds no calibration arrays for inputs {input_names}",
+                          "re-export with --target tensorrt --precision int8 --calib DATA")
     batches = [{n: np.ascontiguousarray(data[n][i]) for n in input_names} for i in range(len(data[input_names[0]]))]
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):  # deprecated in TRT 10, removed in 11
@@ -125,11 +150,15 @@ def build_engine(art_dir: Path, precision: str, profiles: Mapping | None = None,
     for name, p in profiles.items():
         profile.set_shape(name, p["min"], p["opt"], p["max"])
     config.add_optimization_profile(profile)
-    if plan["calibrator"]:
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        config.int8_calibrator = _make_calibrator(trt, art_dir / plan["calibrator"], names,
-                                                  art_dir / ".calib.cache")
-    engine = builder.build_serialized_network(network, config)
+    calib_dir = tempfile.mkdtemp(prefix="edgekit-trt-calib-")  # never inside the bundle: its checksum covers it
+    try:
+        if plan["calibrator"]:
+            names = [network.get_input(i).name for i in range(network.num_inputs)]
+            config.int8_calibrator = _make_calibrator(trt, art_dir / plan["calibrator"], names,
+                                                      Path(calib_dir) / "calib.cache")
+        engine = builder.build_serialized_network(network, config)
+    finally:
+        shutil.rmtree(calib_dir, ignore_errors=True)
     if engine is None:
         raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path.name}",
                           "run with a TensorRT logger at VERBOSE to see which layer failed")
@@ -163,6 +192,7 @@ def engine_for(art_dir: Path, precision: str, *, cache_root: str | None = None, 
 class TensorRTBackend(BackendBase):
     name = "tensorrt"
     extra = "tensorrt"
+    concurrency = "serialized"
 
     @staticmethod
     def available() -> bool:
@@ -190,6 +220,7 @@ class TensorRTBackend(BackendBase):
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.stream = _ck(cudart.cudaStreamCreate())
         self._dev: dict[str, tuple[int, int]] = {}  # name -> (ptr, bytes)
+        self._lock = threading.Lock()  # the context, stream and buffers serve one call at a time
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._dev.get(name, (0, 0))
@@ -201,6 +232,10 @@ class TensorRTBackend(BackendBase):
         return int(ptr)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._run_locked(feeds)
+
+    def _run_locked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, ctx, h2d = self.cudart, self.context, self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         check_in_profile(self.profiles, {n: a.shape for n, a in feeds.items()})
         for name in self.inputs:

@@ -56,3 +56,14 @@ def assert_user_error(res, *needles: str) -> None:
     assert line.startswith("edgekit: error: "), res.stderr
     for n in needles:
         assert n in line, (n, line)
+
+
+@pytest.fixture(scope="session")
+def mixed_bundle(digits_bundle, tmp_path_factory) -> Path:
+    """The default bundle plus an OpenVINO IR directory artifact converted from its ONNX file (no export)."""
+    pytest.importorskip("openvino")
+    from tests.fixtures.bundles import add_openvino_ir, copy
+
+    b = copy(digits_bundle, tmp_path_factory.mktemp("mixed"))
+    add_openvino_ir(b)
+    return b

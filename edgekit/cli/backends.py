@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 from edgekit.cli import output as cli
@@ -35,15 +34,14 @@ def _trt_artifacts(bundle, graph: str, precision: Optional[str]):
 
 def _check_against_stored(bundle, graph, art, engine_dir_cache: Optional[str]) -> dict | None:
     """Run the built engine on the bundle's stored example and compare with the stored reference."""
+    from edgekit.core.inputs import load_validation
     from edgekit.exporters.validate import compare
     from edgekit.runtimes.tensorrt import TensorRTBackend
 
     rel = f"validation/{graph}.npz"
     if rel not in bundle.manifest.files:
         return None
-    with np.load(bundle.file(rel)) as z:
-        feeds = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
-        ref = {k[4:]: z[k] for k in z.files if k.startswith("out.")}
+    feeds, ref = load_validation(bundle, graph)
     impl = TensorRTBackend(bundle.path(art), art, bundle.graph(graph), cache_dir=engine_dir_cache)
     v = compare([ref], [impl.run(feeds)], art.precision, bundle.manifest.metadata.get("task") == "classification",
                 where="tensorrt on this GPU")

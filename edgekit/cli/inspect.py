@@ -19,14 +19,36 @@ def register(app: typer.Typer) -> None:
 
 
 def info(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), json_out: bool = JSON) -> None:
-    """Show a bundle's inputs, outputs, graphs, artifacts and metadata."""
+    """Show a bundle's inputs, outputs, graphs, artifacts (with the integrity of each) and metadata."""
     from edgekit.core.bundle import Bundle
 
-    b = Bundle.load(bundle)
+    b = Bundle.load(bundle, verify="used")  # a damaged artifact is listed as such, not fatal
     m = b.manifest
+    integrity = b.integrity()
+    state = {a.path: _integrity(a, integrity) for a in m.artifacts}
+    damaged = [why for rel, why in integrity.items() if why]
     if json_out:
-        cli.emit_json(m.to_dict())
-        return
+        d = m.to_dict()
+        for ad, a in zip(d["artifacts"], m.artifacts):
+            ad["integrity"] = state[a.path]
+        d["files_integrity"] = {rel: "ok" if not integrity.get(rel) else f"damaged: {integrity[rel]}" for rel in m.files}
+        cli.emit_json(d)
+    else:
+        _info_text(b, state)
+    if damaged:
+        cli.err.print(f"edgekit: warning: {len(damaged)} damaged: {'; '.join(damaged)} (fix: copy the bundle again "
+                      "or re-export it; the intact artifacts still run)", markup=False, highlight=False)
+
+
+def _integrity(a, integrity: dict) -> str:
+    if not a.sha256:
+        return "no file"
+    why = integrity.get(a.path)
+    return f"damaged: {why}" if why else "ok"
+
+
+def _info_text(b, state: dict) -> None:
+    m = b.manifest
     cli.say(f"{m.name}  ({b.root})  edgekit {m.producer.get('edgekit', '?')}, {m.created}")
     for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
         cli.say(f"  {label}: " + "; ".join(s.describe() for s in specs))
@@ -38,8 +60,10 @@ def info(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), json
         cli.say(f"  labels ({len(labels)}): {', '.join(map(str, labels[:12]))}{' …' if len(labels) > 12 else ''}")
     for k, v in meta.items():
         cli.say(f"  {k}: {v}")
-    cli.table("artifacts", ["graph", "target", "precision", "status", "max abs err", "size MB", "sha256", "note"],
-              [[a.graph, a.target, a.precision, a.status, cli.fmt(a.validation.max_abs_err if a.validation else None),
+    cli.table("artifacts", ["graph", "target", "precision", "status", "integrity", "max abs err", "size MB", "sha256",
+                            "note"],
+              [[a.graph, a.target, a.precision, a.status, state[a.path],
+                cli.fmt(a.validation.max_abs_err if a.validation else None),
                 cli.fmt(a.bytes / 1e6, ".3f"), a.sha256[:12], a.status_reason or ""] for a in m.artifacts])
 
 
@@ -64,7 +88,7 @@ def run(
         else:  # a single-graph text model that carries its tokenizer (metadata.text)
             from edgekit.core.bundle import Bundle
             from edgekit.runtimes.pipelines.text import text_feeds
-            outs = sess.run(text_feeds(Bundle.load(bundle, verify=False), [s.name for s in sess.inputs], list(text)))
+            outs = sess.run(text_feeds(Bundle.load(bundle, verify="used"), [s.name for s in sess.inputs], list(text)))
     elif input is not None:
         outs = sess.run(load_arrays(input, sess.inputs))
     else:
@@ -188,48 +212,43 @@ def _torch_eager(b, feeds, warmup: int, iters: int):
 
 
 def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), json_out: bool = JSON) -> None:
-    """Verify checksums, then re-run every artifact runnable here on the stored example and compare with the
-    PyTorch reference outputs stored at export time (works without torch, e.g. on the device)."""
+    """Verify every file's checksum, then re-run every artifact runnable here on the stored example and compare
+    with the PyTorch reference outputs stored at export time (works without torch, e.g. on the device).
+    Exits 1 unless every artifact it could run passed and at least one was compared."""
     from edgekit.core.bundle import Bundle
-    from edgekit.core.errors import EdgekitError, ValidationFailed
-    from edgekit.exporters.validate import compare, run_cases
-    from edgekit.runtimes import open_graph
-    from edgekit.runtimes.bench import backend_for
+    from edgekit.core.errors import ValidationFailed
+    from edgekit.exporters.recheck import recheck_bundle
 
-    b = Bundle.load(bundle)  # checksums + paths
-    rows = []
-    for a in b.manifest.artifacts:
-        row = {"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status}
-        rel = f"validation/{a.graph}.npz"
-        if a.status not in ("ok", "not-validated") or rel not in b.manifest.files:
-            row["result"] = "skipped" if a.status != "failed" else "failed at export"
-            rows.append(row)
-            continue
-        with np.load(b.file(rel)) as z:
-            feeds = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
-            ref = {k[4:]: z[k] for k in z.files if k.startswith("out.")}
-        try:
-            sess = open_graph(b, a.graph, backend_for(a.target) or "auto", a.precision)
-        except EdgekitError as e:
-            row["result"], row["reason"] = "cannot run here", str(e)
-            rows.append(row)
-            continue
-        v = compare([ref], run_cases(sess.run, [feeds]), a.precision,
-                    b.manifest.metadata.get("task") == "classification")
-        row.update(result="pass" if v.passed else "FAIL", max_abs_err=v.max_abs_err, tolerance=v.tolerance,
-                   backend=sess.backend_name, **({"reason": v.detail["mismatch"][0]} if v.detail.get("mismatch") else {}))
-        rows.append(row)
-    bad = [r for r in rows if r["result"] in ("FAIL", "failed at export")]
+    b = Bundle.load(bundle, verify="used")  # manifest + paths now; every file's checksum below
+    res = recheck_bundle(b)
+    rows, damaged = res["artifacts"], res["damaged_files"]
+    bad_rows = [r for r in rows if r["result"] in ("FAIL", "damaged", "failed at export")]
     if json_out:
-        cli.emit_json({"bundle": str(b.root), "checksums": "ok", "artifacts": rows})
+        cli.emit_json({"bundle": str(b.root), "checksums": "damaged" if damaged or any(
+            r["result"] == "damaged" for r in rows) else "ok", "damaged_files": damaged,
+            "compared": res["compared"], "artifacts": rows})
     else:
-        cli.say(f"checksums: ok ({len(b.manifest.artifacts)} artifacts, {len(b.manifest.files)} files)")
+        _say_checksums(b, rows, damaged)
         cli.table("numeric check vs stored PyTorch reference", ["graph", "target", "precision", "backend", "result",
                                                                 "max abs err", "tolerance", "note"],
                   [[r["graph"], r["target"], r["precision"], r.get("backend", "-"), r["result"],
                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("tolerance")), r.get("reason", "")] for r in rows])
-    if bad:
-        raise ValidationFailed(f"{len(bad)} artifact(s) failed validation", "re-export the bundle")
+    if res["failed"]:
+        kinds = sorted({r["result"] for r in bad_rows} | ({"damaged file"} if damaged else set()))
+        raise ValidationFailed(f"{res['failed']} artifact(s)/file(s) failed validation ({', '.join(kinds)})",
+                               "copy the bundle again if it is damaged, else re-export it")
+    if not res["compared"]:
+        raise ValidationFailed("no artifact could be compared with the stored reference outputs here "
+                               f"({len(rows)} artifact(s), none runnable on this machine)",
+                               "install the backend of one of the artifacts (see the table), or validate on the device")
+
+
+def _say_checksums(b, rows: list[dict], damaged: dict) -> None:
+    bad = [f"{r['graph']}/{r['target']}/{r['precision']}" for r in rows if r["result"] == "damaged"] + sorted(damaged)
+    n = f"{len(b.manifest.artifacts)} artifacts, {len(b.manifest.files)} files"
+    cli.say(f"checksums: ok ({n})" if not bad else f"checksums: {len(bad)} damaged ({', '.join(bad)}) of {n}")
+    for rel, why in damaged.items():
+        cli.say(f"  damaged: {why}")
 
 
 def models(json_out: bool = JSON) -> None:

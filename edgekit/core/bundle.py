@@ -1,36 +1,49 @@
 """The edgekit bundle: a directory ``NAME.edgekit/`` holding ``manifest.json`` and artifact files.
 
-Writing is atomic (everything is staged in a hidden sibling directory, then renamed into place).
-Loading checks the format version, that every path stays inside the bundle, that every file
-exists and that its sha256 matches. Torch-free.
+Writing is atomic (everything is staged in a hidden sibling directory, then switched into place,
+see publish.py). Loading reads the manifest under caps and checks every field's type and every
+path (manifest.py), and treats the directory as untrusted (fsafe.py): only regular files and
+directories, no links, nothing that blocks. Checksums are checked for every file used:
+``verify=True`` ("all") checks every file at load, ``verify="used"`` (what ``edgekit.load`` does)
+checks an artifact or file when it is first asked for, so one damaged artifact does not block the
+others. Torch-free.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from edgekit.core import fsafe, publish
 from edgekit.core.errors import (
     BundleError,
     ChecksumError,
-    FormatVersionError,
+    DiskFullError,
     MissingFileError,
-    UnsafePathError,
     UsageError,
 )
-from edgekit.core.specs import TensorSpec, specs_from_list, specs_to_list
+from edgekit.core.manifest import (  # noqa: F401 - the bundle API re-exports the manifest types
+    FORMAT,
+    FORMAT_VERSION,
+    STATUSES,
+    Artifact,
+    Graph,
+    Manifest,
+    Validation,
+    check_rel,
+    read_manifest,
+)
 from edgekit.core.version import __version__
 
-FORMAT = "edgekit.core.bundle"
-FORMAT_VERSION = 1
 SUFFIX = ".edgekit"
-STATUSES = ("ok", "not-validated", "failed", "pending-build")
+DAMAGED_FIX = "copy the bundle again or re-export it (`edgekit info` shows which artifacts are intact)"
+VERIFY_MODES = {True: "all", "all": "all", "used": "used", False: "none", "none": "none"}
 # staging/work directories in use: removed by remove_work_dirs() when the process is terminated
 WORK_DIRS: set[Path] = set()
 
@@ -59,194 +72,106 @@ def make_work_dir(prefix: str, dir: str | os.PathLike | None = None, suffix: str
     return d
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _tree_digest(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory artifact (sorted relative paths + contents)."""
-    if path.is_file():
-        return sha256_of(path), path.stat().st_size
-    h, size = hashlib.sha256(), 0
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        rel = p.relative_to(path).as_posix()
-        h.update(rel.encode() + b"\0" + sha256_of(p).encode() + b"\n")
-        size += p.stat().st_size
-    return h.hexdigest(), size
-
-
-@dataclass
-class Validation:
-    passed: bool | None
-    max_abs_err: float | None = None
-    max_rel_err: float | None = None
-    tolerance: float | None = None
-    where: str = ""
-    cases: int = 0
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class Artifact:
-    target: str
-    graph: str
-    precision: str
-    path: str
-    sha256: str = ""
-    bytes: int = 0
-    toolchain: dict = field(default_factory=dict)
-    validation: Validation | None = None
-    status: str = "ok"
-    status_reason: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["validation"] = asdict(self.validation) if self.validation else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Artifact":
-        d = dict(d)
-        v = d.get("validation")
-        d["validation"] = Validation(**v) if v else None
-        return cls(**d)
-
-
-@dataclass
-class Graph:
-    name: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"inputs": specs_to_list(self.inputs), "outputs": specs_to_list(self.outputs),
-                "metadata": self.metadata}
-
-    @classmethod
-    def from_dict(cls, name: str, d: dict) -> "Graph":
-        return cls(name, specs_from_list(d["inputs"]), specs_from_list(d["outputs"]), d.get("metadata", {}))
-
-
-@dataclass
-class Manifest:
-    name: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    graphs: dict[str, Graph]
-    artifacts: list[Artifact] = field(default_factory=list)
-    metadata: dict = field(default_factory=dict)
-    pipeline: dict | None = None
-    files: dict[str, dict] = field(default_factory=dict)
-    producer: dict = field(default_factory=dict)
-    created: str = ""
-
-    def to_dict(self) -> dict:
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
-            "producer": self.producer, "created": self.created,
-            "inputs": specs_to_list(self.inputs), "outputs": specs_to_list(self.outputs),
-            "metadata": self.metadata, "pipeline": self.pipeline,
-            "graphs": {k: g.to_dict() for k, g in self.graphs.items()},
-            "files": self.files, "artifacts": [a.to_dict() for a in self.artifacts],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "manifest.json") -> "Manifest":
-        if d.get("format") != FORMAT:
-            raise FormatVersionError(f"{where} is not an edgekit bundle manifest (format={d.get('format')!r})",
-                                     "point at a directory written by `edgekit export`")
-        if d.get("format_version") != FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{where} has format_version {d.get('format_version')!r}; this edgekit reads {FORMAT_VERSION}",
-                "re-export the model with this edgekit version, or upgrade edgekit")
-        try:
-            return cls(
-                name=d["name"], inputs=specs_from_list(d["inputs"]), outputs=specs_from_list(d["outputs"]),
-                graphs={k: Graph.from_dict(k, g) for k, g in d["graphs"].items()},
-                artifacts=[Artifact.from_dict(a) for a in d.get("artifacts", [])],
-                metadata=d.get("metadata") or {}, pipeline=d.get("pipeline"), files=d.get("files") or {},
-                producer=d.get("producer") or {}, created=d.get("created", ""))
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{where} is malformed: {type(e).__name__}: {e}",
-                              "re-export the bundle; manifests are written by edgekit") from None
-
-
 def safe_join(root: Path, rel: str) -> Path:
-    """``root / rel``, refusing absolute paths and anything that resolves outside ``root``."""
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
-        raise UnsafePathError(f"manifest path {rel!r} is not a relative path inside the bundle",
-                              "the bundle is corrupt or tampered with; re-export it")
-    root_r = root.resolve()
-    p = (root / rel).resolve()
-    if p != root_r and root_r not in p.parents:
-        raise UnsafePathError(f"manifest path {rel!r} leaves the bundle directory",
-                              "the bundle is corrupt or tampered with; re-export it")
-    return p
+    """``root / rel`` for a plain relative path (no absolute path, '..', NUL, backslash or drive)."""
+    return Path(root) / check_rel(rel)
 
 
 class Bundle:
-    """A loaded bundle. ``Bundle.load(path)`` verifies it; ``bundle.path(artifact)`` resolves files."""
+    """A loaded bundle. ``Bundle.load(path)`` checks it; ``bundle.path(artifact)`` / ``bundle.file(rel)``
+    give a verified file (a damaged one raises ChecksumError / MissingFileError / UnsafeFileError)."""
 
-    def __init__(self, root: Path, manifest: Manifest):
+    def __init__(self, root: Path, manifest: Manifest, verify: bool | str = "used"):
         self.root = Path(root)
         self.manifest = manifest
+        self.verify_mode = VERIFY_MODES[verify]
+        self._ok: dict[str, str] = {}  # rel -> sha256 already verified
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | os.PathLike, verify: bool | str = True) -> "Bundle":
+        """Read and check a bundle. ``verify``: True/"all" checks every file now (the first damage
+        raises); "used" checks each artifact/file when it is asked for; False checks no content
+        (the file-type rules still apply)."""
+        if not isinstance(verify, (bool, str)) or verify not in VERIFY_MODES:
+            raise UsageError(f"verify={verify!r} is not a verification mode", 'use True, "used" or False')
         root = Path(path)
-        if root.is_file() and root.name == "manifest.json":
+        if root.name == "manifest.json" and stat.S_ISREG(_lstat_mode(root)):
             root = root.parent
-        if not root.exists():
+        if not os.path.lexists(root):
+            publish.recover(root, remove=False)  # an export killed while swapping leaves the old bundle beside
+        if not os.path.lexists(root):
             raise MissingFileError(f"bundle {str(root)!r} does not exist",
                                    "check the path; `edgekit export` prints where it wrote the bundle")
-        mpath = root / "manifest.json"
-        if not mpath.is_file():
+        if not root.is_dir():
+            raise MissingFileError(f"{str(root)!r} is not a directory, so it is not an edgekit bundle",
+                                   "point at the NAME.edgekit directory written by `edgekit export`")
+        if not os.path.lexists(root / "manifest.json"):
             raise MissingFileError(f"{str(root)!r} has no manifest.json, so it is not an edgekit bundle",
                                    "point at the NAME.edgekit directory written by `edgekit export`")
-        try:
-            raw = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{mpath} is not valid JSON ({e})", "re-export the bundle") from None
-        if not isinstance(raw, dict):
-            raise BundleError(f"{mpath} holds a JSON {type(raw).__name__}, not a bundle manifest (an object)",
-                              "re-export the bundle; manifests are written by edgekit")
-        bundle = cls(root, Manifest.from_dict(raw, str(mpath)))
-        if verify:
+        bundle = cls(root, read_manifest(root), verify)
+        if bundle.verify_mode == "all":
             bundle.verify()
         return bundle
 
-    def _entries(self) -> Iterable[tuple[str, str, int]]:
+    def entries(self) -> Iterable[tuple[str, str, int]]:
+        """(path, sha256, bytes) of every file the manifest lists (artifacts that have a file, then files)."""
         for a in self.manifest.artifacts:
             if a.sha256:  # artifacts that failed before producing a file have none
                 yield a.path, a.sha256, a.bytes
         for rel, info in self.manifest.files.items():
             yield rel, info["sha256"], info.get("bytes", -1)
 
+    def check(self, rel: str, sha256: str, size: int = -1) -> Path:
+        """The verified path of one entry (verified once per bundle object; per ``verify_mode``)."""
+        p = fsafe.inside(self.root, check_rel(rel))
+        if self.verify_mode == "none" or self._ok.get(rel) == sha256:
+            if self.verify_mode == "none":
+                fsafe.check_tree(p, rel)
+            return p
+        st = fsafe.lstat(p, rel)
+        if stat.S_ISREG(st.st_mode) and size > 0 and st.st_size != size:  # cheap, before hashing
+            raise ChecksumError(f"bundle file {rel!r} is corrupt (size {st.st_size} bytes != manifest {size})",
+                                DAMAGED_FIX)
+        actual, _n = fsafe.tree_digest(p, rel)
+        if actual != sha256:
+            raise ChecksumError(f"bundle file {rel!r} is corrupt (sha256 {actual[:12]}… != manifest {sha256[:12]}…)",
+                                DAMAGED_FIX)
+        self._ok[rel] = sha256
+        return p
+
     def verify(self) -> None:
-        for rel, digest, _ in self._entries():
-            p = safe_join(self.root, rel)
-            if not p.exists():
-                raise MissingFileError(f"bundle file {rel!r} named in the manifest is missing from {self.root}",
-                                       "the bundle was copied incompletely; copy the whole directory or re-export")
-            actual, _size = _tree_digest(p)
-            if actual != digest:
-                raise ChecksumError(f"bundle file {rel!r} is corrupt (sha256 {actual[:12]}… != manifest {digest[:12]}…)",
-                                    "copy the bundle again or re-export it")
+        """Check every file the manifest lists; the first damaged one raises."""
+        for rel, digest, size in self.entries():
+            self.check(rel, digest, size)
+
+    def damage(self, rel: str, sha256: str, size: int = -1) -> str | None:
+        """None when the entry is intact, else why it is not (one line)."""
+        try:
+            self.check(rel, sha256, size)
+        except BundleError as e:
+            return e.message
+        return None
+
+    def integrity(self) -> dict[str, str | None]:
+        """{path: None (intact) or why it is damaged} for every file the manifest lists (never raises)."""
+        return {rel: self.damage(rel, digest, size) for rel, digest, size in self.entries()}
 
     def path(self, artifact: Artifact) -> Path:
-        return safe_join(self.root, artifact.path)
+        """The verified file (or directory) of ``artifact``."""
+        if not artifact.sha256 and self.verify_mode != "none":
+            raise BundleError(f"artifact {artifact.describe()} has no checksum (status {artifact.status}), "
+                              "so it cannot be verified or used", "re-export the bundle")
+        if not artifact.sha256:
+            return self.check(artifact.path, "")
+        return self.check(artifact.path, artifact.sha256, artifact.bytes)
 
     def file(self, rel: str) -> Path:
+        """The verified path of a file listed in the manifest's ``files``."""
         if rel not in self.manifest.files:
             raise MissingFileError(f"bundle {self.root.name} carries no file {rel!r}",
                                    f"files in this bundle: {sorted(self.manifest.files) or 'none'}")
-        return safe_join(self.root, rel)
+        info = self.manifest.files[rel]
+        return self.check(rel, info["sha256"], info.get("bytes", -1))
 
     def find(self, target: str | None = None, graph: str = "main", precision: str | None = None,
              usable: bool = True) -> Artifact | None:
@@ -266,11 +191,25 @@ class Bundle:
                               f"graphs: {', '.join(self.manifest.graphs)}") from None
 
 
+def _lstat_mode(p: Path) -> int:
+    try:
+        return os.lstat(p).st_mode
+    except OSError:
+        return 0
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return exc is not None and "No space left on device" in str(exc)
+
+
 class BundleWriter:
-    """Stage a bundle in a hidden temp directory beside ``out/NAME.edgekit`` and rename it into place.
+    """Stage a bundle in a hidden directory beside ``out/NAME.edgekit`` and switch it into place.
 
     Use as a context manager; if the block raises, the staging directory is removed and any
-    previous bundle at the destination is left untouched.
+    previous bundle at the destination is left untouched. A full disk is one DiskFullError.
+    Entering also cleans up what an interrupted export to the same destination left behind.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str):
@@ -278,6 +217,7 @@ class BundleWriter:
         self.name = check_name(name)
         self.dest = self.out_dir / (name if name.endswith(SUFFIX) else name + SUFFIX)
         self.stage: Path | None = None
+        self.notes: list[str] = []
 
     def __enter__(self) -> "BundleWriter":
         try:
@@ -286,9 +226,12 @@ class BundleWriter:
             raise UsageError(f"output directory {str(self.out_dir)!r} cannot be made: a file is in the way",
                              "choose another --out directory (or move the file)") from None
         except OSError as e:
+            if _disk_full(e):
+                raise self._full(e) from None
             raise UsageError(f"output directory {str(self.out_dir)!r} cannot be made ({e.strerror})",
                              "choose a writable --out directory") from None
-        self.stage = make_work_dir(f".{self.dest.name}.", self.out_dir, ".tmp")
+        self.notes = publish.recover(self.dest)
+        self.stage = make_work_dir(publish.stage_prefix(self.dest), self.out_dir, ".tmp")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -296,6 +239,18 @@ class BundleWriter:
             if self.stage.exists():
                 shutil.rmtree(self.stage, ignore_errors=True)
             WORK_DIRS.discard(self.stage)
+            self.stage = None
+        if _disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise self._full(exc) from exc
+
+    def _full(self, exc: BaseException) -> DiskFullError:
+        path = getattr(exc, "filename2", None) or getattr(exc, "filename", None)  # copyfile: 2 = destination
+        path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else None
+        stage = str(self.stage or self.dest.with_name(publish.stage_prefix(self.dest)))
+        where = self.out_dir if not path or str(path).startswith(stage) else Path(path).parent
+        return DiskFullError(f"no space left on the device holding {where}; the export stopped and "
+                             f"{self.dest} was left as it was",
+                             "free some disk space, or choose another --out (and TMPDIR for work files)")
 
     def add(self, rel: str, src: str | os.PathLike | bytes) -> Path:
         """Copy a file or directory (or write bytes) to ``rel`` inside the staged bundle."""
@@ -313,12 +268,12 @@ class BundleWriter:
     def record(self, artifact: Artifact) -> Artifact:
         """Fill sha256/bytes of an artifact already added at ``artifact.path``."""
         assert self.stage is not None
-        artifact.sha256, artifact.bytes = _tree_digest(safe_join(self.stage, artifact.path))
+        artifact.sha256, artifact.bytes = fsafe.tree_digest(safe_join(self.stage, artifact.path), artifact.path)
         return artifact
 
     def add_file(self, manifest: Manifest, rel: str, src: str | os.PathLike | bytes) -> None:
         p = self.add(rel, src)
-        digest, size = _tree_digest(p)
+        digest, size = fsafe.tree_digest(p, rel)
         manifest.files[rel] = {"sha256": digest, "bytes": size}
 
     def commit(self, manifest: Manifest) -> Path:
@@ -327,16 +282,10 @@ class BundleWriter:
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (self.stage / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=_json_default))
         Bundle.load(self.stage)  # refuse to publish a bundle that would not load
-        old = None
-        if self.dest.exists():
-            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
-            os.replace(self.dest, old)
         os.chmod(self.stage, 0o755)  # mkdtemp made it private
-        os.replace(self.stage, self.dest)
+        publish.publish(self.stage, self.dest)
         WORK_DIRS.discard(self.stage)
         self.stage = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
 

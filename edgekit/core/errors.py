@@ -37,6 +37,10 @@ class MissingFileError(BundleError, FileNotFoundError):
     """A path the user gave, or a file the manifest names, does not exist."""
 
 
+class UnsafeFileError(BundleError):
+    """A bundle entry is not a regular file or directory: a symlink, FIFO, device or socket."""
+
+
 class InputError(EdgekitError, ValueError):
     """Inputs given to a session do not match its input specs."""
 
@@ -58,12 +62,24 @@ class InputShapeError(InputError):
     pass
 
 
+class NonFiniteInputError(InputError):
+    """A float input holds NaN or +-inf (refused unless the session allows it: allow_nonfinite)."""
+
+
+class InferenceError(EdgekitError):
+    """The backend failed on inputs that passed the checks; the session stays usable."""
+
+
 class BackendUnavailableError(EdgekitError, ImportError):
     """A backend library is not installed (or cannot run on this machine)."""
 
 
 class ExportError(EdgekitError):
     """A model could not be exported to a target."""
+
+
+class DiskFullError(ExportError, OSError):
+    """The disk filled up while a bundle was written; nothing half-written was left."""
 
 
 class ValidationFailed(EdgekitError):

@@ -12,7 +12,7 @@ from typing import Any
 from edgekit.runtimes.registry import open_graph
 
 from edgekit.core.bundle import Bundle
-from edgekit.core.errors import BundleError
+from edgekit.core.errors import BundleError, EdgekitError, first_line
 
 PIPELINES: dict[str, str] = {
     "token_gating": "edgekit.runtimes.pipelines.tokengate:TokenGatePipeline",
@@ -48,4 +48,10 @@ def load_pipeline(bundle: Bundle, backend: str = "auto", precision: str | None =
         raise BundleError(f"bundle {bundle.root.name} declares unknown pipeline kind {kind!r}",
                           f"this edgekit runs: {', '.join(PIPELINES)}; upgrade edgekit")
     mod, cls = PIPELINES[kind].split(":")
-    return getattr(importlib.import_module(mod), cls)(bundle, backend=backend, precision=precision, **options)
+    try:
+        return getattr(importlib.import_module(mod), cls)(bundle, backend=backend, precision=precision, **options)
+    except EdgekitError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # the params of an untrusted manifest
+        raise BundleError(f"bundle {bundle.root.name} has malformed {kind} pipeline parameters "
+                          f"({type(e).__name__}: {first_line(e, 160)})", "re-export the bundle") from None

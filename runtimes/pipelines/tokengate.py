@@ -13,6 +13,7 @@ The selection functions here are the single implementation: the PyTorch hard-gat
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,7 +92,8 @@ class TokenGatePipeline(PipelineBase):
 
     ``run({"input_ids", "attention_mask"})`` or ``run(["text", ...])`` (when the bundle carries
     tokenizer.json) returns {"logits" [B, C], "tokens_per_layer" [B, L] (int64)}.
-    ``last_kept`` holds, after a run, the original positions kept at each layer input.
+    ``last_kept`` holds, after a run, the original positions kept at each layer input (per thread:
+    the pipeline may be shared by threads, each sees its own last run).
     A single unpadded row runs through the bundle's one-graph ``single`` when it has one (faster at
     batch 1, see docs/token_gating.md); pass ``single=False`` to always use the layer pipeline.
     """
@@ -100,6 +102,7 @@ class TokenGatePipeline(PipelineBase):
 
     def __init__(self, bundle: Any, backend: str = "auto", precision: str | None = None,
                  rule_override: list[dict] | None = None, single: bool = True, **options: Any):
+        self._local = threading.local()
         super().__init__(bundle, backend=backend, precision=precision, **options)
         p = self.params
         self.num_layers = int(p["num_layers"])
@@ -127,6 +130,14 @@ class TokenGatePipeline(PipelineBase):
             except MissingFileError:
                 self.encoder = None
         self.last_kept: list[np.ndarray] = []
+
+    @property
+    def last_kept(self) -> list[np.ndarray]:
+        return getattr(self._local, "kept", [])
+
+    @last_kept.setter
+    def last_kept(self, kept: list[np.ndarray]) -> None:
+        self._local.kept = kept
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
         if self.encoder is None:

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from edgekit.core.bundle import Bundle, BundleWriter, Manifest
-from edgekit.core.errors import (BundleError, ChecksumError, FormatVersionError, MissingFileError,
-                            UnsafePathError)
+from edgekit.core.errors import BundleError, ChecksumError, FormatVersionError, MissingFileError, UnsafePathError
 from edgekit.core.specs import TensorSpec
 from tests.conftest import run_cli
 
@@ -48,9 +47,11 @@ def test_flipped_byte_is_a_checksum_error(bundle_copy):
     p.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="main.onnx.*corrupt"):
         Bundle.load(bundle_copy)
-    r = run_cli("info", bundle_copy)
-    assert r.returncode != 0 and "corrupt" in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("info", bundle_copy)  # info lists the damage (integrity column) and warns on one line
+    assert r.returncode == 0 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "damaged" in r.stdout
+    r = run_cli("validate", bundle_copy)
+    assert r.returncode == 1 and "damaged" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_missing_file(bundle_copy):
