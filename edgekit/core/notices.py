@@ -1,0 +1,182 @@
+"""What edgekit tells the user, and the third-party chatter it keeps from them. Torch-free.
+
+- ``EdgekitWarning``: a choice made for the user (a replaced bundle, a substituted precision). Always
+  shown: the CLI prints it as ``edgekit: warning: ...``; Python shows it as a UserWarning.
+- ``quiet_noise()``: third-party output (torch FX dumps and FutureWarnings, OpenVINO/coremltools
+  progress bars, C-level prints) goes to a temporary file and is dropped, unless ``EDGEKIT_VERBOSE=1``
+  (the CLI's ``--verbose`` / ``--debug``). Either way nothing reaches stdout, which carries ``--json``.
+- ``user_stderr``: where edgekit's own messages go; it stays the terminal while chatter is captured.
+- ``stage_reporter(progress)``: the Python API's progress default (stage lines on stderr when it is a
+  terminal; ``progress=False`` silences, a callable receives each stage).
+- ``existing_bundle(dest)``: one line saying what a bundle about to be replaced holds.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class EdgekitWarning(UserWarning):
+    """A choice edgekit made that the user should know about (never silent)."""
+
+
+def verbose() -> bool:
+    """Show third-party output (``--verbose``/``--debug`` set these for the whole process)."""
+    return os.environ.get("EDGEKIT_VERBOSE") == "1" or os.environ.get("EDGEKIT_DEBUG") == "1"
+
+
+_saved: list[Any] = []  # the user's stderr while fds 1/2 point at a capture file (innermost last)
+
+
+class _UserStderr(io.TextIOBase):
+    """stderr as the user sees it: the terminal even while third-party chatter is being captured."""
+
+    def _target(self):
+        return _saved[-1] if _saved else sys.stderr
+
+    def write(self, s: str) -> int:
+        return self._target().write(s)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        try:
+            return self._target().isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        return self._target().fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target(), "encoding", None) or "utf-8"
+
+
+user_stderr = _UserStderr()
+
+
+def warn(message: str, stacklevel: int = 2) -> None:
+    warnings.warn(message, EdgekitWarning, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def _show_edgekit_warnings() -> Iterator[None]:
+    """EdgekitWarnings raised inside a capture still reach the user."""
+    orig = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EdgekitWarning):
+            return orig(message, category, filename, lineno, user_stderr, line)
+        return orig(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = orig
+
+
+def _fds() -> tuple[int, int] | None:
+    try:
+        return sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return None  # e.g. a notebook or pytest's capsys: no OS-level streams to redirect
+
+
+def _flush() -> None:
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+
+
+@contextlib.contextmanager
+def quiet_noise() -> Iterator[None]:
+    """Capture third-party output (Python and C level) for the duration of the block; drop it unless
+    ``verbose()``, which instead sends stdout to stderr (stdout stays clean for --json either way)."""
+    fds = _fds()
+    if _saved:  # already inside a capture
+        yield
+        return
+    if verbose():
+        saved_out = os.dup(fds[0]) if fds else None
+        try:
+            if fds:
+                _flush()
+                os.dup2(fds[1], fds[0])
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            if saved_out is not None:
+                _flush()
+                os.dup2(saved_out, fds[0])
+                os.close(saved_out)
+        return
+    if fds is None:
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _show_edgekit_warnings():
+            yield
+        return
+    _flush()
+    saved = [os.dup(fds[0]), os.dup(fds[1])]
+    user = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fds[0])
+        os.dup2(sink.fileno(), fds[1])
+        _saved.append(user)
+        try:
+            with _show_edgekit_warnings():
+                yield
+        finally:
+            _flush()
+            _saved.remove(user)
+            os.dup2(saved[0], fds[0])
+            os.dup2(saved[1], fds[1])
+            for fd in saved:
+                os.close(fd)
+            user.close()
+
+
+def stage_reporter(progress: Callable[[str], None] | bool | None) -> Callable[[str], None]:
+    """``progress`` as given (a callable), silence (False), or, by default, stage lines on a terminal."""
+    if callable(progress):
+        return progress
+    if progress is None and user_stderr.isatty():
+        def say(msg: str) -> None:
+            user_stderr.write(f"edgekit: {msg}\n")
+            user_stderr.flush()
+        return say
+    return lambda msg: None
+
+
+def existing_bundle(dest: Path) -> str | None:
+    """What is at ``dest`` now, in a few words (None when nothing is there)."""
+    if not dest.exists() and not dest.is_symlink():
+        return None
+    try:
+        mf = dest / "manifest.json"
+        if mf.stat().st_size > 16 << 20:
+            raise ValueError("manifest too large")
+        m = json.loads(mf.read_text())
+        arts = sorted({f"{a['target']}/{a['precision']}" for a in m.get("artifacts", [])})
+        src = (m.get("metadata") or {}).get("source")
+        return (f"bundle {m.get('name', dest.stem)!r} with {len(m.get('artifacts', []))} artifact(s): "
+                f"{', '.join(arts) or 'none'}" + (f" (from {src})" if src else ""))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return "something that is not a readable bundle"
+
+
+def warn_replacing(dest: Path, stacklevel: int = 3) -> None:
+    """Replacing a bundle is never silent."""
+    held = existing_bundle(Path(dest))
+    if held is not None:
+        warn(f"replacing {dest}: it holds {held}", stacklevel=stacklevel)
