@@ -48,15 +48,19 @@ def run(
     input: Optional[Path] = typer.Option(None, "--input", "-i", help=".npz with one array per input name (or .npy for one input)"),
     text: list[str] = typer.Option([], "--text", help="raw text (bundles that carry a tokenizer); repeatable"),
     backend: str = BACKEND,
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (default: the "
+                                            "first validated artifact runnable here)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write all outputs to this .npz"),
     json_out: bool = JSON,
 ) -> None:
-    """Run a bundle on inputs from a file (or text) and print the outputs (top-1 labels for classifiers)."""
+    """Run a bundle on inputs from a file (or text) and print the outputs (top-1 labels for classifiers).
+    Says which backend, precision and artifact ran (and the device / threads where the backend has them)."""
     import edgekit
     from edgekit.core.errors import UsageError
     from edgekit.core.inputs import load_arrays
 
-    sess = edgekit.load(bundle, backend=backend)
+    sess = edgekit.load(bundle, backend=backend, precision=precision)
+    used = ran_with(sess)
     meta = sess.bundle.manifest.metadata if hasattr(sess, "bundle") else _manifest(bundle).metadata
     if text:
         if hasattr(sess, "run_text"):
@@ -78,12 +82,15 @@ def run(
         idx = first.argmax(1)
         preds = [{"index": int(i), "label": str(labels[i])} for i in idx]
     if json_out:
-        cli.emit_json({"backend": getattr(sess, "backend_name", backend), "predictions": preds,
+        cli.emit_json({"backend": getattr(sess, "backend_name", backend), "ran": used, "predictions": preds,
                        "outputs": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype),
                                        **({"values": np.asarray(v).tolist()} if np.size(v) <= 4096 else {})}
                                    for k, v in outs.items()}})
         return
-    cli.say(f"backend: {getattr(sess, 'backend_name', backend)}")
+    for u in used:
+        where = ", ".join(f"{k} {u[k]}" for k in ("device", "threads") if u.get(k))
+        cli.say(f"{u['graph'] + ': ' if len(used) > 1 else ''}backend {u['backend']}, precision {u['precision']}, "
+                f"artifact {u['artifact']} ({u['status']}{', ' + where if where else ''})")
     for k, v in outs.items():
         a = np.asarray(v)
         cli.say(f"  {k}: {a.dtype}{list(a.shape)}" + (f" = {np.array2string(a, precision=4, threshold=20)}" if a.size <= 20 else ""))
@@ -92,6 +99,22 @@ def run(
         cli.say(f"  top-1: {shown}{' …' if len(preds) > 20 else ''}")
     if output is not None:
         cli.say(f"  wrote {output}")
+
+
+def ran_with(sess) -> list[dict]:
+    """Backend, precision, artifact (and device/threads) of each graph a session or pipeline runs."""
+    import os
+
+    sessions = getattr(sess, "sessions", None) or {"main": sess}
+    rows = []
+    for graph, s in sessions.items():
+        art, impl = getattr(s, "artifact", None), getattr(s, "backend", None)
+        device = getattr(impl, "device", None) or next(iter(getattr(impl, "providers", None) or []), None)
+        threads = os.environ.get("EDGEKIT_THREADS") or None  # the backends read it (else their default)
+        rows.append({"graph": graph, "backend": s.backend_name, "precision": art.precision if art else None,
+                     "artifact": f"{s.backend.path}" if impl is not None else None, "status": art.status if art else None,
+                     "device": device, "threads": threads})
+    return rows
 
 
 def _manifest(path: Path):
@@ -203,6 +226,8 @@ def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), 
         rel = f"validation/{a.graph}.npz"
         if a.status not in ("ok", "not-validated") or rel not in b.manifest.files:
             row["result"] = "skipped" if a.status != "failed" else "failed at export"
+            row["reason"] = (f"{a.status}: {a.status_reason or 'no reason recorded'}" if a.status != "ok" else
+                             f"the bundle stores no reference inputs/outputs ({rel}); re-create it with this edgekit")
             rows.append(row)
             continue
         with np.load(b.file(rel)) as z:
@@ -230,6 +255,10 @@ def validate(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), 
                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("tolerance")), r.get("reason", "")] for r in rows])
     if bad:
         raise ValidationFailed(f"{len(bad)} artifact(s) failed validation", "re-export the bundle")
+    if not any(r["result"] == "pass" for r in rows):  # nothing was checked: not a success
+        seen = "; ".join(f"{r['target']}/{r['precision']}: {r['result']}" for r in rows)
+        raise ValidationFailed(f"no artifact of {b.root.name} could be checked here ({seen or 'it has none'})",
+                               "run validate where a backend for its artifacts is installed, or re-export the bundle")
 
 
 def models(json_out: bool = JSON) -> None:

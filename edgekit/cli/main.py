@@ -102,9 +102,9 @@ def _fail(message: str, fix: str | None, kind: str, code: int, text: str | None 
     """Report an error and exit: one JSON object on stdout under --json, else one line on stderr."""
     if DEBUG:
         traceback.print_exc()
-    if JSON:
+    if JSON and not cli.EMITTED:
         cli.emit_json(_error_object(message, fix, kind, code))
-    else:
+    else:  # text mode, or the command's JSON result is already on stdout
         sys.stderr.write((text or f"edgekit: error: {message}" + (f" (fix: {fix})" if fix else "")) + "\n")
     sys.exit(code)
 

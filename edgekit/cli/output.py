@@ -22,6 +22,7 @@ from edgekit.core.notices import user_stderr, verbose
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 # edgekit's own stderr: the terminal even while third-party output is captured (core.notices)
 err = Console(file=user_stderr, soft_wrap=True, width=None if user_stderr.isatty() else 160)
+EMITTED: list[bool] = []  # a JSON document is on stdout (an error after it goes to stderr: one document only)
 
 
 def emit_json(data: Any) -> None:
@@ -29,6 +30,7 @@ def emit_json(data: Any) -> None:
     JSON has no literal for, become null so jq, JavaScript and other strict parsers read it)."""
     sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
+    EMITTED.append(True)
 
 
 def _finite(o: Any) -> Any:
