@@ -9,6 +9,7 @@ third-party output and progress lines in pipes), ``--debug`` (--verbose + traceb
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ from edgekit.cli import backends, export, federated, inspect, ppp, tokengate, vo
 from edgekit.cli import output as cli
 from edgekit.core.bundle import remove_work_dirs
 from edgekit.core.errors import EdgekitError, first_line
-from edgekit.core.notices import EdgekitWarning
+from edgekit.core.notices import EdgekitWarning, user_stderr, user_stdout
 from edgekit.core.version import __version__
 
 app = typer.Typer(name="edgekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -82,10 +83,11 @@ def _terminate_cleanly() -> None:
     by library code and leave the process running)."""
     def handler(signum: int, frame: Any) -> None:
         remove_work_dirs()
-        if JSON:
-            cli.emit_json(_error_object("terminated (SIGTERM)", None, "Terminated", 143))
-        sys.stderr.write("edgekit: terminated\n")
-        sys.stderr.flush()
+        if JSON and not cli.EMITTED:  # the user's streams, also while library output is being captured
+            user_stdout.write(json.dumps(_error_object("terminated (SIGTERM)", None, "Terminated", 143)) + "\n")
+            user_stdout.flush()
+        user_stderr.write("edgekit: terminated\n")
+        user_stderr.flush()
         os._exit(143)
 
     try:

@@ -32,14 +32,17 @@ def verbose() -> bool:
     return os.environ.get("EDGEKIT_VERBOSE") == "1" or os.environ.get("EDGEKIT_DEBUG") == "1"
 
 
-_saved: list[Any] = []  # the user's stderr while fds 1/2 point at a capture file (innermost last)
+_saved: list[tuple[Any, Any]] = []  # the user's (stdout, stderr) while fds 1/2 point at a capture file
 
 
-class _UserStderr(io.TextIOBase):
-    """stderr as the user sees it: the terminal even while third-party chatter is being captured."""
+class _UserStream(io.TextIOBase):
+    """stderr (or stdout) as the user sees it, even while third-party chatter is being captured."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
     def _target(self):
-        return _saved[-1] if _saved else sys.stderr
+        return _saved[-1][self.index] if _saved else (sys.stdout, sys.stderr)[self.index]
 
     def write(self, s: str) -> int:
         return self._target().write(s)
@@ -61,7 +64,7 @@ class _UserStderr(io.TextIOBase):
         return getattr(self._target(), "encoding", None) or "utf-8"
 
 
-user_stderr = _UserStderr()
+user_stdout, user_stderr = _UserStream(0), _UserStream(1)
 
 
 def warn(message: str, stacklevel: int = 2) -> None:
@@ -128,7 +131,7 @@ def quiet_noise() -> Iterator[None]:
         return
     _flush()
     saved = [os.dup(fds[0]), os.dup(fds[1])]
-    user = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    user = tuple(os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in saved)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), fds[0])
         os.dup2(sink.fileno(), fds[1])
@@ -143,7 +146,8 @@ def quiet_noise() -> Iterator[None]:
             os.dup2(saved[1], fds[1])
             for fd in saved:
                 os.close(fd)
-            user.close()
+            for f in user:
+                f.close()
 
 
 def stage_reporter(progress: Callable[[str], None] | bool | None) -> Callable[[str], None]:

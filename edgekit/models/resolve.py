@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.core.errors import EdgekitError, MissingFileError, UsageError, first_line
+from edgekit.core.errors import EdgekitError, ExportError, MissingFileError, UsageError, first_line
 from edgekit.core.specs import check_dynamic
 from edgekit.core.userimport import cwd_on_path, is_callable_ref, load_callable
 from edgekit.exporters.build import normalize_examples
@@ -224,26 +224,31 @@ def check_runs(src: ModelSource, inputs: list[str] | None = None) -> None:
         return  # multi-graph built-ins export (and check) themselves
     feeds = src.example_inputs
     try:
-        if src.module is not None:
-            import torch
+        if src.module is not None:  # the run that names the outputs (export does not run it again)
+            from edgekit.exporters.build import _default_output_names
 
-            from edgekit.exporters.adapter import adapt, to_tensors
-
-            with torch.inference_mode():
-                adapt(src.module, list(feeds))(*to_tensors(feeds, list(feeds)))
+            names = _default_output_names(src.module, feeds)
+            src.output_names = src.output_names or names
         elif src.onnx_path:
             import onnxruntime as ort
 
             ort.InferenceSession(src.onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    except ExportError as e:
+        if e.__cause__ is None:
+            raise
+        _fails(src, inputs, f"{type(e.__cause__).__name__}: {first_line(e.__cause__, 200)}")  # the model's own error
     except EdgekitError:
         raise
     except Exception as e:
-        why = f"{type(e).__name__}: {first_line(e, 200)}"
-        if inputs:
-            raise UsageError(f"the model fails on --input {' '.join(inputs)} ({why})",
-                             "give each input the shape and dtype the model expects: --input NAME:SHAPE[:DTYPE], "
-                             "e.g. x:1x3x224x224:float32") from None
-        shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in feeds.items())
-        raise UsageError(f"the model fails on its own example inputs {shapes} ({why})",
-                         "fix the model's forward, or pass --input NAME:SHAPE[:DTYPE] with the shapes it expects") \
-            from None
+        _fails(src, inputs, f"{type(e).__name__}: {first_line(e, 200)}")
+
+
+def _fails(src: ModelSource, inputs: list[str] | None, why: str) -> None:
+    """The one-line error for a model that fails on its example: name --input when the user gave it."""
+    if inputs:
+        raise UsageError(f"the model fails on --input {' '.join(inputs)} ({why})",
+                         "give each input the shape and dtype the model expects: --input NAME:SHAPE[:DTYPE], "
+                         "e.g. x:1x3x224x224:float32") from None
+    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in src.example_inputs.items())
+    raise UsageError(f"the model fails on its own example inputs {shapes} ({why})",
+                     "fix the model's forward, or pass --input NAME:SHAPE[:DTYPE] with the shapes it expects") from None
