@@ -59,6 +59,11 @@ def run(
     from edgekit.core.errors import UsageError
     from edgekit.core.inputs import load_arrays
 
+    if precision is not None:  # say the precision is missing (not only that nothing runnable was found)
+        have = sorted({a.precision for a in _manifest(bundle).artifacts if a.status in ("ok", "not-validated")})
+        if precision not in have:
+            raise UsageError(f"{bundle} has no usable {precision} artifact (it has: {', '.join(have) or 'none'})",
+                             f"drop --precision, or re-export with --precision {precision}")
     sess = edgekit.load(bundle, backend=backend, precision=precision)
     used = ran_with(sess)
     meta = sess.bundle.manifest.metadata if hasattr(sess, "bundle") else _manifest(bundle).metadata
@@ -109,7 +114,8 @@ def ran_with(sess) -> list[dict]:
     rows = []
     for graph, s in sessions.items():
         art, impl = getattr(s, "artifact", None), getattr(s, "backend", None)
-        device = getattr(impl, "device", None) or next(iter(getattr(impl, "providers", None) or []), None)
+        device = getattr(impl, "device", None) or next((p for p in getattr(impl, "providers", None) or []
+                                                        if p != "AzureExecutionProvider"), None)  # ORT: no device
         threads = os.environ.get("EDGEKIT_THREADS") or None  # the backends read it (else their default)
         rows.append({"graph": graph, "backend": s.backend_name, "precision": art.precision if art else None,
                      "artifact": f"{s.backend.path}" if impl is not None else None, "status": art.status if art else None,

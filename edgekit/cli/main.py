@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     import click
 
     args = _global_flags(list(sys.argv[1:] if argv is None else argv))
+    cli.EMITTED.clear()
     _quiet_libraries()
     _terminate_cleanly()
     _register_commands()

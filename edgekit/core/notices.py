@@ -89,11 +89,21 @@ def _show_edgekit_warnings() -> Iterator[None]:
             warnings.showwarning = orig
 
 
-def _fds() -> tuple[int, int] | None:
+def _is_fd(stream: Any, fd: int) -> bool:
+    """Does ``stream`` write to OS file descriptor ``fd`` (a terminal or pipe, not a notebook or pytest's capsys)?"""
     try:
-        return sys.stdout.fileno(), sys.stderr.fileno()
+        return stream.fileno() == fd
     except (AttributeError, ValueError, io.UnsupportedOperation):
-        return None  # e.g. a notebook or pytest's capsys: no OS-level streams to redirect
+        return False
+
+
+def _open_fds() -> bool:
+    try:
+        os.fstat(1)
+        os.fstat(2)
+        return True
+    except OSError:
+        return False
 
 
 def _flush() -> None:
@@ -103,51 +113,52 @@ def _flush() -> None:
 
 
 @contextlib.contextmanager
+def _fd_moved(src: int, dst: int) -> Iterator[None]:
+    """Point fd ``dst`` at what ``src`` points at (C-level output), restore it afterwards."""
+    _flush()
+    saved = os.dup(dst)
+    os.dup2(src, dst)
+    try:
+        yield
+    finally:
+        _flush()
+        os.dup2(saved, dst)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def quiet_noise() -> Iterator[None]:
     """Capture third-party output (Python and C level) for the duration of the block; drop it unless
     ``verbose()``, which instead sends stdout to stderr (stdout stays clean for --json either way)."""
-    fds = _fds()
     if _saved:  # already inside a capture
         yield
         return
+    fds = _open_fds()
     if verbose():
-        saved_out = os.dup(fds[0]) if fds else None
-        try:
+        with contextlib.ExitStack() as stack:
             if fds:
-                _flush()
-                os.dup2(fds[1], fds[0])
-            with contextlib.redirect_stdout(sys.stderr):
-                yield
-        finally:
-            if saved_out is not None:
-                _flush()
-                os.dup2(saved_out, fds[0])
-                os.close(saved_out)
-        return
-    if fds is None:
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), _show_edgekit_warnings():
+                stack.enter_context(_fd_moved(2, 1))
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
             yield
         return
-    _flush()
-    saved = [os.dup(fds[0]), os.dup(fds[1])]
-    user = tuple(os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in saved)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), fds[0])
-        os.dup2(sink.fileno(), fds[1])
+    # edgekit's own messages (user_stdout/user_stderr) go where stdout/stderr went before the capture
+    owned = [os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") if fds and _is_fd(stream, fd)
+             else None for fd, stream in ((1, sys.stdout), (2, sys.stderr))]
+    user = (owned[0] or sys.stdout, owned[1] or sys.stderr)
+    with tempfile.TemporaryFile() as sink, contextlib.ExitStack() as stack:
+        for f in owned:
+            if f is not None:
+                stack.callback(f.close)
+        if fds:
+            stack.enter_context(_fd_moved(sink.fileno(), 1))
+            stack.enter_context(_fd_moved(sink.fileno(), 2))
+        text = stack.enter_context(open(os.dup(sink.fileno()), "w", encoding="utf-8", errors="replace"))
+        stack.enter_context(contextlib.redirect_stdout(text))
+        stack.enter_context(contextlib.redirect_stderr(text))
         _saved.append(user)
-        try:
-            with _show_edgekit_warnings():
-                yield
-        finally:
-            _flush()
-            _saved.remove(user)
-            os.dup2(saved[0], fds[0])
-            os.dup2(saved[1], fds[1])
-            for fd in saved:
-                os.close(fd)
-            for f in user:
-                f.close()
+        stack.callback(_saved.remove, user)
+        stack.enter_context(_show_edgekit_warnings())
+        yield
 
 
 def stage_reporter(progress: Callable[[str], None] | bool | None) -> Callable[[str], None]:

@@ -178,8 +178,9 @@ def test_output_and_name_are_checked(tmp_path):
 
 def test_sources_resolve_or_fail_clearly(tmp_path):
     pytest.importorskip("safetensors")
-    from edgekit.ppp.tasks import personalize_any, resolve_checkpoint
     from edgekit.runtimes.pipelines.ppp_proto import NotPPPError
+
+    from edgekit.ppp.tasks import personalize_any, resolve_checkpoint
     assert resolve_checkpoint("builtin:ppp-fashion-gated") == resolve_checkpoint("builtin:ppp-fashion")
     np.savez(tmp_path / "p.npz", x=np.zeros((2, *SHAPE), np.float32))
     with pytest.raises(UsageError, match="no gated bundle or PPP checkpoint"):
