@@ -91,7 +91,7 @@ CASES = (
     Case("info-missing", "info on a path that is not there", ("info", "nope.edgekit"), E, "does not exist"),
     Case("info-not-bundle", "info on a folder that is no bundle", ("info", "afolder"), E, "manifest"),
     Case("run-no-input", "run without inputs", ("run", "{b}"), E, "no inputs given"),
-    Case("run-shape", "run with the wrong input shape", ("run", "{b}", "--input", "x5.npy"), E, "shape"),
+    Case("run-shape", "run with the wrong input shape", ("run", "{b}", "--input", "x5.npy"), E, "the model needs 6"),
     Case("run-dtype", "run with the wrong input dtype", ("run", "{b}", "--input", "xi.npy"), E, "dtype"),
     Case("run-backend", "run on a backend the bundle lacks", ("run", "{b}", "--input", "x.npy", "-b", "coreml"),
          E, "coreml"),

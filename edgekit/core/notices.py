@@ -67,8 +67,12 @@ class _UserStream(io.TextIOBase):
 user_stdout, user_stderr = _UserStream(0), _UserStream(1)
 
 
-def warn(message: str, stacklevel: int = 2) -> None:
-    warnings.warn(message, EdgekitWarning, stacklevel=stacklevel + 1)
+def warn(message: str) -> None:
+    """An EdgekitWarning attributed to the user's line (the first caller outside edgekit)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("edgekit"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, EdgekitWarning, stacklevel=level)
 
 
 @contextlib.contextmanager
@@ -190,8 +194,8 @@ def existing_bundle(dest: Path) -> str | None:
         return "something that is not a readable bundle"
 
 
-def warn_replacing(dest: Path, stacklevel: int = 3) -> None:
+def warn_replacing(dest: Path) -> None:
     """Replacing a bundle is never silent."""
     held = existing_bundle(Path(dest))
     if held is not None:
-        warn(f"replacing {dest}: it holds {held}", stacklevel=stacklevel)
+        warn(f"replacing {dest}: it holds {held}")

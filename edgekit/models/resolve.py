@@ -246,7 +246,7 @@ def check_runs(src: ModelSource, inputs: list[str] | None = None) -> None:
 def _fails(src: ModelSource, inputs: list[str] | None, why: str) -> None:
     """The one-line error for a model that fails on its example: name --input when the user gave it."""
     if inputs:
-        raise UsageError(f"the model fails on --input {' '.join(inputs)} ({why})",
+        raise UsageError(f"the model fails on {' '.join('--input ' + i for i in inputs)} ({why})",
                          "give each input the shape and dtype the model expects: --input NAME:SHAPE[:DTYPE], "
                          "e.g. x:1x3x224x224:float32") from None
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in src.example_inputs.items())
