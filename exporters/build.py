@@ -6,7 +6,6 @@ import importlib
 import inspect
 import io
 import shutil
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from edgekit.core.bundle import (
     make_work_dir,
 )
 from edgekit.core.errors import EdgekitError, ExportError, UsageError, first_line
+from edgekit.core.notices import quiet_noise, stage_reporter, warn_replacing
 from edgekit.core.specs import TensorSpec, check_dynamic
 
 VALIDATION_FILE_LIMIT = 16 << 20  # stored example inputs+reference outputs, for on-device `edgekit validate`
@@ -243,15 +243,16 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
     with ``strict_dynamic`` (``edgekit.export``), else recorded in each artifact's validation detail."""
     precisions = [p.strip() for p in precision.split(",")] if isinstance(precision, str) else list(precision)
     rows = resolve_targets(targets, precisions)
-    say = progress or (lambda msg: None)
+    say = stage_reporter(progress)  # None: stage lines when stderr is a terminal; False: silent
     metadata = dict(metadata or {})
     classifier = metadata.get("task") == "classification"
     options = options or {}
     asked = [n.strip().lower() for n in (targets.split(",") if isinstance(targets, str) else targets)]
     explicit = asked != ["all"]  # with "all", one target failing must not stop the others
     onnx_asked = "onnx" in asked or not explicit
-    with modes_kept(*(g.module for g in graphs.values())), BundleWriter(out, name) as w, \
-            _work_dir("edgekit-export-") as tmp:
+    writer = BundleWriter(out, name)
+    warn_replacing(writer.dest)  # the Python API replaces an existing bundle, never silently
+    with modes_kept(*(g.module for g in graphs.values())), writer as w, _work_dir("edgekit-export-") as tmp:
         manifest = Manifest(name=name, inputs=[], outputs=[], graphs={}, metadata=metadata, pipeline=pipeline)
         calib_list = None
         for gname, src in graphs.items():
@@ -342,8 +343,8 @@ class _GraphCtx:
                         options=options, inputs=self.graph.inputs, outputs=self.graph.outputs)
         self.say(f"[{self.gname}] exporting {t.name} {p}" + (f" again with {retry}" if retry else ""))
         try:
-            # exporter libraries' progress output (NNCF's int8 bars) belongs on stderr: stdout carries --json
-            with contextlib.redirect_stdout(sys.stderr):
+            # exporter libraries' chatter (FX dumps, NNCF/coremltools bars) is captured; stdout carries --json
+            with quiet_noise():
                 res = importlib.import_module(t.module).export(job)
         except Exception as e:  # one target's failure must not sink the others (unless it is the base ONNX)
             if self.explicit and t.name == "onnx" and not retry:

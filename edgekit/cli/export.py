@@ -22,6 +22,7 @@ def export(
     dynamic: list[str] = typer.Option([], "--dynamic", help="NAME:AXIS=DIM dynamic axis (repeatable), e.g. x:0=batch"),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="directory to write NAME.edgekit into"),
     name: Optional[str] = typer.Option(None, "--name", help="bundle name (default: the model's)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing OUT/NAME.edgekit (refused without it)"),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18)"),
     option: list[str] = typer.Option([], "--option", help="TARGET.KEY=VALUE exporter option (repeatable), e.g. "
                                       "coreml.minimum_deployment_target=iOS17, tensorrt.trt_version=11"),
@@ -29,12 +30,57 @@ def export(
     iters: int = typer.Option(100, "--iters", help="timed runs per artifact for the latency columns"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
-    """Export a model to every requested target, validate each artifact against PyTorch, print a table."""
+    """Export a model to every requested target, validate each artifact against PyTorch, print a table.
+
+    Checks come first (arguments, the model on its example inputs, int8 calibration data, an existing
+    bundle at OUT/NAME.edgekit: refused without --force), then the export, then the latency columns."""
+    precisions = [p.strip() for p in precision.split(",")]
+    options = check_arguments(target, precisions, inputs, dynamic, option, bench, iters, name, out, calib)
+    from edgekit.api import export as do_export
+    from edgekit.core.notices import quiet_noise
+    from edgekit.models.resolve import check_runs, resolve
+    from edgekit.runtimes.bench import bench_bundle
+
+    with cli.progress("resolving the model", quiet=json_out) as st, quiet_noise():
+        src = resolve(model, inputs, dynamic)
+        name = name or src.name
+        check_destination(out, name, force)
+        st.update("running the model once on its example inputs")
+        check_runs(src, inputs)
+        calib_data = check_calibration(src, precisions, calib)
+        bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib_data,
+                           opset=opset, options=options, progress=st.update)
+        single = "main" in bundle.manifest.graphs and not bundle.manifest.pipeline
+        rows = (bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
+                if bench and single else [])
+    notes = {(a.graph, a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts}
+    if not rows:  # --no-bench, or a multi-graph bundle (benchmark those with their own commands)
+        rows = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
+                 "max_abs_err": a.validation.max_abs_err if a.validation else None,
+                 "top1_agreement": (a.validation.detail or {}).get("top1_agreement") if a.validation else None,
+                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if json_out:
+        cli.emit_json({"bundle": str(bundle.root), "model": src.name, "artifacts": rows})
+    else:
+        print_rows(f"{bundle.root}", rows)
+        for r in rows:
+            if r.get("reason"):
+                cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
+            for note in notes.get((r.get("graph", "main"), r["target"], r["precision"]), []):
+                cli.say(f"  {r['target']}/{r['precision']}: note: {note}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def check_arguments(target: str, precisions: list[str], inputs: list[str], dynamic: list[str], option: list[str],
+                    bench: bool, iters: int, name: str | None, out: Path, calib: Path | None) -> dict:
+    """Every check that needs neither torch nor the model; returns the parsed --option values."""
+    from edgekit.core.errors import MissingFileError, UsageError
     from edgekit.exporters.targets import resolve_targets
     from edgekit.models.examples import parse_dynamic, parse_input
 
-    # cheap argument checks first, before torch is imported
-    resolve_targets(target, [p.strip() for p in precision.split(",")])
+    resolve_targets(target, precisions)
     for spec in inputs:
         parse_input(spec)
     parse_dynamic(dynamic)
@@ -47,45 +93,44 @@ def export(
         from edgekit.core.bundle import check_name
 
         check_name(name)
-    from edgekit.api import export as do_export
-    from edgekit.exporters.adapter import torch_eager
-    from edgekit.models.resolve import resolve
-    from edgekit.runtimes.bench import bench_bundle
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory", "give a new or existing directory")
+    if calib is not None and not calib.exists():
+        raise MissingFileError(f"--calib {calib} does not exist", "give an .npz (one array per input) or a "
+                               "directory of .npy files")
+    return options
 
-    with cli.status("resolving model", quiet=json_out) as st:
-        src = resolve(model, inputs, dynamic)
-        eager = None
-        if bench and src.module is not None:
-            # PyTorch first, before any backend library is loaded: their idle thread pools would starve
-            # torch's OpenMP threads and make eager look far slower than it is
-            st.update("benchmarking PyTorch eager")
-            eager = torch_eager(src.module, src.example_inputs, warmup=max(5, iters // 10), iters=iters)
-        bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib,
-                           opset=opset, options=options, progress=st.update)
-        single = "main" in bundle.manifest.graphs and not bundle.manifest.pipeline
-        rows = (bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
-                if bench and single else [])
-    notes = {(a.graph, a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts}
-    if not rows:  # --no-bench, or a multi-graph bundle (benchmark those with their own commands)
-        rows = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
-                 "max_abs_err": a.validation.max_abs_err if a.validation else None,
-                 "top1_agreement": (a.validation.detail or {}).get("top1_agreement") if a.validation else None,
-                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts]
-    for r in rows:
-        if eager and "session" in r:
-            r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
-    failed = [r for r in rows if r["status"] == "failed"]
-    if json_out:
-        cli.emit_json({"bundle": str(bundle.root), "model": src.name, "torch_eager": eager, "artifacts": rows})
-    else:
-        print_rows(f"{bundle.root}", rows, eager)
-        for r in rows:
-            if r.get("reason"):
-                cli.say(f"  {r['target']}/{r['precision']}: {r['status']}: {r['reason']}")
-            for note in notes.get((r.get("graph", "main"), r["target"], r["precision"]), []):
-                cli.say(f"  {r['target']}/{r['precision']}: note: {note}")
-    if failed:
-        raise typer.Exit(1)
+
+def check_destination(out: Path, name: str, force: bool) -> None:
+    """Replacing a bundle takes --force: refused (with what it holds) before any slow work."""
+    from edgekit.core.bundle import SUFFIX
+    from edgekit.core.errors import UsageError
+    from edgekit.core.notices import existing_bundle
+
+    dest = out / (name if name.endswith(SUFFIX) else name + SUFFIX)
+    held = existing_bundle(dest)
+    if held is not None and not force:
+        raise UsageError(f"{dest} already exists ({held})",
+                         "pass --force to replace it, or --name NEW / --out DIR to keep both")
+
+
+def check_calibration(src, precisions: list[str], calib: Path | None):
+    """int8 needs calibration data: checked (and read) before the export, not after minutes of it."""
+    if "int8" not in precisions or src.exporter is not None:
+        return calib
+    from edgekit.core.errors import UsageError
+
+    if calib is None and src.calibration is None:
+        raise UsageError("int8 needs calibration data and this model carries none",
+                         "pass --calib DATA.npz (one array per input, a few hundred samples) or drop int8 "
+                         "from --precision")
+    if calib is None:
+        return None
+    from edgekit.core.specs import TensorSpec
+    from edgekit.exporters.calib import load_calibration
+
+    specs = [TensorSpec.from_array(n, a, (src.dynamic or {}).get(n)) for n, a in src.example_inputs.items()]
+    return load_calibration(calib, specs)
 
 
 def parse_options(items: list[str]) -> dict[str, dict]:
@@ -111,17 +156,15 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def print_rows(title: str, rows: list[dict], eager: dict | None) -> None:
+def print_rows(title: str, rows: list[dict]) -> None:
+    """The export table. No "vs torch" column: one eager-vs-artifact ratio timed back to back swung 7x to
+    788x on a loaded machine; `edgekit bench` times PyTorch for built-in models."""
     body = []
     graphs = {r.get("graph", "main") for r in rows}
     for r in rows:
         s = r.get("session") or {}
-        body.append([r["target"] if graphs == {"main"} else f"{r['graph']}/{r['target']}", r["precision"], r["status"], cli.fmt(r.get("max_abs_err")),
-                     cli.fmt(r.get("top1_agreement"), ".3f"), cli.fmt(r.get("size_mb"), ".3f"),
-                     cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f"),
-                     cli.fmt(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch") else "")])
-    if eager:
-        body.append(["pytorch (eager)", "fp32", "reference", "0", "1.000", "-", cli.fmt(eager["p50_ms"], ".3f"),
-                     cli.fmt(eager["p90_ms"], ".3f"), "1.00x"])
-    cli.table(title, ["target", "precision", "status", "max abs err", "top-1 agree", "size MB", "p50 ms",
-                      "p90 ms", "vs torch"], body)
+        body.append([r["target"] if graphs == {"main"} else f"{r['graph']}/{r['target']}", r["precision"], r["status"],
+                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
+                     cli.fmt(r.get("size_mb"), ".3f"), cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f")])
+    cli.table(title, ["target", "precision", "status", "max abs err", "top-1 agree", "size MB", "p50 ms", "p90 ms"],
+              body)

@@ -72,15 +72,24 @@ def run(
     input: Optional[Path] = typer.Option(None, "--input", "-i", help=".npz with one array per input name (or .npy for one input)"),
     text: list[str] = typer.Option([], "--text", help="raw text (bundles that carry a tokenizer); repeatable"),
     backend: str = BACKEND,
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="fp32, fp16 or int8 (default: the "
+                                            "first validated artifact runnable here)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write all outputs to this .npz"),
     json_out: bool = JSON,
 ) -> None:
-    """Run a bundle on inputs from a file (or text) and print the outputs (top-1 labels for classifiers)."""
+    """Run a bundle on inputs from a file (or text) and print the outputs (top-1 labels for classifiers).
+    Says which backend, precision and artifact ran (and the device / threads where the backend has them)."""
     import edgekit
     from edgekit.core.errors import UsageError
     from edgekit.core.inputs import load_arrays
 
-    sess = edgekit.load(bundle, backend=backend)
+    if precision is not None:  # say the precision is missing (not only that nothing runnable was found)
+        have = sorted({a.precision for a in _manifest(bundle).artifacts if a.status in ("ok", "not-validated")})
+        if precision not in have:
+            raise UsageError(f"{bundle} has no usable {precision} artifact (it has: {', '.join(have) or 'none'})",
+                             f"drop --precision, or re-export with --precision {precision}")
+    sess = edgekit.load(bundle, backend=backend, precision=precision)
+    used = ran_with(sess)
     meta = sess.bundle.manifest.metadata if hasattr(sess, "bundle") else _manifest(bundle).metadata
     if text:
         if hasattr(sess, "run_text"):
@@ -102,12 +111,15 @@ def run(
         idx = first.argmax(1)
         preds = [{"index": int(i), "label": str(labels[i])} for i in idx]
     if json_out:
-        cli.emit_json({"backend": getattr(sess, "backend_name", backend), "predictions": preds,
+        cli.emit_json({"backend": getattr(sess, "backend_name", backend), "ran": used, "predictions": preds,
                        "outputs": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype),
                                        **({"values": np.asarray(v).tolist()} if np.size(v) <= 4096 else {})}
                                    for k, v in outs.items()}})
         return
-    cli.say(f"backend: {getattr(sess, 'backend_name', backend)}")
+    for u in used:
+        where = ", ".join(f"{k} {u[k]}" for k in ("device", "threads") if u.get(k))
+        cli.say(f"{u['graph'] + ': ' if len(used) > 1 else ''}backend {u['backend']}, precision {u['precision']}, "
+                f"artifact {u['artifact']} ({u['status']}{', ' + where if where else ''})")
     for k, v in outs.items():
         a = np.asarray(v)
         cli.say(f"  {k}: {a.dtype}{list(a.shape)}" + (f" = {np.array2string(a, precision=4, threshold=20)}" if a.size <= 20 else ""))
@@ -116,6 +128,23 @@ def run(
         cli.say(f"  top-1: {shown}{' …' if len(preds) > 20 else ''}")
     if output is not None:
         cli.say(f"  wrote {output}")
+
+
+def ran_with(sess) -> list[dict]:
+    """Backend, precision, artifact (and device/threads) of each graph a session or pipeline runs."""
+    import os
+
+    sessions = getattr(sess, "sessions", None) or {"main": sess}
+    rows = []
+    for graph, s in sessions.items():
+        art, impl = getattr(s, "artifact", None), getattr(s, "backend", None)
+        device = getattr(impl, "device", None) or next((p for p in getattr(impl, "providers", None) or []
+                                                        if p != "AzureExecutionProvider"), None)  # ORT: no device
+        threads = os.environ.get("EDGEKIT_THREADS") or None  # the backends read it (else their default)
+        rows.append({"graph": graph, "backend": s.backend_name, "precision": art.precision if art else None,
+                     "artifact": f"{s.backend.path}" if impl is not None else None, "status": art.status if art else None,
+                     "device": device, "threads": threads})
+    return rows
 
 
 def _manifest(path: Path):

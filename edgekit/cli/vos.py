@@ -33,10 +33,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print a JSON report"),
     ) -> None:
         """Segment an object through a video from its first-frame mask (skip-path VOS)."""
-        from edgekit.cli.output import emit_json, err
+        from edgekit.cli.output import emit_json, err, progress
         from edgekit.cli.output import out as console
-        log = None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]"))
-        rep = segment(video, mask, out, tau, backend, bundle, max_frames, gif, threads, log)
+        from edgekit.core.notices import quiet_noise
+
+        every = 1 if err.is_terminal else 25  # plain --verbose lines in a pipe: every 25 frames
+        with progress("opening the video", quiet=as_json) as st, quiet_noise():
+            def frame_done(n: int) -> None:
+                if n == 1 or n % every == 0 or n == max_frames:
+                    st.update(f"segmenting: frame {n}" + (f" of {max_frames}" if max_frames else ""))
+
+            rep = segment(video, mask, out, tau, backend, bundle, max_frames, gif, threads, st.update, frame_done)
         if as_json:
             emit_json(rep)
             return
@@ -52,13 +59,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print a JSON report"),
     ) -> None:
         """Export the built-in skip-path VOS model (4 graphs + vos_skip pipeline) to a bundle."""
-        from edgekit.cli.output import emit_json, err
+        from edgekit.cli.output import emit_json, progress
         from edgekit.cli.output import out as console
+        from edgekit.core.notices import quiet_noise
         from edgekit.vos.export import export_bundle
         if not 0.0 <= tau <= 1.0:
             raise UsageError(f"--tau must be in [0, 1], got {tau}", "e.g. --tau 0.7; 1 never reuses")
-        log = None if as_json else (lambda m: err.print(f"[dim]{m}[/dim]"))
-        b = export_bundle(out, targets=[t.strip() for t in target.split(",") if t.strip()], tau=tau, progress=log)
+        with progress("exporting the VOS model", quiet=as_json) as st, quiet_noise():
+            b = export_bundle(out, targets=[t.strip() for t in target.split(",") if t.strip()], tau=tau,
+                              progress=st.update)
         arts = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status}
                 for a in b.manifest.artifacts]
         if as_json:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.core.errors import MissingFileError, UsageError, first_line
+from edgekit.core.errors import EdgekitError, ExportError, MissingFileError, UsageError, first_line
 from edgekit.core.specs import check_dynamic
 from edgekit.core.userimport import cwd_on_path, is_callable_ref, load_callable
 from edgekit.exporters.build import normalize_examples
@@ -208,6 +208,47 @@ def resolve(model: str | None, inputs: list[str] | None = None, dynamic: list[st
         return hf_source(p, inputs, dyn)
     if is_callable_ref(model):  # pkg.mod:fn, path/file.py:fn
         return _callable_source(model, inputs, dyn)
+    if not p.exists():
+        raise MissingFileError(f"MODEL {model!r} does not exist (no such file or directory)",
+                               "check the path; or give builtin:NAME (see `edgekit models`) or "
+                               "package.module:function")
     raise UsageError(f"cannot understand MODEL {model!r}" + (" (a directory without config.json)" if p.is_dir() else ""),
                      "use builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript, torch.save(model) or a "
                      "token-gating checkpoint), a transformers model directory, or package.module:function (or nothing for the default)")
+
+
+def check_runs(src: ModelSource, inputs: list[str] | None = None) -> None:
+    """Run the model once on its example inputs before any export: a wrong ``--input`` shape or dtype,
+    or a forward that raises, is one line naming the fix (not an internal error after minutes of work)."""
+    if src.exporter is not None:
+        return  # multi-graph built-ins export (and check) themselves
+    feeds = src.example_inputs
+    try:
+        if src.module is not None:  # the run that names the outputs (export does not run it again)
+            from edgekit.exporters.build import _default_output_names
+
+            names = _default_output_names(src.module, feeds)
+            src.output_names = src.output_names or names
+        elif src.onnx_path:
+            import onnxruntime as ort
+
+            ort.InferenceSession(src.onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    except ExportError as e:
+        if e.__cause__ is None:
+            raise
+        _fails(src, inputs, f"{type(e.__cause__).__name__}: {first_line(e.__cause__, 200)}")  # the model's own error
+    except EdgekitError:
+        raise
+    except Exception as e:
+        _fails(src, inputs, f"{type(e).__name__}: {first_line(e, 200)}")
+
+
+def _fails(src: ModelSource, inputs: list[str] | None, why: str) -> None:
+    """The one-line error for a model that fails on its example: name --input when the user gave it."""
+    if inputs:
+        raise UsageError(f"the model fails on {' '.join('--input ' + i for i in inputs)} ({why})",
+                         "give each input the shape and dtype the model expects: --input NAME:SHAPE[:DTYPE], "
+                         "e.g. x:1x3x224x224:float32") from None
+    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape))}:{v.dtype}" for k, v in src.example_inputs.items())
+    raise UsageError(f"the model fails on its own example inputs {shapes} ({why})",
+                     "fix the model's forward, or pass --input NAME:SHAPE[:DTYPE] with the shapes it expects") from None

@@ -32,6 +32,7 @@ from edgekit.ppp.personalize import (
     load_checkpoint,
     personalize,
 )
+from edgekit.runtimes.pipelines.ppp import personal_name
 from edgekit.runtimes.pipelines.ppp_proto import (
     COUPLING,
     DEPTHWISE,
@@ -67,7 +68,7 @@ def export_personalized(res: PPPResult, base: str, meta: dict, out, name: str | 
           "provenance": {"method": "ppp", "path": path_kind, "base_model": base, **info,
                          "personalization_seconds": res.info.get("seconds")}}
     return export_model(fold_bn(res.module).eval(), {"x": example}, targets=targets, out=out,
-                          name=name or f"{Path(str(base)).stem.split('.')[0]}-ppp", dynamic={"x": {0: "batch"}},
+                          name=name or personal_name(Path(str(base)).stem.split('.')[0]), dynamic={"x": {0: "batch"}},
                           input_names=["x"], output_names=["logits"], metadata=md)
 
 

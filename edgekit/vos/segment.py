@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edgekit.core.errors import UsageError
+from edgekit.core.notices import warn
 
 BACKENDS = ("onnxruntime", "openvino", "torch")
 
@@ -42,6 +43,8 @@ def open_pipeline(backend: str, bundle: str | None = None, log=None, threads: in
         if bundle:
             raise UsageError("--backend torch runs the built-in PyTorch model, not a bundle",
                              "drop --bundle, or pick --backend onnxruntime|openvino")
+        if log:
+            log("loading the PyTorch model")
         import torch
         if threads:
             torch.set_num_threads(threads)
@@ -58,7 +61,9 @@ def open_pipeline(backend: str, bundle: str | None = None, log=None, threads: in
 
 def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "onnxruntime",
             bundle: str | None = None, max_frames: int | None = None, gif: bool = True,
-            threads: int | None = None, log=None) -> dict:
+            threads: int | None = None, log=None, frame_done=None) -> dict:
+    """Segment ``video`` from its first-frame ``mask``; ``log(stage)`` reports stages, ``frame_done(n)``
+    each finished frame (the CLI's progress)."""
     from edgekit.runtimes.pipelines.vos import VOSPipeline
     from edgekit.vos import io as vio
     if not 0.0 <= tau <= 1.0:
@@ -69,9 +74,9 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
     m0 = vio.read_mask(mask)
     VOSPipeline.check_mask(m0, (info["height"], info["width"]))  # fail before any export/writing
     ids = vio.mask_object_ids(mask)
-    if ids and log:
-        log(f"warning: the mask holds {len(ids)} object ids {ids}; the model tracks one object, "
-            "so their union is tracked (give a mask with only the wanted object to track it alone)")
+    if ids:
+        warn(f"the mask holds {len(ids)} object ids {ids}; the model tracks one object, "
+             "so their union is tracked (give a mask with only the wanted object to track it alone)")
     writer = vio.MaskWriter(out)  # refuses a non-empty --out before any slow work
     try:
         pipe = open_pipeline(backend, bundle, log, threads)
@@ -89,6 +94,8 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
 
     def on_frame(i, m, reused):
         writer.add(m * 255)
+        if frame_done:
+            frame_done(i + 1)
         if gif:
             f = held["f"]
             if scale < 1:
@@ -96,6 +103,8 @@ def segment(video: str, mask: str, out: str, tau: float = 0.7, backend: str = "o
                 f, m = f[::step, ::step], m[::step, ::step]
             overlays.append(vio.overlay(f, m))
 
+    if log:
+        log(f"segmenting with {pipe.backend_name}")
     t0 = time.perf_counter()
     try:
         res = pipe.run(keep_frames(frames), m0, tau=tau, on_frame=on_frame, keep=False)

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from edgekit.core.bundle import (
     Validation,
 )
 from edgekit.core.errors import BundleError, ValidationFailed
+from edgekit.core.notices import warn_replacing
 
 GATES_FILE = "ppp_gates.json"
 TOLERANCE = 1e-4
@@ -158,21 +161,34 @@ def prune_onnx(model, gmap: dict, masks: list[np.ndarray], zero_only: bool = Fal
     return m
 
 
-def _validate(pruned, reference, x: np.ndarray, input_name: str, output: str) -> Validation:
+def personal_name(base: str) -> str:
+    """The default name of a personalized bundle, the same on the torch-free and the PyTorch path: the
+    base model's name with '_' as '-', without '-gated', plus '-ppp' (ppp_fashion, ppp-fashion-gated ->
+    ppp-fashion-ppp)."""
+    return re.sub(r"[_\s]+", "-", base).removesuffix("-gated") + "-ppp"
+
+
+def _validate(pruned, reference, x: np.ndarray, input_name: str, output: str) -> tuple[Validation, bytes]:
+    """The pruned graph vs the masked reference, and the first case as a stored reference
+    (validation/main.npz, for `edgekit validate` on the device)."""
     rng = np.random.default_rng(0)
     cases = [x[: min(len(x), 64)], rng.standard_normal((3, *x.shape[1:])).astype(np.float32)]
     a, b = _ort_session(pruned.SerializeToString()), _ort_session(reference.SerializeToString())
-    err, scale = 0.0, 1.0
+    err, scale, stored = 0.0, 1.0, None
     for c in cases:
         got = a.run([output], {input_name: c})[0]
         ref = b.run([output], {input_name: c})[0]
         err = max(err, float(np.abs(got - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
+        if stored is None:
+            buf = io.BytesIO()
+            np.savez(buf, **{f"in.{input_name}": c[:8], f"out.{output}": ref[:8]})
+            stored = buf.getvalue()
     tol = TOLERANCE * scale
     return Validation(passed=err <= tol, max_abs_err=err, tolerance=tol, cases=sum(len(c) for c in cases),
                       where=f"onnxruntime on {platform.system()} {platform.machine()}",
                       detail={"reference": "static graph with closed channels' consumer weights zeroed",
-                              "tolerance_rule": f"{TOLERANCE} x max(1, max|ref|)"})
+                              "tolerance_rule": f"{TOLERANCE} x max(1, max|ref|)"}), stored
 
 
 def _openvino_artifact(w, pruned_bytes: bytes, x: np.ndarray, input_name: str, output: str, tmp: Path):
@@ -233,7 +249,7 @@ def personalize_bundle(src, data, out, keep_ratio: float | None = None, threshol
     full = onnx.load(str(bundle.path(static)))
     pruned = prune_onnx(full, gmap, masks)
     secs = time.perf_counter() - t0
-    val = _validate(pruned, prune_onnx(full, gmap, masks, zero_only=True), x, in_spec.name, gmap["output"])
+    val, stored = _validate(pruned, prune_onnx(full, gmap, masks, zero_only=True), x, in_spec.name, gmap["output"])
     if not val.passed:
         raise ValidationFailed(f"pruned graph differs from the masked reference by {val.max_abs_err:.3g}",
                                "report this bug; the gate map may not match the graph")
@@ -247,10 +263,12 @@ def personalize_bundle(src, data, out, keep_ratio: float | None = None, threshol
     md["provenance"] = {"method": "ppp", "path": "onnx (torch-free)", "base_model": bundle.manifest.name,
                         "base_bundle_sha256": {a.path: a.sha256 for a in bundle.manifest.artifacts}, **info,
                         "keep_masks": [np.flatnonzero(m).tolist() for m in masks]}
-    name = name or f"{bundle.manifest.name.removesuffix('-gated')}-ppp"
+    name = name or personal_name(bundle.manifest.name)
+    warn_replacing(Path(out) / f"{name}.edgekit")
     with BundleWriter(out, name) as w:
         g = Graph("main", [in_spec], [s for s in sgraph.outputs], {"example_shapes": {in_spec.name: [1, *shape]}})
         manifest = Manifest(name=name, inputs=list(g.inputs), outputs=list(g.outputs), graphs={"main": g}, metadata=md)
+        w.add_file(manifest, "validation/main.npz", stored)  # `edgekit validate` re-checks against it
         art = Artifact(target="onnx", graph="main", precision="fp32", path="main.onnx",
                        toolchain={"onnx": onnx.__version__, "onnxruntime": _ort_version(), "torch": None},
                        validation=val, status="ok", extra={"produced_by": "edgekit.runtimes.pipelines.ppp"})

@@ -60,11 +60,11 @@ def test_cli_default_export_table(tmp_path):
     assert r.returncode == 0, r.stderr
     for word in ("target", "onnx", "max abs err", "p50 ms", "ok"):
         assert word in r.stdout
-    r = run_cli("export", "--out", tmp_path, "--target", "onnx", "--iters", "5", "--json")
+    r = run_cli("export", "--out", tmp_path, "--target", "onnx", "--iters", "5", "--json", "--force")
     data = json.loads(r.stdout)
     row = data["artifacts"][0]
     assert row["target"] == "onnx" and row["status"] == "ok" and row["max_abs_err"] <= 1e-4
-    assert row["session"]["p50_ms"] > 0 and row["speedup_vs_torch"] > 0
+    assert row["session"]["p50_ms"] > 0 and "speedup_vs_torch" not in row  # `edgekit bench` compares with torch
 
 
 def test_cli_model_forms(tmp_path):

@@ -175,7 +175,7 @@ def user_dir(tmp_path_factory):
 @pytest.mark.parametrize("args,words", [
     (["usermodels:not_a_module", "--input", "x:1x8"], "returned int, not a torch.nn.Module"),
     (["usermodels:explodes"], "calling usermodels:explodes() failed: RuntimeError: user code exploded"),
-    (["usermodels:two_in", "--input", "x:2x8", "--input", "y:2x7"], "fails on its own example inputs"),
+    (["usermodels:two_in", "--input", "x:2x8", "--input", "y:2x7"], "fails on --input x:2x8 --input y:2x7"),
 ])
 def test_cli_user_function_mistakes(user_dir, tmp_path, args, words):
     r = run_cli("export", *args, "-t", "onnx", "--out", tmp_path, "--no-bench", cwd=user_dir)
