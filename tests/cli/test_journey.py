@@ -183,9 +183,8 @@ def test_validate_that_checks_nothing_fails_with_reasons(bundle_copy):
     (bundle_copy / "validation" / "main.npz").unlink()
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     r = run_cli("validate", bundle_copy)
-    assert r.returncode == 1 and "stores no reference inputs/outputs" in r.stdout
-    assert r.stderr.strip().splitlines()[-1].startswith("edgekit: error: no artifact of digits-cnn.edgekit could be "
-                                                        "checked here (onnx/fp32: skipped)")
+    assert r.returncode == 1 and "no reference outputs" in r.stdout
+    assert r.stderr.strip().splitlines()[-1].startswith("edgekit: error: 1 artifact(s)/file(s) failed validation")
 
 
 # ------------------------------------------------------------------ progress and noise
