@@ -47,13 +47,21 @@ def no_torch_env(tmp_path) -> dict:
 
 
 def assert_user_error(res, *needles: str) -> None:
-    """A CLI user mistake: exit 1, nothing on stdout, no traceback, one last 'edgekit: error:' line
-    containing every needle."""
+    """A CLI user mistake: exit 1, no traceback, and one error naming every needle: the last stderr line
+    'edgekit: error: ...' with nothing on stdout, or, under --json, one JSON object {"error", "fix", ...}
+    on stdout and nothing but notices on stderr."""
+    import json
+
     assert res.returncode == 1, (res.returncode, res.stderr)
-    assert res.stdout == ""
-    assert "Traceback" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgekit: error: "), res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    if "--json" in res.args:
+        err = json.loads(res.stdout)
+        assert err["exit_code"] == 1 and err["type"], err
+        line = f"{err['error']} (fix: {err['fix']})" if err.get("fix") else err["error"]
+    else:
+        assert res.stdout == ""
+        line = res.stderr.strip().splitlines()[-1]
+        assert line.startswith("edgekit: error: "), res.stderr
     for n in needles:
         assert n in line, (n, line)
 

@@ -30,9 +30,6 @@ app = typer.Typer(name="edgekit", no_args_is_help=True, add_completion=False, pr
 COMMANDS = (export, inspect, backends, federated, ppp, tokengate, vos)
 DEBUG = False
 JSON = False
-# commands whose --json errors stay a plain stderr line for now: the federated CLI is being rewritten on
-# another branch and its tests assert that line; drop it from here when that branch takes the JSON contract
-PLAIN_ERROR_COMMANDS = ("federated",)
 
 
 def _print_version(value: bool) -> None:
@@ -122,8 +119,7 @@ def _global_flags(args: list[str]) -> list[str]:
     DEBUG = DEBUG or os.environ.get("EDGEKIT_DEBUG") == "1"
     if DEBUG or "--verbose" in args:
         os.environ["EDGEKIT_VERBOSE"] = "1"  # core.notices shows third-party output (child processes too)
-    JSON = "--json" in args[: args.index("--") if "--" in args else len(args)] and not any(
-        a in PLAIN_ERROR_COMMANDS for a in args[:1])
+    JSON = "--json" in args[: args.index("--") if "--" in args else len(args)]
     return [a for a in args if a not in ("--debug", "--verbose")]
 
 

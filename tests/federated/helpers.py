@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
+from tests.conftest import assert_user_error
+
 
 def cloned(d, *, model=("mlp", 64, 10), seed: int = 0, batch_size: int = 32, max_staleness: int = 20, **settings):
     """A ClonedDistillation on the data set splits ``d`` with ``settings`` (ClonedConfig fields; ``epochs``
@@ -21,15 +23,9 @@ def cloned(d, *, model=("mlp", 64, 10), seed: int = 0, batch_size: int = 32, max
 
 
 def user_error(res, *needles: str) -> None:
-    """A CLI result that is one user error: exit 1, nothing on stdout, no traceback, one line with ``needles``."""
+    """A CLI result that is one user error (see tests.conftest.assert_user_error)."""
     _stop_started_node(res)
-    assert res.returncode == 1, (res.returncode, res.stderr)
-    assert res.stdout == ""
-    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
-    line = res.stderr.strip().splitlines()[-1]
-    assert line.startswith("edgekit: error: "), res.stderr
-    for n in needles:
-        assert n in line, (n, line)
+    assert_user_error(res, *needles)
 
 
 def _stop_started_node(res) -> None:
