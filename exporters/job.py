@@ -23,6 +23,7 @@ class ExportJob:
     options: dict = field(default_factory=dict)  # target-specific (e.g. coreml minimum_deployment_target)
     inputs: list = field(default_factory=list)   # TensorSpecs of the graph
     outputs: list = field(default_factory=list)
+    shared: dict = field(default_factory=dict)   # per-graph work exporters may reuse (a converted model)
 
 
 @dataclass
