@@ -185,24 +185,6 @@ def _validation(precision, task, judge, outputs, failed, mismatch, n_cases, n_ju
                       tolerance=worst.get("tolerance"), where=where or host(), cases=n_cases, detail=detail)
 
 
-def summary(v: Validation | None) -> str:
-    """One short line of the numbers that decided a validation (for tables)."""
-    if v is None or not v.detail.get("outputs"):
-        return "-" if v is None or v.max_abs_err is None else f"err {v.max_abs_err:.2g}"
-    parts = []
-    for n, o in v.detail["outputs"].items():
-        if "tolerance" in o:
-            parts.append(f"err/tol {o['max_abs_err'] / o['tolerance']:.2g}" if o["tolerance"] else "err 0")
-        elif "top5_contains" in o:
-            parts.append(f"top1 {o['top1_agreement']:.3f} top5 {o['top5_contains']:.3f}")
-        elif "top1_agreement" in o:
-            parts.append(f"agree {o['top1_agreement']:.3f}")
-        elif "sqnr_db" in o:
-            parts.append(f"SQNR {o['sqnr_db']:.1f}dB cos {o['cos_min']:.4f}")
-    shown = sorted(set(parts), key=parts.index)
-    return "; ".join(shown[:2]) + (" …" if len(shown) > 2 else "")
-
-
 def host() -> str:
     return f"{platform.system()} {platform.machine()} ({platform.processor() or 'cpu'})"
 

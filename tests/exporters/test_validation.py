@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edgekit.exporters.metrics import output_role, sample_cosines, topk_contains
+from edgekit.exporters.targets import JUDGES
+from edgekit.exporters.validate import compare, magnitude_cases, split_holdout
+from edgekit.runtimes.bench import validation_summary as summary
 from torch import nn
 
 import edgekit
 from edgekit.core.errors import ExportError
-from edgekit.exporters.metrics import output_role, sample_cosines, topk_contains
-from edgekit.exporters.targets import JUDGES
-from edgekit.exporters.validate import compare, magnitude_cases, split_holdout, summary
 
 RNG = np.random.default_rng(0)
 
