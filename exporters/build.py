@@ -9,7 +9,6 @@ import shutil
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,8 +21,9 @@ from edgekit.exporters.adapter import (
     keeping_modes,
     modes_kept,
     to_tensors,
+    tracer_warnings,
 )
-from edgekit.exporters.calib import load_calibration
+from edgekit.exporters.calib import fit_batch, load_calibration
 from edgekit.exporters.cases import GraphCases, fails_on_example, insensitive, output_specs, unvalidated_dynamic
 from edgekit.exporters.job import ExportJob
 from edgekit.exporters.metrics import TASKS, normalize_task
@@ -159,7 +159,7 @@ def _calibration(calib: Any, inputs: list[TensorSpec], needed: list[str]) -> lis
                          "needs none")
     if callable(calib):
         calib = calib()
-    return load_calibration(calib, inputs)
+    return fit_batch(load_calibration(calib, inputs), inputs)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -296,14 +296,15 @@ class _GraphCtx:
         job = ExportJob(module=self.module, example_inputs=self.tensors, input_names=list(self.src.example_inputs),
                         output_names=list(self.src.output_names), dynamic=self.src.dynamic, precision=p,
                         workdir=work, onnx_path=self.onnx_fp32, calib=self.calib_list, opset=self.opset,
-                        options=options, inputs=self.graph.inputs, outputs=self.graph.outputs, shared=self.shared)
+                        options=options, inputs=self.graph.inputs, outputs=self.graph.outputs, shared=self.shared,
+                        metadata=self.manifest.metadata)
         self.say(f"[{self.gname}] exporting {t.name} {p}" + (f" again with {retry}" if retry else ""))
         t0 = time.perf_counter()
         timing = {"graph": self.gname, "target": t.name, "precision": p, **({"retry": True} if retry else {})}
         self.timings.append(timing)
         try:
             # exporter libraries' progress output (NNCF's int8 bars) belongs on stderr: stdout carries --json
-            with contextlib.redirect_stdout(sys.stderr), _tracer_warnings() as traced:
+            with contextlib.redirect_stdout(sys.stderr), tracer_warnings() as traced:
                 res = importlib.import_module(t.module).export(job)
         except Exception as e:  # one target's failure must not sink the others (unless it is the base ONNX)
             timing["export_s"] = round(time.perf_counter() - t0, 3)
@@ -378,19 +379,3 @@ class _GraphCtx:
         art.validation.detail["judged_on"] = how
         verdict(art, traced, self.caveats, self.gc.dropped, self.policy["accept_traced_control_flow"],
                 holdout=bool(quant and self.holdout))
-
-
-@contextlib.contextmanager
-def _tracer_warnings():
-    """Collect the first lines of torch.jit TracerWarnings (a trace baked in Python control flow or
-    values) raised inside the block; every other warning is passed on as usual."""
-    found: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield found
-    for w in caught:
-        if w.category.__name__ == "TracerWarning":
-            found.append(str(w.message).split(".")[0][:160])
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    found[:] = sorted(set(found))

@@ -24,6 +24,7 @@ class ExportJob:
     inputs: list = field(default_factory=list)   # TensorSpecs of the graph
     outputs: list = field(default_factory=list)
     shared: dict = field(default_factory=dict)   # per-graph work exporters may reuse (a converted model)
+    metadata: dict = field(default_factory=dict) # the bundle's metadata (task, model_type, ...)
 
 
 @dataclass
