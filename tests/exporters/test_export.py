@@ -60,7 +60,7 @@ def test_bad_target_and_precision():
 def test_cli_default_export_table(tmp_path):
     r = run_cli("export", "--out", tmp_path, "--iters", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for word in ("target", "onnx", "max abs err", "p50 ms", "ok"):
+    for word in ("target", "onnx", "validation", "err/tol", "p50 ms", "ok"):
         assert word in r.stdout
     r = run_cli("export", "--out", tmp_path, "--target", "onnx", "--iters", "5", "--json")
     data = json.loads(r.stdout)
