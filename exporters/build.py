@@ -3,31 +3,32 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import io
 import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from edgekit.exporters.adapter import (
     adapt,
-    as_input_array,
-    flatten_outputs,
     keeping_modes,
     modes_kept,
-    to_tensors,
     tracer_warnings,
 )
 from edgekit.exporters.calib import fit_batch, load_calibration
-from edgekit.exporters.cases import GraphCases, fails_on_example, insensitive, output_specs, unvalidated_dynamic
+from edgekit.exporters.cases import GraphCases, insensitive, output_specs, unvalidated_dynamic
 from edgekit.exporters.job import ExportJob
 from edgekit.exporters.metrics import TASKS, normalize_task
-from edgekit.exporters.source import ModelSource
+from edgekit.exporters.onnx_fusion import keep_faster
+from edgekit.exporters.source import (  # noqa: F401 - GraphSource, normalize_examples: imported from here too
+    GraphSource,
+    ModelSource,
+    default_output_names,
+    normalize_examples,
+)
 from edgekit.exporters.targets import JUDGES, Target, resolve_targets
 from edgekit.exporters.validate import (
     EVIDENCE_CALIB,
@@ -38,6 +39,7 @@ from edgekit.exporters.validate import (
     validate_artifact,
     verdict,
 )
+from edgekit.runtimes import backend_class
 
 from edgekit.core.bundle import (
     WORK_DIRS,
@@ -53,57 +55,6 @@ from edgekit.core.errors import EdgekitError, ExportError, UsageError, first_lin
 from edgekit.core.specs import TensorSpec, check_dynamic
 
 VALIDATION_FILE_LIMIT = 16 << 20  # stored example inputs+reference outputs, for on-device `edgekit validate`
-
-
-@dataclass
-class GraphSource:
-    module: Any                                   # torch.nn.Module, or None when onnx_path is the source
-    example_inputs: dict[str, np.ndarray]         # in the module's positional order
-    output_names: list[str]
-    dynamic: dict[str, dict[int, str]] | None = None
-    extra_cases: list[dict[str, np.ndarray]] | None = None
-    onnx_path: str | None = None
-
-
-def normalize_examples(model: Any, example_inputs: Any, input_names: list[str] | None) -> dict[str, np.ndarray]:
-    """dict / tuple / single tensor -> ordered {name: np.ndarray}."""
-    if isinstance(example_inputs, dict):
-        return {str(k): as_input_array(str(k), v) for k, v in example_inputs.items()}
-    items = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
-    if input_names is None:
-        try:
-            params = [p for p in inspect.signature(model.forward).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            input_names = [p.name for p in params[:len(items)]] if len(params) >= len(items) else None
-        except (TypeError, ValueError, AttributeError):
-            input_names = None
-        if not input_names or input_names == ["input"] * len(items):
-            input_names = ["x"] if len(items) == 1 else [f"input_{i}" for i in range(len(items))]
-    if len(input_names) != len(items):
-        raise UsageError(f"{len(items)} example inputs but {len(input_names)} input names",
-                         "give one name per example input")
-    return {n: as_input_array(n, a) for n, a in zip(input_names, items)}
-
-
-
-def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
-    import torch
-
-    try:
-        with torch.inference_mode():
-            raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
-    except Exception as e:
-        raise fails_on_example(e) from e
-    if isinstance(raw, tuple) and hasattr(raw, "_fields"):  # a namedtuple: name outputs after its fields
-        raw = raw._asdict()
-    if isinstance(raw, dict):  # dicts and transformers ModelOutputs: name outputs after their keys
-        names = []
-        for key, value in raw.items():
-            n = len(flatten_outputs(value)) if value is not None else 0
-            names += [str(key)] if n == 1 else [f"{key}_{i}" for i in range(n)]
-        return names
-    n_out = len(flatten_outputs(raw))
-    return ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
 
 
 @keeping_modes
@@ -131,7 +82,7 @@ def export_model(model: Any, example_inputs: Any = None, *, targets: Any = ("onn
         calib = calib if calib is not None else src.calibration
         extra_files = {**(src.extra_files or {}), **(extra_files or {})} or None
         name = name or src.name
-        outs = output_names or src.output_names or _default_output_names(src.module, src.example_inputs)
+        outs = output_names or src.output_names or default_output_names(src.module, src.example_inputs)
         graph = GraphSource(src.module, src.example_inputs, outs,
                             dynamic if dynamic is not None else src.dynamic, onnx_path=src.onnx_path)
     else:
@@ -140,7 +91,7 @@ def export_model(model: Any, example_inputs: Any = None, *, targets: Any = ("onn
                              "pass e.g. torch.randn(1, 3, 224, 224) or a dict name -> array")
         ex = normalize_examples(model, example_inputs, input_names)
         dynamic = check_dynamic(dynamic, ex)
-        output_names = output_names or _default_output_names(model, ex)
+        output_names = output_names or default_output_names(model, ex)
         meta = dict(metadata or {})
         graph = GraphSource(model, ex, list(output_names), dynamic)
         name = name or type(model).__name__.lower()
@@ -329,9 +280,12 @@ class _GraphCtx:
             traced = list(self.onnx_traced)  # built from the fp32 ONNX: it carries that graph's trace
         if traced:
             art.extra["tracer_warnings"] = traced
+        path = res.path
         if res.status == "ok":
             t1 = time.perf_counter()
             self._validate(t, art, res.path)
+            if res.alternative is not None and art.status == "ok":
+                path = self._alternative(t, art, res)
             timing["validate_s"] = round(time.perf_counter() - t1, 3)
             again = dict(t.retry_options)
             if (art.status == "failed" and not retry and again and self.module is not None
@@ -346,13 +300,31 @@ class _GraphCtx:
         else:
             art.status, art.status_reason = res.status, res.status_reason
             art.validation = Validation(passed=None, where=host(), detail=res.validation_detail)
-        staged = self.w.add(art.path, res.path)
+        staged = self.w.add(art.path, path)
         self.w.record(art)
         self.manifest.artifacts.append(art)
         art.extra["timing"] = {k: v for k, v in timing.items() if k.endswith("_s")}
         if t.name == "onnx" and p == "fp32" and art.status == "ok":
-            self.onnx_fp32 = staged
+            self.onnx_fp32 = staged if path == res.path else res.path  # the others build on the unfused graph
             self.onnx_traced = list(art.extra.get("tracer_warnings", []))
+
+    def _alternative(self, t: Target, art: Artifact, res: Any) -> Path:
+        """Validate the exporter's alternative graph like any artifact, time it against the validated one and
+        keep the faster (onnx_fusion.keep_faster); ``extra["fusion"]`` records which and why."""
+        alt = Artifact(target=art.target, graph=art.graph, precision=art.precision, path=art.path,
+                       extra=dict(art.extra))
+
+        def validate(p: Path):
+            self._validate(t, alt, p)
+            return alt.validation
+
+        keep, v, rec = keep_faster(res.path, res.alternative, validate,
+                                   lambda p: backend_class(t.backend)(p, art, self.graph).run, self.gc.cases[0],
+                                   art.extra.get("fusion", {}))
+        art.extra["fusion"] = rec
+        if v is not None:
+            art.validation = v
+        return keep
 
     def _validate(self, t: Target, art: Artifact, path: Path) -> None:
         """Validate on the base cases; int8 judged on the held-out calibration samples; a traced graph that

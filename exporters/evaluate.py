@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from edgekit.exporters.metrics import OutputStats, normalize_task, output_role
+from edgekit.exporters.metrics import OutputStats, normalize_task, output_role, padding_mask
 from edgekit.runtimes.bench import backend_for
 from edgekit.runtimes.registry import open_graph
 
@@ -150,13 +150,14 @@ def evaluate(bundle: Bundle, data: str | Path, graph: str = "main", batch: int =
     if isinstance(ref, np.ndarray):
         ref = {bundle.graph(graph).outputs[0].name: ref}
     task = normalize_task(bundle.manifest.metadata.get("task"))
+    mask = padding_mask(feeds)
     for i, out in outputs.items():
-        rows[i].update(_scores(out, labels, ref, task))
+        rows[i].update(_scores(out, labels, ref, task, mask))
     return {"bundle": str(bundle.root), "graph": graph, "samples": len(next(iter(feeds.values()))),
             "labels": labels is not None, "reference": how, "artifacts": rows}
 
 
-def _scores(out: dict, labels: np.ndarray | None, ref: dict | None, task: str) -> dict:
+def _scores(out: dict, labels: np.ndarray | None, ref: dict | None, task: str, mask: np.ndarray | None) -> dict:
     name = next(iter(out))
     got = out[name]
     role = output_role(name, got, task)[0]
@@ -167,7 +168,7 @@ def _scores(out: dict, labels: np.ndarray | None, ref: dict | None, task: str) -
         res["top5_accuracy"] = float((top5 == labels[:, None]).any(-1).mean())
     if ref is not None and name in ref and np.shape(ref[name]) == got.shape:
         st = OutputStats(role)
-        st.add(ref[name], got)
+        st.add(ref[name], got, mask)
         r = st.result()
         res.update({k: r[k] for k in ("top1_agreement", "top5_contains", "sqnr_db", "cos_min") if k in r})
     return res

@@ -36,3 +36,5 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     validation_detail: dict = field(default_factory=dict)  # checks done when numbers cannot be run here
+    alternative: Path | None = None              # another graph of the same artifact (e.g. ORT-fused): build.py
+                                                 # validates and times both and keeps the faster validated one

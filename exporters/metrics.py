@@ -42,6 +42,14 @@ def output_role(name: str, ref: np.ndarray, task: str) -> tuple[str, str]:
     return "signal", f"task={task} (given)"
 
 
+def padding_mask(case: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The [batch, seq] attention mask among a case's inputs (an integer/bool rank-2 input named *mask*)."""
+    for name, a in case.items():
+        if "mask" in name.lower() and np.asarray(a).ndim == 2 and np.asarray(a).dtype.kind in "iub":
+            return np.asarray(a) != 0
+    return None
+
+
 def _rows(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     return a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a.reshape(1, 1)
@@ -88,10 +96,19 @@ class OutputStats:
         self.agree = self.top5 = self.rows = 0
         self.sig = self.noise = 0.0
         self.cos: list[float] = []
+        self.masked = False
 
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add one case. ``mask`` ([batch, seq], True = a real token): an output shaped [batch, seq, ...] is
+        judged at the real tokens only -- what a model computes at its own padding is nobody's output."""
         r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
         if r.size == 0:
+            return
+        if mask is not None and r.ndim >= 3 and r.shape[:2] == mask.shape and self.role != "labels":
+            for i in range(r.shape[0]):
+                if mask[i].any():
+                    self.add(r[i:i + 1, mask[i]].reshape(1, -1), g[i:i + 1, mask[i]].reshape(1, -1))
+            self.masked = True
             return
         if self.role == "labels":
             self.agree += int((r == g).sum())
@@ -117,4 +134,6 @@ class OutputStats:
             out["cos_min"] = float(min(self.cos))
             out["cos_mean"] = float(np.mean(self.cos))
             out["samples"] = len(self.cos)
+        if self.masked:
+            out["judged_at"] = "real tokens only (the attention mask's 1s)"
         return out

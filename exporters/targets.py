@@ -26,8 +26,9 @@ class Judge:
     int8/int8w: class-score outputs (2-D float [batch, classes >= 2], or every rank-2 output when the user
     says task=classification) by top-1 agreement with PyTorch and PyTorch's top-1 inside the artifact's
     top-5; every other output by its signal-to-quantization-noise ratio (sum ref^2 / sum err^2, in dB, over
-    all judged cases) and the smallest per-sample cosine similarity. NaN/inf where PyTorch's values are
-    finite (or the reverse), a raising case or a wrong shape fail every precision."""
+    all judged cases) and the smallest per-sample cosine similarity; outputs shaped [batch, seq, ...] of a
+    model with a [batch, seq] attention-mask input are judged at the real tokens only. NaN/inf where
+    PyTorch's values are finite (or the reverse), a raising case or a wrong shape fail every precision."""
     rel_tol: float | None = None
     top1: float | None = None
     top5: float | None = None

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
-from edgekit.exporters.metrics import OutputStats, normalize_task, output_role
+from edgekit.exporters.metrics import OutputStats, normalize_task, output_role, padding_mask
 from edgekit.exporters.targets import HOLDOUT, HOLDOUT_MIN, JUDGES, MAGNITUDES, SCALE_FLOOR, Judge
 
 from edgekit.core.bundle import Validation
@@ -93,11 +93,13 @@ def _finite_check(i: int, name: str, r64: np.ndarray, g64: np.ndarray, mismatch:
 
 
 def compare(refs: list[dict[str, np.ndarray]], gots: list, precision: str, task: Any = None, where: str = "",
-            judged: list[int] | None = None) -> Validation:
+            judged: list[int] | None = None, cases: list[dict] | None = None) -> Validation:
     """Judge ``gots`` (an artifact's outputs per case, or the exception a case raised) against PyTorch's
     ``refs`` by the precision's Judge (targets.JUDGES). ``task``: "auto" (default), "classification",
     "embedding", "regression" (True = classification). ``judged``: indices of the cases the int8 metrics
-    are computed on (default: all); every case must run, match shapes and keep NaN/inf where PyTorch does."""
+    are computed on (default: all); every case must run, match shapes and keep NaN/inf where PyTorch does.
+    ``cases`` (the inputs): a [batch, seq] attention mask among them limits the int8 metrics of
+    [batch, seq, ...] outputs to the real tokens."""
     task = normalize_task(task)
     judge = JUDGES[precision]
     judged_set = set(range(len(refs)) if judged is None else judged)
@@ -124,7 +126,7 @@ def compare(refs: list[dict[str, np.ndarray]], gots: list, precision: str, task:
             err[name] = max(err.get(name, 0.0), e)
             scale[name] = max(scale.get(name, 0.0), float(np.abs(r64[fr]).max()) if fr.any() else 0.0)
             if i in judged_set and name in stats:
-                stats[name].add(r64, g64)
+                stats[name].add(r64, g64, padding_mask(cases[i]) if cases else None)
     outputs = {}
     for n in err:
         o: dict[str, Any] = {"role": roles.get(n, ("signal", ""))[0], "why": roles.get(n, ("", ""))[1],
@@ -213,9 +215,10 @@ def validate_artifact(path, target, artifact, graph, cases, refs, task: Any = No
     impl = backend_class(target.backend)(path, artifact, graph, **options)
     version = getattr(impl, "version", "")
     where = f"{target.backend} {version} on {host()}".replace("  ", " ")
-    v = compare(refs, run_cases(impl.run, cases), artifact.precision, task, judged=judged, where=where)
+    v = compare(refs, run_cases(impl.run, cases), artifact.precision, task, judged=judged, where=where, cases=cases)
     if evidence is not None:
-        ev = compare(evidence[1], run_cases(impl.run, evidence[0]), artifact.precision, task, where=where)
+        ev = compare(evidence[1], run_cases(impl.run, evidence[0]), artifact.precision, task, where=where,
+                     cases=evidence[0])
         v.detail["control_flow_evidence"] = {"cases": len(evidence[0]), "passed": ev.passed,
                                              **({"failed": ev.detail["failed"][:3]} if not ev.passed else {})}
     return v

@@ -134,7 +134,7 @@ def example_feeds(bundle: Bundle, graph: str = "main", batch: int | None = None,
     return feeds
 
 
-def _time_blocks(impls: list[Any], feeds: dict, budget_s: float) -> list[list[int]]:
+def time_blocks(impls: list[Any], feeds: dict, budget_s: float) -> list[list[int]]:
     """Per-call ns of each impl, run in rotating blocks of BLOCK calls (the first call of a block, which
     pays for another runtime's threads going idle, is not counted)."""
     times: list[list[int]] = [[] for _ in impls]
@@ -178,7 +178,7 @@ def measure(cands: list[tuple[str, Artifact]], opener: Callable[[str, Artifact],
         table.append(row)
     if not impls:
         return None, None, table
-    times = _time_blocks(impls, feeds, budget_s) if len(impls) > 1 else [[0]]
+    times = time_blocks(impls, feeds, budget_s) if len(impls) > 1 else [[0]]
     meds = [float(np.median(t)) for t in times]
     for j, i in enumerate(idx):
         row = next(r for r in table if r["candidate"] == label(*cands[i]))

@@ -58,7 +58,7 @@ def test_fp32_and_int8_validated(cnn_bundle):
     fp32 = cnn_bundle.find(target="openvino", precision="fp32")
     int8 = cnn_bundle.find(target="openvino", precision="int8")
     assert fp32.status == "ok" and fp32.validation.max_abs_err <= 1e-4 * max(1, fp32.validation.detail["output_scale"])
-    assert fp32.extra["source"] in ("exported_program", "module") and fp32.toolchain["openvino"]
+    assert fp32.extra["source"] == "onnx" and fp32.toolchain["openvino"]  # converted from the validated ONNX
     # calibrated on the first 51 samples, judged on the 13 held out (and said so)
     assert int8.status == "ok" and int8.toolchain["nncf"] and int8.extra["calib_samples"] == 51
     d = int8.validation.detail
@@ -126,11 +126,14 @@ def test_onnx_fallback_reason_recorded(tmp_path, monkeypatch):
     def boom(job, ov):
         raise RuntimeError("converter exploded")
 
+    res = ovx.export(_job(m, {"x": x}, ["output"], "fp32", tmp_path / "w0", onnx_path=onnx_path))
+    assert res.extra["source"] == "onnx" and "fallback_reason" not in res.extra  # the ONNX comes first
+    monkeypatch.setattr(ovx, "_from_onnx", boom)
     monkeypatch.setattr(ovx, "_from_exported_program", boom)
-    monkeypatch.setattr(ovx, "_from_module", boom)
     res = ovx.export(_job(m, {"x": x}, ["output"], "fp32", tmp_path / "w", onnx_path=onnx_path))
-    assert res.extra["source"] == "onnx"
-    assert res.extra["fallback_reason"]["module"] == "RuntimeError: converter exploded"
+    assert res.extra["source"] == "module"
+    assert res.extra["fallback_reason"] == {"onnx": "RuntimeError: converter exploded",
+                                            "exported_program": "RuntimeError: converter exploded"}
     assert any("fell back" in n for n in res.notes)
 
 
