@@ -91,7 +91,7 @@ def effnet(args) -> dict:
     calib = photo_crops("calib", 16 if args.quick else 64, seed=1)
     ev = photo_crops("eval", 32 if args.quick else 256, seed=2)
     t0 = time.time()
-    b = edgekit.export(m, torch.from_numpy(ev[:1]), targets=runnable_targets(), precision=PRECISIONS, calib=calib,
+    b = edgekit.export(m, {"x": torch.from_numpy(ev[:1])}, targets=runnable_targets(), precision=PRECISIONS, calib=calib,
                        out=tempfile.mkdtemp(prefix="q-eff-"), name="efficientnet-lite0", dynamic={"x": {0: "batch"}})
     export_s = time.time() - t0
     with torch.inference_mode():

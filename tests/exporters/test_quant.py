@@ -117,3 +117,20 @@ def test_calibration_is_batched_to_a_fixed_batch_axis():
     assert len(pairs) == 2 and pairs[1]["x"].shape == (2, 3) and pairs[1]["x"][1, 0] == 3
     assert fit_batch(samples, [TensorSpec("x", "float32", ("batch", 3))]) is samples
     assert fit_batch(samples, [TensorSpec("x", "float32", (3, 3))]) is not None
+
+
+def test_fused_graph_is_kept_only_when_validated_and_faster(tmp_path):
+    import time
+
+    from edgekit.core.bundle import Validation
+    from edgekit.exporters.onnx_fusion import keep_faster
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ok, bad = Validation(passed=True), Validation(passed=False, detail={"failed": ["output y: SQNR 3 dB"]})
+    slow = lambda p: (lambda feeds: time.sleep(0.002 if p == a else 0.0002))  # noqa: E731 - b is 10x faster
+    keep, v, rec = keep_faster(a, b, lambda p: bad, slow, {}, {"applied": True})
+    assert keep == a and v is None and rec["kept"] == "unfused" and "failed validation: output y" in rec["reason"]
+    keep, v, rec = keep_faster(a, b, lambda p: ok, slow, {}, {"applied": True})
+    assert keep == b and v is ok and rec["kept"] == "fused" and rec["fused_vs_unfused_latency"] < 0.5
+    keep, v, rec = keep_faster(b, a, lambda p: ok, slow, {}, {"applied": True})
+    assert keep == b and rec["kept"] == "unfused" and "not faster" in rec["reason"]

@@ -100,3 +100,17 @@ def test_cli_bench_info_and_eval(two_candidates, tmp_path):
         assert a["accuracy"] > 0.9 and a["top1_agreement"] == 1.0
     r = run_cli("eval", two_candidates, "--data", tmp_path / "nope.npz", env=env)
     assert r.returncode == 1 and "eval data" in r.stderr and "does not exist" in r.stderr
+
+
+def test_eval_of_an_image_directory_without_torch(digits_bundle, tmp_path, no_torch_env):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i in range(-60, 0):  # 8x8 grey PNGs in one folder per label, preprocessed by the bundle's metadata
+        (tmp_path / "imgs" / str(d.target[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((d.images[i] * 255 / 16).round().astype(np.uint8)).save(tmp_path / "imgs" / str(d.target[i]) / f"{i}.png")
+    r = run_cli("eval", digits_bundle, "--data", tmp_path / "imgs", "--json", env=no_torch_env)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["artifacts"]
+    assert row["accuracy"] > 0.9 and row["top1_agreement"] == 1.0
