@@ -238,7 +238,7 @@ class _GraphCtx:
 
     def export_one(self, t: Target, p: str, retry: dict | None = None, why: str = "") -> None:
         """Export, validate and stage one artifact. A module-sourced artifact failing validation is exported
-        once more with ``t.retry_options`` (``retry``; ``why`` = the first attempt's failure)."""
+        once more with ``t.retry_for(p)`` (``retry``; ``why`` = the first attempt's failure)."""
         suffix = "" if p == "fp32" else f".{p}"
         art = Artifact(target=t.name, graph=self.gname, precision=p, path=f"{self.gname}{suffix}{t.suffix}")
         work = self.tmp / self.gname / f"{t.name}-{p}{'-retry' if retry else ''}"
@@ -287,8 +287,8 @@ class _GraphCtx:
             if res.alternative is not None and art.status == "ok":
                 path = self._alternative(t, art, res)
             timing["validate_s"] = round(time.perf_counter() - t1, 3)
-            again = dict(t.retry_options)
-            if (art.status == "failed" and not retry and again and self.module is not None
+            again = t.retry_for(p)
+            if (art.status == "failed" and not retry and again and (self.module is not None or p == "int8")
                     and not set(again) & set(self.options.get(t.name, {}))
                     and not all(art.extra.get(k) == v for k, v in again.items())):
                 self.say(f"[{self.gname}] {t.name} {p} {art.status_reason}")

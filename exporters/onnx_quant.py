@@ -9,7 +9,9 @@ Two modes, chosen from the graph (graph_kind.onnx_attention) unless ``onnx.int8_
            needs no data.
 Both start from ``quant_pre_process`` (symbolic shape inference + ORT's graph optimizations), as ORT
 recommends. Options (``--option onnx.KEY=VALUE``): ``int8_mode`` (auto | static | dynamic),
-``per_channel`` (default true), ``calibrate_method`` (minmax | entropy | percentile).
+``per_channel`` (default true), ``calibrate_method`` (minmax | entropy | percentile),
+``keep_float_first`` (N: the first N Conv/MatMul/Gemm nodes stay float; also the automatic retry of an
+int8 artifact that failed validation, targets.KEEP_FLOAT_FIRST).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from edgekit.core.errors import DataError, ExportError
 
 MODES = ("auto", "static", "dynamic")
 METHODS = ("minmax", "entropy", "percentile")
+QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 
 
 class _Reader:
@@ -69,18 +72,25 @@ def export_int8(job: ExportJob) -> ExportResult:
         pre_note = None
     per_channel = bool(job.options.get("per_channel", True))
     extra: dict[str, Any] = {"source": "onnx", "int8_mode": mode, "int8_mode_reason": why}
+    keep = int(job.options.get("keep_float_first", 0) or 0)
+    exclude = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node
+               if n.op_type in QUANTIZABLE][:keep] if keep else []
+    if exclude:
+        extra.update(keep_float_first=keep, float_nodes=exclude)
     if mode == "static":
         method = str(job.options.get("calibrate_method", "minmax")).lower()
         if method not in METHODS:
             raise ExportError(f"unknown onnx calibrate_method {method!r}", f"use one of {', '.join(METHODS)}")
         quantize_static(str(pre), str(out), _Reader(list(job.calib)), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method])
         extra.update(calib_samples=len(job.calib), calibrate_method=method,
                      weights="int8 per-channel" if per_channel else "int8 per-tensor", activations="uint8 static")
     else:
-        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=exclude)
         extra.update(weights="int8 per-channel" if per_channel else "int8 per-tensor", activations="dynamic (uint8)")
     model = onnx.load(str(out))
     onnx.checker.check_model(model)

@@ -16,7 +16,8 @@ Precision: fp32 keeps fp32 weights; fp16 compresses weights to fp16 (``save_mode
 True)``; compute precision is the device's); int8 is NNCF post-training quantization
 (``nncf.quantize``) on the calibration set (required), with ``ModelType.TRANSFORMER`` for graphs
 with attention in any form (graph_kind.ov_attention; option ``model_type`` = transformer | default
-overrides); int8w is NNCF's data-free weight-only int8 (``nncf.compress_weights``, option
+overrides; ``keep_float_first`` = N leaves the first N Convolution/MatMul ops in float, also the automatic
+retry of an int8 artifact that failed validation); int8w is NNCF's data-free weight-only int8 (``nncf.compress_weights``, option
 ``weights_mode`` = int8_asym (default) | int8_sym), activations stay float.
 """
 from __future__ import annotations
@@ -141,11 +142,17 @@ def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if job.options.get("preset") == "mixed":
         kwargs["preset"] = nncf.QuantizationPreset.MIXED
+    keep = int(job.options.get("keep_float_first", 0) or 0)
+    float_ops = [op.get_friendly_name() for op in model.get_ordered_ops()
+                 if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")][:keep]
+    if float_ops:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=float_ops)
     names = list(job.input_names)
     dataset = nncf.Dataset(samples, lambda s: {n: s[n] for n in names})
     qmodel = nncf.quantize(model, dataset, **kwargs)
     return qmodel, {"nncf": nncf.__version__, "calib_samples": len(samples),
-                    "model_type": "transformer" if transformer else "default", "model_type_reason": why}
+                    "model_type": "transformer" if transformer else "default", "model_type_reason": why,
+                    **({"keep_float_first": keep, "float_nodes": float_ops} if float_ops else {})}
 
 
 def compress_int8w(model: Any, job: ExportJob) -> tuple[Any, dict]:

@@ -50,6 +50,9 @@ HOLDOUT, HOLDOUT_MIN = 0.2, 10
 # inputs of graphs whose trace baked in Python control flow are also validated at these multiples of
 # the example (float inputs), plus the calibration samples: the evidence that the baked path holds
 MAGNITUDES = (-1.0, 0.01, 10.0, 100.0)
+# an int8 artifact failing validation is exported once more with this many of its first quantizable layers
+# (Conv/MatMul/Gemm in graph order) left in float (Target.int8_retry)
+KEEP_FLOAT_FIRST = 4
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,18 @@ class Target:
     # precision -> what the artifact is at that precision (shown in docs/backends.md and `edgekit targets`)
     modes: tuple[tuple[str, str], ...] = ()
     calib_needed: tuple[str, ...] = ()  # precisions that cannot be built without calibration data
+    # exporter options to retry an int8 artifact with, once, when it fails validation: keep the first
+    # quantizable layers (the most sensitive ones in CNNs: stem, first depthwise/projection) in float
+    int8_retry: tuple[tuple[str, Any], ...] = ()
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
     def mode(self, precision: str) -> str:
         return dict(self.modes).get(precision, precision)
+
+    def retry_for(self, precision: str) -> dict:
+        return dict(self.int8_retry if precision == "int8" else self.retry_options)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -85,14 +94,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
                            "where that validates and runs faster"),
                   ("fp16", "float16 weights and compute, float32 inputs/outputs"),
                   ("int8", "ONNX Runtime int8: static Q/DQ, per-channel weights, calibrated (CNNs; what ORT "
-                           "mobile/XNNPACK/NNAPI/QNN execute); dynamic int8 for transformer graphs (no data)"))),
+                           "mobile/XNNPACK/NNAPI/QNN execute); dynamic int8 for transformer graphs (no data)")),
+           int8_retry=(("keep_float_first", KEEP_FLOAT_FIRST),)),
     Target("openvino", ".openvino", ("fp32", "fp16", "int8", "int8w"), "openvino", "openvino", ("openvino",),
            "edgekit.exporters.openvino", needs_onnx=True, description="OpenVINO IR (xml+bin), NNCF int8",
            modes=(("fp32", "float32 IR"), ("fp16", "float16-compressed weights, f32 compute on CPU"),
                   ("int8", "NNCF post-training quantization of weights and activations, calibrated; "
                            "transformer mode for graphs with attention"),
                   ("int8w", "NNCF weight-only int8 (compress_weights), no data needed")),
-           calib_needed=("int8",)),
+           calib_needed=("int8",), int8_retry=(("keep_float_first", KEEP_FLOAT_FIRST),)),
     Target("coreml", ".mlpackage", ("fp32", "fp16", "int8"), "coreml", "coreml", ("coremltools", "torch"),
            "edgekit.exporters.coreml", description="Core ML mlprogram"),
     Target("tensorrt", ".tensorrt", ("fp32", "fp16", "int8"), "tensorrt", "tensorrt", ("onnx",),
