@@ -10,8 +10,8 @@ Two modes, chosen from the graph (graph_kind.onnx_attention) unless ``onnx.int8_
 Both start from ``quant_pre_process`` (symbolic shape inference + ORT's graph optimizations), as ORT
 recommends. Options (``--option onnx.KEY=VALUE``): ``int8_mode`` (auto | static | dynamic),
 ``per_channel`` (default true), ``calibrate_method`` (minmax | entropy | percentile),
-``keep_float_first`` (N: the first N Conv/MatMul/Gemm nodes stay float; also the automatic retry of an
-int8 artifact that failed validation, targets.KEEP_FLOAT_FIRST).
+``keep_float_first`` (N: the first N Conv/MatMul/Gemm nodes stay float; default 6 in static mode, 0 in
+dynamic mode; 12 in the automatic retry of an int8 artifact that failed validation: targets.KEEP_FLOAT_FIRST).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from edgekit.exporters.graph_kind import onnx_attention
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.exporters.targets import KEEP_FLOAT_FIRST
 
 from edgekit.core.errors import DataError, ExportError
 
@@ -72,7 +73,7 @@ def export_int8(job: ExportJob) -> ExportResult:
         pre_note = None
     per_channel = bool(job.options.get("per_channel", True))
     extra: dict[str, Any] = {"source": "onnx", "int8_mode": mode, "int8_mode_reason": why}
-    keep = int(job.options.get("keep_float_first", 0) or 0)
+    keep = int(job.options.get("keep_float_first", KEEP_FLOAT_FIRST if mode == "static" else 0) or 0)
     exclude = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node
                if n.op_type in QUANTIZABLE][:keep] if keep else []
     if exclude:

@@ -16,8 +16,8 @@ Precision: fp32 keeps fp32 weights; fp16 compresses weights to fp16 (``save_mode
 True)``; compute precision is the device's); int8 is NNCF post-training quantization
 (``nncf.quantize``) on the calibration set (required), with ``ModelType.TRANSFORMER`` for graphs
 with attention in any form (graph_kind.ov_attention; option ``model_type`` = transformer | default
-overrides; ``keep_float_first`` = N leaves the first N Convolution/MatMul ops in float, also the automatic
-retry of an int8 artifact that failed validation); int8w is NNCF's data-free weight-only int8 (``nncf.compress_weights``, option
+overrides; ``keep_float_first`` = N leaves the first N Convolution/MatMul ops in float: default 6 outside
+transformer mode, 12 in the automatic retry of an int8 artifact that failed validation); int8w is NNCF's data-free weight-only int8 (``nncf.compress_weights``, option
 ``weights_mode`` = int8_asym (default) | int8_sym), activations stay float.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from edgekit.exporters.adapter import export_args, tracer_warnings
 from edgekit.exporters.graph_kind import ov_attention
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.exporters.targets import KEEP_FLOAT_FIRST
 from edgekit.runtimes.openvino import import_openvino
 
 from edgekit.core.errors import BackendUnavailableError, DataError, ExportError
@@ -142,7 +143,7 @@ def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if job.options.get("preset") == "mixed":
         kwargs["preset"] = nncf.QuantizationPreset.MIXED
-    keep = int(job.options.get("keep_float_first", 0) or 0)
+    keep = int(job.options.get("keep_float_first", 0 if transformer else KEEP_FLOAT_FIRST) or 0)
     float_ops = [op.get_friendly_name() for op in model.get_ordered_ops()
                  if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")][:keep]
     if float_ops:

@@ -59,10 +59,10 @@ def test_fp32_and_int8_validated(cnn_bundle):
     int8 = cnn_bundle.find(target="openvino", precision="int8")
     assert fp32.status == "ok" and fp32.validation.max_abs_err <= 1e-4 * max(1, fp32.validation.detail["output_scale"])
     assert fp32.extra["source"] == "onnx" and fp32.toolchain["openvino"]  # converted from the validated ONNX
-    # calibrated on the first 51 samples, judged on the 13 held out (and said so)
-    assert int8.status == "ok" and int8.toolchain["nncf"] and int8.extra["calib_samples"] == 51
+    # calibrated on the first 32 samples, judged on the 32 held out (and said so)
+    assert int8.status == "ok" and int8.toolchain["nncf"] and int8.extra["calib_samples"] == 32
     d = int8.validation.detail
-    assert d["judged_cases"] == 13 and "last 13 of 64" in d["judged_on"] and d["task"] == "classification"
+    assert d["judged_cases"] == 32 and "last 32 of 64" in d["judged_on"] and d["task"] == "classification"
     assert d["outputs"]["output"]["top1_agreement"] >= 0.9 and d["outputs"]["output"]["top5_contains"] >= 0.99
     assert int8.extra["model_type"] == "default" and "no attention" in int8.extra["model_type_reason"]
     assert int8.extra["reused"]  # the fp32 conversion of the graph, not a second one

@@ -91,7 +91,7 @@ def test_judged_cases_and_metrics_helpers():
 def test_holdout_split_and_magnitude_cases():
     samples = [{"x": np.full((1, 2), i, np.float32)} for i in range(20)]
     fit, judge, how = split_holdout(samples)
-    assert len(fit) == 16 and len(judge) == 4 and judge[0]["x"][0, 0] == 16 and "last 4 of 20" in how
+    assert len(fit) == 10 and len(judge) == 10 and judge[0]["x"][0, 0] == 10 and "last 10 of 20" in how
     fit, judge, how = split_holdout(samples[:5])
     assert len(fit) == len(judge) == 5 and "too few" in how
     ex = {"x": np.ones((1, 2), np.float32), "ids": np.ones((1, 2), np.int64)}
