@@ -156,7 +156,18 @@ def fusion_check(b, ev, args, tmp: Path) -> dict:
 
     import edgekit
 
-    m = AutoModel.from_pretrained(str(Q.minilm_dir()), attn_implementation="eager").eval()
+    bert = AutoModel.from_pretrained(str(Q.minilm_dir()), attn_implementation="eager").eval()
+
+    class ByKeyword(torch.nn.Module):  # BertModel.forward cannot be traced with positional inputs
+        def __init__(self):
+            super().__init__()
+            self.m = bert
+
+        def forward(self, input_ids, attention_mask):
+            o = self.m(input_ids=input_ids, attention_mask=attention_mask)
+            return o.last_hidden_state, o.pooler_output
+
+    m = ByKeyword().eval()
     names = ["input_ids", "attention_mask"]
     args_t = tuple(torch.from_numpy(ev[n][:2]) for n in names)
     torch.onnx.export(m, args_t, str(tmp / "ts.onnx"), input_names=names, output_names=["last_hidden_state", "pooler"],
