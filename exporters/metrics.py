@@ -39,6 +39,9 @@ def output_role(name: str, ref: np.ndarray, task: str) -> tuple[str, str]:
                                 "(pass task='embedding' or 'regression' if it is not)")
     if task == "auto":
         return "signal", f"inferred: rank-{a.ndim} output is not [batch, classes]"
+    if task == "embedding" and a.ndim >= 3:
+        return "pooled", ("task=embedding (given): [batch, seq, ...] judged as the sentence embedding it pools to "
+                          "(mean over the real tokens, as sentence-transformers does)")
     return "signal", f"task={task} (given)"
 
 
@@ -104,7 +107,13 @@ class OutputStats:
         r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
         if r.size == 0:
             return
-        if mask is not None and r.ndim >= 3 and r.shape[:2] == mask.shape and self.role != "labels":
+        if self.role == "pooled" and r.ndim >= 3:
+            m = (mask if mask is not None and mask.shape == r.shape[:2] else np.ones(r.shape[:2], bool))[..., None]
+            m = m.reshape(m.shape + (1,) * (r.ndim - 3)).astype(np.float64)
+            self.masked = mask is not None
+            den = np.maximum(m.sum(1), 1.0)
+            r, g = (r * m).sum(1) / den, (g * m).sum(1) / den
+        elif mask is not None and r.ndim >= 3 and r.shape[:2] == mask.shape and self.role != "labels":
             for i in range(r.shape[0]):
                 if mask[i].any():
                     self.add(r[i:i + 1, mask[i]].reshape(1, -1), g[i:i + 1, mask[i]].reshape(1, -1))
@@ -135,5 +144,6 @@ class OutputStats:
             out["cos_mean"] = float(np.mean(self.cos))
             out["samples"] = len(self.cos)
         if self.masked:
-            out["judged_at"] = "real tokens only (the attention mask's 1s)"
+            out["judged_at"] = ("the masked mean over the real tokens" if self.role == "pooled"
+                                else "real tokens only (the attention mask's 1s)")
         return out

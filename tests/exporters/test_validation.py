@@ -138,3 +138,18 @@ def test_benign_traced_control_flow_passes_with_evidence(tmp_path):
     a = b.find("onnx")
     cf = a.validation.detail["control_flow"]
     assert a.status == "ok" and cf["tracer_warnings"] and cf["evidence"].startswith("agreed with PyTorch on 3 cases")
+
+
+def test_token_outputs_are_judged_at_real_tokens_and_embeddings_pooled():
+    h = RNG.standard_normal((4, 6, 8))
+    mask = np.ones((4, 6), np.int64)
+    mask[:, 4:] = 0
+    got = h + 0.02 * RNG.standard_normal(h.shape)
+    got[:, 4:] += 50.0  # what the model computes at its own padding: nobody's output
+    case = [{"input_ids": np.ones((4, 6), np.int64), "attention_mask": mask}]
+    v = compare([{"h": h}], [{"h": got}], "int8", cases=case)
+    assert v.passed and v.detail["outputs"]["h"]["judged_at"].startswith("real tokens only")
+    v = compare([{"h": h}], [{"h": got}], "int8", task="embedding", cases=case)
+    o = v.detail["outputs"]["h"]
+    assert v.passed and o["role"] == "pooled" and o["samples"] == 4 and o["judged_at"].startswith("the masked mean")
+    assert not compare([{"h": h}], [{"h": got}], "int8").passed  # without the inputs, padding counts
