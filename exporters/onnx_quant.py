@@ -20,7 +20,7 @@ from typing import Any
 
 from edgekit.exporters.graph_kind import onnx_attention
 from edgekit.exporters.job import ExportJob, ExportResult
-from edgekit.exporters.targets import KEEP_FLOAT_FIRST
+from edgekit.exporters.targets import KEEP_FLOAT_FIRST, KEEP_FLOAT_SHARE
 
 from edgekit.core.errors import DataError, ExportError
 
@@ -74,8 +74,8 @@ def export_int8(job: ExportJob) -> ExportResult:
     per_channel = bool(job.options.get("per_channel", True))
     extra: dict[str, Any] = {"source": "onnx", "int8_mode": mode, "int8_mode_reason": why}
     keep = int(job.options.get("keep_float_first", KEEP_FLOAT_FIRST if mode == "static" else 0) or 0)
-    exclude = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node
-               if n.op_type in QUANTIZABLE][:keep] if keep else []
+    nodes = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node if n.op_type in QUANTIZABLE]
+    exclude = nodes[:min(keep, len(nodes) // KEEP_FLOAT_SHARE)]
     if exclude:
         extra.update(keep_float_first=keep, float_nodes=exclude)
     if mode == "static":

@@ -28,7 +28,7 @@ from typing import Any
 from edgekit.exporters.adapter import export_args, tracer_warnings
 from edgekit.exporters.graph_kind import ov_attention
 from edgekit.exporters.job import ExportJob, ExportResult
-from edgekit.exporters.targets import KEEP_FLOAT_FIRST
+from edgekit.exporters.targets import KEEP_FLOAT_FIRST, KEEP_FLOAT_SHARE
 from edgekit.runtimes.openvino import import_openvino
 
 from edgekit.core.errors import BackendUnavailableError, DataError, ExportError
@@ -144,8 +144,9 @@ def quantize_int8(model: Any, job: ExportJob) -> tuple[Any, dict]:
     if job.options.get("preset") == "mixed":
         kwargs["preset"] = nncf.QuantizationPreset.MIXED
     keep = int(job.options.get("keep_float_first", 0 if transformer else KEEP_FLOAT_FIRST) or 0)
-    float_ops = [op.get_friendly_name() for op in model.get_ordered_ops()
-                 if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")][:keep]
+    ops = [op.get_friendly_name() for op in model.get_ordered_ops()
+           if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")]
+    float_ops = ops[:min(keep, len(ops) // KEEP_FLOAT_SHARE)]
     if float_ops:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=float_ops)
     names = list(job.input_names)

@@ -60,6 +60,7 @@ MAGNITUDES = (-1.0, 0.01, 10.0, 100.0)
 # first 6 0.92 / 0.92 (PyTorch's top-1 in the int8 top-5: >= 0.996 from 3 on); ORT int8 latency vs
 # fp32 0.46 (all) / 0.60 (4); OpenVINO 0.43 / 0.48
 KEEP_FLOAT_FIRST, INT8_RETRY_KEEP = 6, 12
+KEEP_FLOAT_SHARE = 4  # ... but never more than a quarter of a graph's quantizable layers (small nets stay int8)
 
 
 @dataclass(frozen=True)
