@@ -9,7 +9,7 @@ from typing import Any
 
 from edgekit.core.version import __version__
 
-__all__ = ["export", "load", "personalize", "Bundle", "TensorSpec", "__version__"]
+__all__ = ["export", "load", "eval", "personalize", "Bundle", "TensorSpec", "__version__"]
 
 
 def export(model: Any, example_inputs: Any = None, **kwargs: Any):
@@ -22,6 +22,13 @@ def load(path: Any, backend: str = "auto", **kwargs: Any):
     """Open a bundle for inference (torch-free); see :func:`edgekit.api.load`."""
     from edgekit.runtimes import load as _load
     return _load(path, backend=backend, **kwargs)
+
+
+def eval(bundle: Any, data: Any, **kwargs: Any) -> dict:  # noqa: A001 - edgekit.eval, like `edgekit eval`
+    """Accuracy of every artifact on labeled data vs the PyTorch reference (torch-free); see
+    :func:`edgekit.api.evaluate`."""
+    from edgekit.api import evaluate as _evaluate
+    return _evaluate(bundle, data, **kwargs)
 
 
 def personalize(source: str, data: str, out: str, **kwargs: Any) -> dict:

@@ -7,6 +7,7 @@ import functools
 import gc
 import inspect
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -213,3 +214,19 @@ def torch_eager(module: Any, feeds: dict[str, np.ndarray], warmup: int = 20, ite
     with torch.inference_mode():
         ns = time_calls(lambda a: m(*a), args, warmup, iters)
     return summarize(ns, next(iter(feeds.values())).shape[0])
+
+
+@contextlib.contextmanager
+def tracer_warnings():
+    """Collect the first lines of torch.jit TracerWarnings (a trace baked in Python control flow or
+    values) raised inside the block; every other warning is passed on as usual."""
+    found: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield found
+    for w in caught:
+        if w.category.__name__ == "TracerWarning":
+            found.append(str(w.message).split(".")[0][:160])
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    found[:] = sorted(set(found))

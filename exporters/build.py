@@ -3,29 +3,42 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import io
 import shutil
+import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from edgekit.exporters.adapter import (
     adapt,
-    as_input_array,
-    flatten_outputs,
     keeping_modes,
     modes_kept,
-    reference,
-    to_tensors,
+    tracer_warnings,
 )
-from edgekit.exporters.calib import load_calibration
+from edgekit.exporters.calib import fit_batch, load_calibration
+from edgekit.exporters.cases import GraphCases, insensitive, output_specs, unvalidated_dynamic
 from edgekit.exporters.job import ExportJob
-from edgekit.exporters.source import ModelSource
-from edgekit.exporters.targets import Target, resolve_targets
-from edgekit.exporters.validate import host, make_cases, validate_artifact
+from edgekit.exporters.metrics import TASKS, normalize_task
+from edgekit.exporters.onnx_fusion import keep_faster
+from edgekit.exporters.source import (  # noqa: F401 - GraphSource, normalize_examples: imported from here too
+    GraphSource,
+    ModelSource,
+    default_output_names,
+    normalize_examples,
+)
+from edgekit.exporters.targets import JUDGES, Target, resolve_targets
+from edgekit.exporters.validate import (
+    EVIDENCE_CALIB,
+    host,
+    magnitude_cases,
+    make_cases,
+    split_holdout,
+    validate_artifact,
+    verdict,
+)
+from edgekit.runtimes import backend_class
 
 from edgekit.core.bundle import (
     WORK_DIRS,
@@ -44,66 +57,20 @@ from edgekit.core.specs import TensorSpec, check_dynamic
 VALIDATION_FILE_LIMIT = 16 << 20  # stored example inputs+reference outputs, for on-device `edgekit validate`
 
 
-@dataclass
-class GraphSource:
-    module: Any                                   # torch.nn.Module, or None when onnx_path is the source
-    example_inputs: dict[str, np.ndarray]         # in the module's positional order
-    output_names: list[str]
-    dynamic: dict[str, dict[int, str]] | None = None
-    extra_cases: list[dict[str, np.ndarray]] | None = None
-    onnx_path: str | None = None
-
-
-def normalize_examples(model: Any, example_inputs: Any, input_names: list[str] | None) -> dict[str, np.ndarray]:
-    """dict / tuple / single tensor -> ordered {name: np.ndarray}."""
-    if isinstance(example_inputs, dict):
-        return {str(k): as_input_array(str(k), v) for k, v in example_inputs.items()}
-    items = list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
-    if input_names is None:
-        try:
-            params = [p for p in inspect.signature(model.forward).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            input_names = [p.name for p in params[:len(items)]] if len(params) >= len(items) else None
-        except (TypeError, ValueError, AttributeError):
-            input_names = None
-        if not input_names or input_names == ["input"] * len(items):
-            input_names = ["x"] if len(items) == 1 else [f"input_{i}" for i in range(len(items))]
-    if len(input_names) != len(items):
-        raise UsageError(f"{len(items)} example inputs but {len(input_names)} input names",
-                         "give one name per example input")
-    return {n: as_input_array(n, a) for n, a in zip(input_names, items)}
-
-
-
-def _default_output_names(module: Any, ex: dict[str, np.ndarray]) -> list[str]:
-    import torch
-
-    try:
-        with torch.inference_mode():
-            raw = adapt(module, list(ex)).raw(*to_tensors(ex, list(ex)))  # un-flattened, to read dict keys
-    except Exception as e:
-        raise _fails_on_example(e) from e
-    if isinstance(raw, tuple) and hasattr(raw, "_fields"):  # a namedtuple: name outputs after its fields
-        raw = raw._asdict()
-    if isinstance(raw, dict):  # dicts and transformers ModelOutputs: name outputs after their keys
-        names = []
-        for key, value in raw.items():
-            n = len(flatten_outputs(value)) if value is not None else 0
-            names += [str(key)] if n == 1 else [f"{key}_{i}" for i in range(n)]
-        return names
-    n_out = len(flatten_outputs(raw))
-    return ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-
-
 @keeping_modes
 def export_model(model: Any, example_inputs: Any = None, *, targets: Any = ("onnx",), out: str | Path = ".",
            name: str | None = None, precision: str = "fp32", dynamic: dict | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
            metadata: dict | None = None, calib: Any = None, opset: int | None = None,
            extra_files: dict | None = None, pipeline: dict | None = None, options: dict | None = None,
-           progress: Callable[[str], None] | None = None) -> Bundle:
+           progress: Callable[[str], None] | None = None, task: str | None = None,
+           accept_traced_control_flow: bool = False) -> Bundle:
     """Export one PyTorch module (or a ModelSource) to ``out/NAME.edgekit`` and validate every artifact.
-    The module runs in eval mode; its own train/eval state is restored afterwards."""
+    The module runs in eval mode; its own train/eval state is restored afterwards.
+
+    ``task`` (auto | classification | embedding | regression) says how int8 outputs are judged (auto:
+    2-D float outputs are class scores); ``accept_traced_control_flow`` accepts a graph whose trace baked
+    in Python control flow on tensor values without the evidence that it holds at other inputs."""
     if isinstance(model, ModelSource) and model.exporter is not None:
         if precision != "fp32":
             raise UsageError(f"{model.name} is a multi-graph model and exports at fp32 only",
@@ -115,7 +82,7 @@ def export_model(model: Any, example_inputs: Any = None, *, targets: Any = ("onn
         calib = calib if calib is not None else src.calibration
         extra_files = {**(src.extra_files or {}), **(extra_files or {})} or None
         name = name or src.name
-        outs = output_names or src.output_names or _default_output_names(src.module, src.example_inputs)
+        outs = output_names or src.output_names or default_output_names(src.module, src.example_inputs)
         graph = GraphSource(src.module, src.example_inputs, outs,
                             dynamic if dynamic is not None else src.dynamic, onnx_path=src.onnx_path)
     else:
@@ -124,105 +91,26 @@ def export_model(model: Any, example_inputs: Any = None, *, targets: Any = ("onn
                              "pass e.g. torch.randn(1, 3, 224, 224) or a dict name -> array")
         ex = normalize_examples(model, example_inputs, input_names)
         dynamic = check_dynamic(dynamic, ex)
-        output_names = output_names or _default_output_names(model, ex)
+        output_names = output_names or default_output_names(model, ex)
         meta = dict(metadata or {})
         graph = GraphSource(model, ex, list(output_names), dynamic)
         name = name or type(model).__name__.lower()
     return export_graphs({"main": graph}, pipeline=pipeline, targets=targets, out=out, name=name,
                          precision=precision, metadata=meta, extra_files=extra_files, calib=calib,
-                         opset=opset, options=options, progress=progress, strict_dynamic=True)
+                         opset=opset, options=options, progress=progress, strict_dynamic=True, task=task,
+                         accept_traced_control_flow=accept_traced_control_flow)
 
 
-def _references(src: GraphSource, module: Any, cases: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
-    """Reference outputs per case; random cases the model itself rejects are dropped (noted)."""
-    names = list(src.example_inputs)
-    keep, refs, dropped = [], [], []
-    for i, case in enumerate(cases):
-        try:
-            if module is not None:
-                r = reference(module, [case], names, src.output_names)[0]
-            else:
-                import onnxruntime as ort
-
-                sess = ort.InferenceSession(str(src.onnx_path), providers=["CPUExecutionProvider"])
-                r = dict(zip(src.output_names, sess.run(src.output_names, case)))
-        except Exception as e:
-            if isinstance(e, UsageError):  # e.g. output names that do not fit the outputs
-                raise
-            if i == 0:
-                raise _fails_on_example(e) from e
-            dropped.append(f"case {i} ({', '.join(f'{k}{list(v.shape)}' for k, v in case.items())}): "
-                           f"{type(e).__name__}: {first_line(e, 200)}")
-            continue
-        keep.append(case)
-        refs.append(r)
-    return keep, refs, dropped
-
-
-def _unvalidated_dynamic(src: GraphSource, cases: list[dict], dropped: list[str]) -> UsageError | None:
-    """A dynamic axis the model itself rejects at every other size tried is declared but never validated."""
-    for n, axes in (src.dynamic or {}).items():
-        for ax, sym in axes.items():
-            size = src.example_inputs[n].shape[ax]
-            if not any(c[n].shape[ax] != size for c in cases):
-                return UsageError(f"--dynamic {n}:{ax}={sym}: the model itself fails when {sym!r} is not {size} "
-                                  f"({dropped[0] if dropped else 'no other size was tried'})",
-                                  f"drop the dynamic axis {n}:{ax} (the model needs size {size} there)")
-    return None
-
-
-def _insensitive(cases: list[dict], refs: list[dict]) -> list[str]:
-    """A caveat when the example and the random same-shape case give identical outputs: either the
-    inputs did not differ (e.g. integer inputs with one value) or the outputs do not depend on them
-    (e.g. a zero-initialised head) -- then validation cannot tell a right graph from a wrong one."""
-    if len(refs) < 2 or any(np.shape(v) != np.shape(cases[1][k]) for k, v in cases[0].items()):
-        return []
-    if not all(np.array_equal(refs[0][k], refs[1][k], equal_nan=np.asarray(refs[0][k]).dtype.kind == "f")
-               for k in refs[0]):
-        return []
-    same = [k for k in cases[0] if np.array_equal(cases[0][k], cases[1][k])]
-    why = (f"input(s) {same} took a single value in the example, so the random case repeated it"
-           if same else "the outputs did not change with the inputs")
-    return [f"validation is weak: the example and a random input gave identical outputs ({why}); "
-            "give example inputs with representative values (Python: example_inputs; CLI: a MODEL "
-            "function returning (module, example_inputs))"]
-
-
-def _fails_on_example(e: Exception) -> ExportError:
-    return ExportError(f"the model fails on its own example inputs: {type(e).__name__}: {first_line(e)}",
-                       "check the example input names, shapes and dtypes (--input NAME:SHAPE[:DTYPE])")
-
-
-def _output_specs(names: list[str], refs: list[dict], cases: list[dict], inputs: list[TensorSpec]) -> list[TensorSpec]:
-    sym_sizes: list[dict[str, int]] = []
-    for case in cases:
-        sizes: dict[str, int] = {}
-        for spec in inputs:
-            for ax, d in enumerate(spec.shape):
-                if isinstance(d, str):
-                    sizes[d] = case[spec.name].shape[ax]
-        sym_sizes.append(sizes)
-    specs = []
-    for n in names:
-        shapes = [np.shape(r[n]) for r in refs]
-        dims: list[int | str] = []
-        for ax, d in enumerate(shapes[0]):
-            seen = [s[ax] for s in shapes]
-            if all(v == d for v in seen):
-                dims.append(int(d))
-                continue
-            match = [s for s in sym_sizes[0] if all(ss.get(s) == v for ss, v in zip(sym_sizes, seen))]
-            dims.append(match[0] if match else f"{n}_dim{ax}")
-        specs.append(TensorSpec(n, np.asarray(refs[0][n]).dtype.name, tuple(dims)))
-    return specs
-
-
-def _calibration(calib: Any, inputs: list[TensorSpec]) -> list[dict[str, np.ndarray]]:
+def _calibration(calib: Any, inputs: list[TensorSpec], needed: list[str]) -> list[dict[str, np.ndarray]] | None:
     if calib is None:
-        raise UsageError("int8 export needs calibration data", "pass --calib DATA.npz (or calib= in Python)")
+        if not needed:
+            return None
+        raise UsageError(f"{needed[0]} export needs calibration data",
+                         "pass --calib DATA.npz (or calib= in Python); OpenVINO's weight-only int8 (-p int8w) "
+                         "needs none")
     if callable(calib):
         calib = calib()
-    return load_calibration(calib, inputs)
+    return fit_batch(load_calibration(calib, inputs), inputs)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -236,20 +124,34 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
                   targets: Any = ("onnx",), out: str | Path = ".", name: str = "model", precision: Any = "fp32",
                   metadata: dict | None = None, extra_files: dict | None = None, calib: Any = None,
                   opset: int | None = None, options: dict | None = None,
-                  progress: Callable[[str], None] | None = None, strict_dynamic: bool = False) -> Bundle:
+                  progress: Callable[[str], None] | None = None, strict_dynamic: bool = False,
+                  task: str | None = None, accept_traced_control_flow: bool = False) -> Bundle:
     """Export one or more graphs into one bundle. Every artifact is validated against PyTorch.
 
     A dynamic axis no validation case could vary (the reference rejects every other size) is an error
-    with ``strict_dynamic`` (``edgekit.export``), else recorded in each artifact's validation detail."""
+    with ``strict_dynamic`` (``edgekit.export``), else recorded in each artifact's validation detail.
+    The returned Bundle carries ``timings`` (seconds per stage: references, each export and validation)."""
+    started = time.perf_counter()
     precisions = [p.strip() for p in precision.split(",")] if isinstance(precision, str) else list(precision)
     rows = resolve_targets(targets, precisions)
     say = stage_reporter(progress)  # None: stage lines when stderr is a terminal; False: silent
     metadata = dict(metadata or {})
-    classifier = metadata.get("task") == "classification"
+    if task is not None and str(task).lower() != "auto":
+        if str(task).lower() not in TASKS:
+            raise UsageError(f"unknown task {task!r}", f"choose one of {', '.join(TASKS)}")
+        metadata["task"] = str(task).lower()
     options = options or {}
     asked = [n.strip().lower() for n in (targets.split(",") if isinstance(targets, str) else targets)]
     explicit = asked != ["all"]  # with "all", one target failing must not stop the others
     onnx_asked = "onnx" in asked or not explicit
+    # an ONNX target added only as the base of others is built at fp32 alone
+    plan = [(t, p) for t in rows for p in precisions if p in t.precisions and (t.name != "onnx" or onnx_asked)]
+    if any(t.name == "onnx" for t in rows) and not any(t.name == "onnx" and p == "fp32" for t, p in plan):
+        plan.insert(0, (rows[0], "fp32"))  # the fp32 ONNX is the portable base of the others
+    needs_calib = [f"{t.name} {p}" for t, p in plan if p in t.calib_needed]
+    policy = {"task": normalize_task(metadata.get("task")), "accept_traced_control_flow": accept_traced_control_flow,
+              "explicit": explicit}
+    timings: dict[str, Any] = {"reference_s": {}, "artifacts": []}
     writer = BundleWriter(out, name)
     warn_replacing(writer.dest)  # the Python API replaces an existing bundle, never silently
     with modes_kept(*(g.module for g in graphs.values())), writer as w, _work_dir("edgekit-export-") as tmp:
@@ -261,30 +163,29 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
             module = adapt(src.module, names) if src.module is not None else None
             in_specs = [TensorSpec.from_array(n, a, (src.dynamic or {}).get(n)) for n, a in src.example_inputs.items()]
             say(f"[{gname}] computing reference outputs")
-            cases, refs, dropped = _references(src, module, make_cases(src.example_inputs, src.dynamic)
-                                               + list(src.extra_cases or []))
-            unvalidated = _unvalidated_dynamic(src, cases, dropped)
+            t0 = time.perf_counter()
+            gc = GraphCases(src, module, make_cases(src.example_inputs, src.dynamic) + list(src.extra_cases or []))
+            cases, refs, dropped = gc.cases, gc.refs, gc.dropped
+            timings["reference_s"][gname] = round(time.perf_counter() - t0, 3)
+            unvalidated = unvalidated_dynamic(src, cases, dropped)
             if unvalidated is not None and strict_dynamic:
                 raise unvalidated  # a user's model: refuse to write a spec the model cannot honour
             caveats = [f"dynamic axis not validated: {unvalidated.message}"] if unvalidated is not None else []
-            caveats += _insensitive(cases, refs)
-            out_specs = _output_specs(src.output_names, refs, cases, in_specs)
+            caveats += insensitive(cases, refs)
+            out_specs = output_specs(src.output_names, refs, cases, in_specs)
             graph = Graph(gname, in_specs, out_specs, {"example_shapes": {n: list(a.shape) for n, a in src.example_inputs.items()}})
             manifest.graphs[gname] = graph
             example = {f"in.{k}": v for k, v in cases[0].items()} | {f"out.{k}": v for k, v in refs[0].items()}
             if sum(a.nbytes for a in example.values()) <= VALIDATION_FILE_LIMIT:
                 w.add_file(manifest, f"validation/{gname}.npz", _npz_bytes(example))
-            if "int8" in precisions and calib_list is None and gname == "main":
-                calib_list = _calibration(calib, in_specs)
-            ctx = _GraphCtx(w, manifest, gname, graph, module, src, calib_list, opset, options, Path(tmp),
-                            cases, refs, dropped, classifier, explicit, say, caveats)
-            # an ONNX target added only as the base of others is built at fp32 alone
-            plan = [(t, p) for t in rows for p in precisions if p in t.precisions
-                    and (t.name != "onnx" or onnx_asked)]
-            if any(t.name == "onnx" for t in rows) and not any(t.name == "onnx" and p == "fp32" for t, p in plan):
-                plan.insert(0, (rows[0], "fp32"))  # the fp32 ONNX is the portable base of the others
+            if calib_list is None and gname == "main":
+                calib_list = _calibration(calib, in_specs, needs_calib)
+            ctx = _GraphCtx(w, manifest, gname, graph, module, src, calib_list if gname == "main" else None,
+                            opset, options, Path(tmp), gc, policy, say, caveats)
             for t, p in plan:
                 ctx.export_one(t, p)
+            timings["artifacts"] += ctx.timings
+            timings["reference_s"][gname] = round(timings["reference_s"][gname] + gc.seconds, 3)
         if not any(a.status in ("ok", "not-validated", "pending-build") for a in manifest.artifacts):
             reasons = "; ".join(f"{a.target}/{a.precision}: {a.status_reason}" for a in manifest.artifacts)
             raise ExportError(f"no usable artifact was produced ({reasons})", "run with --debug for details")
@@ -294,7 +195,10 @@ def export_graphs(graphs: dict[str, GraphSource], *, pipeline: dict | None = Non
         for rel, src_file in (extra_files or {}).items():
             w.add_file(manifest, rel, src_file)
         dest = w.commit(manifest)
-    return Bundle.load(dest)
+    bundle = Bundle.load(dest)
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    bundle.timings = timings
+    return bundle
 
 
 @contextlib.contextmanager
@@ -317,12 +221,16 @@ def _torch(a: np.ndarray):
 class _GraphCtx:
     """Per-graph export state: exports, validates and stages one artifact at a time."""
 
-    def __init__(self, w, manifest, gname, graph, module, src, calib_list, opset, options, tmp, cases, refs,
-                 dropped, classifier, explicit, say, caveats=()):
+    def __init__(self, w, manifest, gname, graph, module, src, calib_list, opset, options, tmp, gc: GraphCases,
+                 policy: dict, say, caveats=()):
         self.w, self.manifest, self.gname, self.graph, self.module, self.src = w, manifest, gname, graph, module, src
-        self.calib_list, self.opset, self.options, self.tmp = calib_list, opset, options, tmp
-        self.cases, self.refs, self.dropped, self.classifier = cases, refs, dropped, classifier
-        self.explicit, self.say, self.caveats = explicit, say, list(caveats)
+        self.opset, self.options, self.tmp, self.gc, self.policy = opset, options, tmp, gc, policy
+        self.calib_all = calib_list
+        self.calib_list, self.holdout, self.holdout_how = split_holdout(calib_list)
+        self.explicit, self.say, self.caveats = policy["explicit"], say, list(caveats)
+        self.shared: dict = {}          # per-graph work exporters reuse (a converted model, an ExportedProgram)
+        self.onnx_traced: list[str] = []  # tracer warnings of the fp32 ONNX the other artifacts build on
+        self.timings: list[dict] = []
         try:  # exporters read shapes (and ONNX-sourced ones the values) from these, module or not
             self.tensors = {n: _torch(a) for n, a in src.example_inputs.items()}
         except ImportError:
@@ -331,7 +239,7 @@ class _GraphCtx:
 
     def export_one(self, t: Target, p: str, retry: dict | None = None, why: str = "") -> None:
         """Export, validate and stage one artifact. A module-sourced artifact failing validation is exported
-        once more with ``t.retry_options`` (``retry``; ``why`` = the first attempt's failure)."""
+        once more with ``t.retry_for(p)`` (``retry``; ``why`` = the first attempt's failure)."""
         suffix = "" if p == "fp32" else f".{p}"
         art = Artifact(target=t.name, graph=self.gname, precision=p, path=f"{self.gname}{suffix}{t.suffix}")
         work = self.tmp / self.gname / f"{t.name}-{p}{'-retry' if retry else ''}"
@@ -340,14 +248,19 @@ class _GraphCtx:
         job = ExportJob(module=self.module, example_inputs=self.tensors, input_names=list(self.src.example_inputs),
                         output_names=list(self.src.output_names), dynamic=self.src.dynamic, precision=p,
                         workdir=work, onnx_path=self.onnx_fp32, calib=self.calib_list, opset=self.opset,
-                        options=options, inputs=self.graph.inputs, outputs=self.graph.outputs)
+                        options=options, inputs=self.graph.inputs, outputs=self.graph.outputs, shared=self.shared,
+                        metadata=self.manifest.metadata)
         self.say(f"[{self.gname}] exporting {t.name} {p}" + (f" again with {retry}" if retry else ""))
+        t0 = time.perf_counter()
+        timing = {"graph": self.gname, "target": t.name, "precision": p, **({"retry": True} if retry else {})}
+        self.timings.append(timing)
         try:
             # exporter libraries' chatter (FX dumps, NNCF/coremltools bars) is captured; stdout carries --json
-            with quiet_noise():
+            with quiet_noise(), tracer_warnings() as traced:
                 res = importlib.import_module(t.module).export(job)
         except Exception as e:  # one target's failure must not sink the others (unless it is the base ONNX)
-            if self.explicit and t.name == "onnx" and not retry:
+            timing["export_s"] = round(time.perf_counter() - t0, 3)
+            if self.explicit and t.name == "onnx" and p in ("fp32", "fp16") and not retry:
                 if isinstance(e, EdgekitError):
                     raise
                 raise ExportError(f"onnx export failed: {type(e).__name__}: {first_line(e)}",
@@ -360,12 +273,23 @@ class _GraphCtx:
                 art.extra["trace"] = traceback.format_exc(limit=3)[-2000:]
             self.manifest.artifacts.append(art)
             return
+        timing["export_s"] = round(time.perf_counter() - t0, 3)
         art.toolchain = res.toolchain
         art.extra = {**res.extra, **({"notes": res.notes} if res.notes else {})}
+        traced = sorted(set(traced) | set(art.extra.get("tracer_warnings", [])))
+        if not traced and (art.extra.get("source") == "onnx" or (t.needs_onnx and "source" not in art.extra)):
+            traced = list(self.onnx_traced)  # built from the fp32 ONNX: it carries that graph's trace
+        if traced:
+            art.extra["tracer_warnings"] = traced
+        path = res.path
         if res.status == "ok":
+            t1 = time.perf_counter()
             self._validate(t, art, res.path)
-            again = dict(t.retry_options)
-            if (art.status == "failed" and not retry and again and self.module is not None
+            if res.alternative is not None and art.status == "ok":
+                path = self._alternative(t, art, res)
+            timing["validate_s"] = round(time.perf_counter() - t1, 3)
+            again = t.retry_for(p)
+            if (art.status == "failed" and not retry and again and (self.module is not None or p == "int8")
                     and not set(again) & set(self.options.get(t.name, {}))
                     and not all(art.extra.get(k) == v for k, v in again.items())):
                 self.say(f"[{self.gname}] {t.name} {p} {art.status_reason}")
@@ -377,35 +301,54 @@ class _GraphCtx:
         else:
             art.status, art.status_reason = res.status, res.status_reason
             art.validation = Validation(passed=None, where=host(), detail=res.validation_detail)
-        staged = self.w.add(art.path, res.path)
+        staged = self.w.add(art.path, path)
         self.w.record(art)
         self.manifest.artifacts.append(art)
+        art.extra["timing"] = {k: v for k, v in timing.items() if k.endswith("_s")}
         if t.name == "onnx" and p == "fp32" and art.status == "ok":
-            self.onnx_fp32 = staged
+            self.onnx_fp32 = staged if path == res.path else res.path  # the others build on the unfused graph
+            self.onnx_traced = list(art.extra.get("tracer_warnings", []))
+
+    def _alternative(self, t: Target, art: Artifact, res: Any) -> Path:
+        """Validate the exporter's alternative graph like any artifact, time it against the validated one and
+        keep the faster (onnx_fusion.keep_faster); ``extra["fusion"]`` records which and why."""
+        alt = Artifact(target=art.target, graph=art.graph, precision=art.precision, path=art.path,
+                       extra=dict(art.extra))
+
+        def validate(p: Path):
+            self._validate(t, alt, p)
+            return alt.validation
+
+        keep, v, rec = keep_faster(res.path, res.alternative, validate,
+                                   lambda p: backend_class(t.backend)(p, art, self.graph).run, self.gc.cases[0],
+                                   art.extra.get("fusion", {}))
+        art.extra["fusion"] = rec
+        if v is not None:
+            art.validation = v
+        return keep
 
     def _validate(self, t: Target, art: Artifact, path: Path) -> None:
-        self.say(f"[{self.gname}] validating {t.name} {art.precision} on {len(self.cases)} cases")
+        """Validate on the base cases; int8 judged on the held-out calibration samples; a traced graph that
+        baked in Python control flow also on the evidence cases (other magnitudes, calibration samples)."""
+        quant = JUDGES[art.precision].rel_tol is None
+        cases, refs, judged, how = self.gc.cases, self.gc.refs, None, "every validation case"
+        if quant and self.holdout:
+            hc, hr, _ = self.gc.group("holdout", lambda: self.holdout)
+            cases, refs, judged, how = cases + hc, refs + hr, list(range(len(cases), len(cases) + len(hc))), self.holdout_how
+        traced = art.extra.get("tracer_warnings") or []
+        evidence = None
+        if traced and not quant:
+            ec, er, _ = self.gc.group("evidence", lambda: magnitude_cases(self.src.example_inputs)
+                                      + list(self.calib_all or [])[:EVIDENCE_CALIB])
+            evidence = (ec, er)
+        self.say(f"[{self.gname}] validating {t.name} {art.precision} on {len(cases)} cases")
         try:
-            art.validation = validate_artifact(path, t, art, self.graph, self.cases, self.refs, self.classifier)
+            art.validation = validate_artifact(path, t, art, self.graph, cases, refs, self.policy["task"], judged,
+                                               evidence=evidence)
         except EdgekitError as e:
             art.validation = Validation(passed=None, where=host(), detail={"error": str(e)})
             art.status, art.status_reason = "not-validated", f"could not run here: {e}"
             return
-        v = art.validation
-        if self.dropped:
-            v.detail["dropped_cases"] = self.dropped
-        caveats = list(self.caveats)
-        if v.tolerance is not None and v.detail.get("output_scale", 1.0) <= v.tolerance:
-            caveats.append(f"validation is weak: the tolerance {v.tolerance:.3g} is at least the largest |output| "
-                           f"{v.detail['output_scale']:.3g}, so even an all-zero output would pass (tiny outputs, "
-                           "e.g. an untrained model); validate with trained weights")
-        if caveats:  # what this validation could not show; also printed with the export table
-            v.detail["caveats"] = caveats
-            art.extra.setdefault("notes", []).extend(caveats)
-        if not v.passed:
-            art.status = "failed"
-            art.status_reason = (f"validation failed: {v.detail['mismatch'][0]}" if v.detail.get("mismatch") else
-                                 f"validation failed: max abs err {v.max_abs_err:.3g} > tolerance {v.tolerance:.3g}"
-                                 + (f"; top-1 agreement {v.detail['top1_agreement']:.3f}"
-                                    if "top1_agreement" in v.detail else ""))
-
+        art.validation.detail["judged_on"] = how
+        verdict(art, traced, self.caveats, self.gc.dropped, self.policy["accept_traced_control_flow"],
+                holdout=bool(quant and self.holdout))

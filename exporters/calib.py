@@ -196,6 +196,23 @@ def load_calibration(calib: Any, inputs: Sequence[TensorSpec], *, limit: int = D
     return checked
 
 
+def fit_batch(samples: list[dict[str, np.ndarray]] | None, inputs: Sequence[TensorSpec]) -> list[dict] | None:
+    """Group samples into the model's batch size when its batch axis is fixed at a multiple of theirs
+    (batch-1 samples for a graph exported with a fixed batch of 2 become pairs; a remainder is dropped),
+    so every calibration sample can also be fed to the exported graph as it is."""
+    fixed = {s.name: s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int)}
+    if not samples or not fixed:
+        return samples
+    have = {n: samples[0][n].shape[0] for n in fixed}
+    if all(have[n] == b for n, b in fixed.items()) or any(not have[n] or b % have[n] for n, b in fixed.items()):
+        return samples
+    k = next(fixed[n] // have[n] for n in fixed)
+    if any(fixed[n] // have[n] != k for n in fixed) or len(samples) < k:
+        return samples
+    return [{n: np.concatenate([s[n] for s in samples[i:i + k]]) for n in samples[0]}
+            for i in range(0, len(samples) - k + 1, k)]
+
+
 def save_calibration(samples: Sequence[Mapping[str, np.ndarray]], path: Path) -> Path:
     """Write samples as an .npz (one stacked array per input; samples must share shapes)."""
     names = list(samples[0].keys())

@@ -23,6 +23,8 @@ class ExportJob:
     options: dict = field(default_factory=dict)  # target-specific (e.g. coreml minimum_deployment_target)
     inputs: list = field(default_factory=list)   # TensorSpecs of the graph
     outputs: list = field(default_factory=list)
+    shared: dict = field(default_factory=dict)   # per-graph work exporters may reuse (a converted model)
+    metadata: dict = field(default_factory=dict) # the bundle's metadata (task, model_type, ...)
 
 
 @dataclass
@@ -34,3 +36,5 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     validation_detail: dict = field(default_factory=dict)  # checks done when numbers cannot be run here
+    alternative: Path | None = None              # another graph of the same artifact (e.g. ORT-fused): build.py
+                                                 # validates and times both and keeps the faster validated one

@@ -1,12 +1,14 @@
 """ONNX exporter: torch.export (dynamo) first, the TorchScript exporter as fallback (reason kept),
-then onnx.checker, optional onnxslim, optional fp16 conversion."""
+then onnx.checker, optional onnxslim, optional fp16 conversion. fp16 and int8 artifacts are converted
+from the graph's fp32 ONNX artifact when there is one (no second export); int8 is onnx_quant.py."""
 from __future__ import annotations
 
 import re
-import warnings
 
-from edgekit.exporters.adapter import export_args
+from edgekit.exporters.adapter import export_args, tracer_warnings
 from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.exporters.onnx_fusion import fused_candidate
+from edgekit.exporters.onnx_quant import export_int8
 
 from edgekit.core.errors import ExportError
 
@@ -111,10 +113,30 @@ def _inline_copy(src, dst) -> None:
     onnx.save(model, str(dst))
 
 
+def _from_fp32(job: ExportJob) -> ExportResult:
+    """fp16 from the graph's validated fp32 ONNX (the same graph, not a second export)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    path = job.workdir / "model.onnx"
+    model = convert_float_to_float16(onnx.load(str(job.onnx_path)), keep_io_types=True)
+    _toposort(model.graph)  # the converter appends its input casts at the end
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ExportResult(path, toolchain={"onnx": onnx.__version__, "opset": int(opset)},
+                        extra={"source": "onnx", "converted_from": "the fp32 ONNX artifact of this graph"})
+
+
 def export(job: ExportJob) -> ExportResult:
     import onnx
     import torch
 
+    if job.precision == "int8":
+        return export_int8(job)
+    if (job.precision == "fp16" and job.onnx_path is not None and job.module is not None
+            and "exporter" not in job.options):
+        return _from_fp32(job)
     path = job.workdir / "model.onnx"
     opset = job.opset or DEFAULT_OPSET
     notes: list[str] = []
@@ -141,11 +163,8 @@ def export(job: ExportJob) -> ExportResult:
                 notes.append(f"dynamo exporter not used ({reason}); used the TorchScript exporter")
             path.unlink(missing_ok=True)
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
+                with tracer_warnings() as traced:
                     _torchscript(job, args, path, opset)
-                traced = sorted({str(w.message).split(".")[0][:160] for w in caught
-                                 if w.category.__name__ == "TracerWarning"})
                 if traced:
                     extra["tracer_warnings"] = traced
                     notes.append(f"TorchScript tracing baked in Python control flow/values ({len(traced)} tracer "
@@ -180,5 +199,10 @@ def export(job: ExportJob) -> ExportResult:
     toolchain = {"torch": torch.__version__} if job.module is not None else {}
     if "onnxslim" in extra:
         toolchain["onnxslim"] = extra.pop("onnxslim")
+    alternative = None
+    if job.precision == "fp32" and job.module is not None:
+        alternative, fusion = fused_candidate(path, job)
+        if alternative is not None or "BERT" in fusion["why"] or "model_type" in fusion["why"]:
+            extra["fusion"] = fusion
     return ExportResult(path, toolchain={**toolchain, "onnx": onnx.__version__, "opset": int(opset_used)},
-                        notes=notes, extra=extra)
+                        notes=notes, extra=extra, alternative=alternative)

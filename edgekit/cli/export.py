@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
 def export(
     model: Optional[str] = typer.Argument(None, help="omitted = embedded default; builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript / torch.save(model) / token-gating checkpoint), a transformers dir, pkg.mod:fn or path/file.py:fn"),
     target: str = typer.Option("all", "--target", "-t", help="onnx,openvino,coreml,tensorrt or all (= every target installed here)"),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (comma list allowed)"),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8 (weights+activations) or int8w "
+                                  "(OpenVINO weight-only int8); comma list allowed"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data for int8: .npz or a directory of .npy"),
     inputs: list[str] = typer.Option([], "--input", help="NAME:SHAPE[:DTYPE] example input (repeatable)"),
     dynamic: list[str] = typer.Option([], "--dynamic", help="NAME:AXIS=DIM dynamic axis (repeatable), e.g. x:0=batch"),
@@ -26,6 +27,10 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18)"),
     option: list[str] = typer.Option([], "--option", help="TARGET.KEY=VALUE exporter option (repeatable), e.g. "
                                       "coreml.minimum_deployment_target=iOS17, tensorrt.trt_version=11"),
+    task: str = typer.Option("auto", "--task", help="how int8 outputs are judged: auto (2-D float outputs are class "
+                             "scores), classification, embedding or regression"),
+    accept_traced: bool = typer.Option(False, "--accept-traced-control-flow", help="accept a graph whose trace baked "
+                                       "in Python control flow on tensor values without evidence it holds elsewhere"),
     bench: bool = typer.Option(True, "--bench/--no-bench", help="measure p50/p90 latency of each artifact"),
     iters: int = typer.Option(100, "--iters", help="timed runs per artifact for the latency columns"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -35,7 +40,7 @@ def export(
     Checks come first (arguments, the model on its example inputs, int8 calibration data, an existing
     bundle at OUT/NAME.edgekit: refused without --force), then the export, then the latency columns."""
     precisions = [p.strip() for p in precision.split(",")]
-    options = check_arguments(target, precisions, inputs, dynamic, option, bench, iters, name, out, calib)
+    options = check_arguments(target, precisions, inputs, dynamic, option, bench, iters, name, out, calib, task)
     from edgekit.api import export as do_export
     from edgekit.core.notices import quiet_noise
     from edgekit.models.resolve import check_runs, resolve
@@ -49,19 +54,24 @@ def export(
         check_runs(src, inputs)
         calib_data = check_calibration(src, precisions, calib)
         bundle = do_export(src, targets=target, precision=precision, out=out, name=name, calib=calib_data,
-                           opset=opset, options=options, progress=st.update)
+                           opset=opset, options=options, progress=st.update, task=task,
+                           accept_traced_control_flow=accept_traced)
         single = "main" in bundle.manifest.graphs and not bundle.manifest.pipeline
         rows = (bench_bundle(bundle, iters=iters, warmup=max(5, iters // 10), progress=st.update)
                 if bench and single else [])
     notes = {(a.graph, a.target, a.precision): a.extra.get("notes", []) for a in bundle.manifest.artifacts}
     if not rows:  # --no-bench, or a multi-graph bundle (benchmark those with their own commands)
+        from edgekit.runtimes.bench import validation_summary
+
         rows = [{"graph": a.graph, "target": a.target, "precision": a.precision, "status": a.status, "reason": a.status_reason,
                  "max_abs_err": a.validation.max_abs_err if a.validation else None,
                  "top1_agreement": (a.validation.detail or {}).get("top1_agreement") if a.validation else None,
-                 "size_mb": a.bytes / 1e6} for a in bundle.manifest.artifacts]
+                 "metric": validation_summary(a.validation), "size_mb": a.bytes / 1e6}
+                for a in bundle.manifest.artifacts]
     failed = [r for r in rows if r["status"] == "failed"]
     if json_out:
-        cli.emit_json({"bundle": str(bundle.root), "model": src.name, "artifacts": rows})
+        cli.emit_json({"bundle": str(bundle.root), "model": src.name, "artifacts": rows,
+                       "timings": getattr(bundle, "timings", None)})
     else:
         print_rows(f"{bundle.root}", rows)
         for r in rows:
@@ -74,13 +84,16 @@ def export(
 
 
 def check_arguments(target: str, precisions: list[str], inputs: list[str], dynamic: list[str], option: list[str],
-                    bench: bool, iters: int, name: str | None, out: Path, calib: Path | None) -> dict:
+                    bench: bool, iters: int, name: str | None, out: Path, calib: Path | None, task: str) -> dict:
     """Every check that needs neither torch nor the model; returns the parsed --option values."""
     from edgekit.core.errors import MissingFileError, UsageError
+    from edgekit.exporters.metrics import TASKS
     from edgekit.exporters.targets import resolve_targets
     from edgekit.models.examples import parse_dynamic, parse_input
 
     resolve_targets(target, precisions)
+    if task.lower() not in TASKS:
+        raise UsageError(f"unknown --task {task!r}", f"choose one of {', '.join(TASKS)}")
     for spec in inputs:
         parse_input(spec)
     parse_dynamic(dynamic)
@@ -164,7 +177,6 @@ def print_rows(title: str, rows: list[dict]) -> None:
     for r in rows:
         s = r.get("session") or {}
         body.append([r["target"] if graphs == {"main"} else f"{r['graph']}/{r['target']}", r["precision"], r["status"],
-                     cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
-                     cli.fmt(r.get("size_mb"), ".3f"), cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f")])
-    cli.table(title, ["target", "precision", "status", "max abs err", "top-1 agree", "size MB", "p50 ms", "p90 ms"],
-              body)
+                     r.get("metric", "-"), cli.fmt(r.get("size_mb"), ".3f"),
+                     cli.fmt(s.get("p50_ms"), ".3f"), cli.fmt(s.get("p90_ms"), ".3f")])
+    cli.table(title, ["target", "precision", "status", "validation", "size MB", "p50 ms", "p90 ms"], body)

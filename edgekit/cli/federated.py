@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import typer
 
-from edgekit.cli.output import emit_json, fmt, table
+from edgekit.cli.output import emit_json, fmt, progress, table
 from edgekit.core.errors import UsageError
 from edgekit.federated import deploy, flwr_cli
 from edgekit.federated import settings as S
@@ -144,13 +144,14 @@ def simulate_cmd(
     if sim.horizon < 400:
         _warn(f"--horizon {sim.horizon:g} is short: a median node needs ~20 units per clone (2 epochs) and churn "
               "sessions last ~horizon/4, so most clones may time out; 1500+ gives meaningful curves")
-    result = simulate(settings.pop("method"), dataset=ref, out=str(out) if out else "",
-                      **{f.name: getattr(sim, f.name) for f in fields(sim)}, **settings, **extra)
+    with progress(f"simulating {settings['method']} on {sim.clients} clients to t={sim.horizon:g}",
+                  quiet=as_json) as st:
+        result = simulate(settings.pop("method"), dataset=ref, out=str(out) if out else "", progress=st.update,
+                          **{f.name: getattr(sim, f.name) for f in fields(sim)}, **settings, **extra)
     if not result.get("version"):
         _warn(f"no core update happened within --horizon {sim.horizon:g} ({result['accepted']} accepted updates, "
               f"{settings['buffer_size']} needed per core update): raise --horizon or lower --buffer-size")
     if as_json:
-
         emit_json(result)
         return
     _curve_table(result)
@@ -220,7 +221,6 @@ def server_cmd(
                         auth_public_keys=auth_public_key or [], say=lambda m: typer.echo(m, err=True),
                         on_start=_sigterm_as_interrupt)
     if as_json:
-
         emit_json(result)
     else:
         _curve_table(result)

@@ -25,16 +25,18 @@ def info(bundle: Path = typer.Argument(..., help="NAME.edgekit directory"), json
     b = Bundle.load(bundle, verify="used")  # a damaged artifact is listed as such, not fatal
     m = b.manifest
     integrity = b.integrity()
+    auto = {g: _auto_info(b, g) for g in m.graphs}
     state = {a.path: _integrity(a, integrity) for a in m.artifacts}
     damaged = [why for rel, why in integrity.items() if why]
     if json_out:
         d = m.to_dict()
         for ad, a in zip(d["artifacts"], m.artifacts):
             ad["integrity"] = state[a.path]
+        d["auto"] = auto
         d["files_integrity"] = {rel: "ok" if not integrity.get(rel) else f"damaged: {integrity[rel]}" for rel in m.files}
         cli.emit_json(d)
     else:
-        _info_text(b, state)
+        _info_text(b, state, auto)
     if damaged:
         cli.err.print(f"edgekit: warning: {len(damaged)} damaged: {'; '.join(damaged)} (fix: copy the bundle again "
                       "or re-export it; the intact artifacts still run)", markup=False, highlight=False)
@@ -47,7 +49,7 @@ def _integrity(a, integrity: dict) -> str:
     return f"damaged: {why}" if why else "ok"
 
 
-def _info_text(b, state: dict) -> None:
+def _info_text(b, state: dict, auto: dict) -> None:
     m = b.manifest
     cli.say(f"{m.name}  ({b.root})  edgekit {m.producer.get('edgekit', '?')}, {m.created}")
     for label, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
@@ -60,11 +62,50 @@ def _info_text(b, state: dict) -> None:
         cli.say(f"  labels ({len(labels)}): {', '.join(map(str, labels[:12]))}{' …' if len(labels) > 12 else ''}")
     for k, v in meta.items():
         cli.say(f"  {k}: {v}")
-    cli.table("artifacts", ["graph", "target", "precision", "status", "integrity", "max abs err", "size MB", "sha256",
+    from edgekit.runtimes.bench import validation_summary
+
+    cli.table("artifacts", ["graph", "target", "precision", "status", "integrity", "validation", "size MB", "sha256",
                             "note"],
-              [[a.graph, a.target, a.precision, a.status, state[a.path],
-                cli.fmt(a.validation.max_abs_err if a.validation else None),
+              [[a.graph, a.target, a.precision, a.status, state[a.path], validation_summary(a.validation),
                 cli.fmt(a.bytes / 1e6, ".3f"), a.sha256[:12], a.status_reason or ""] for a in m.artifacts])
+    for a in m.artifacts:
+        v = a.validation.detail if a.validation else {}
+        for c in v.get("caveats", []):
+            cli.say(f"  {a.graph}/{a.target}/{a.precision}: caveat: {c}")
+        if v.get("judged_on") and "tolerance_rule" not in v:
+            cli.say(f"  {a.graph}/{a.target}/{a.precision}: judged on {v['judged_on']} ({v.get('task', 'auto')} task)")
+    for g, info in auto.items():
+        _say_auto(g if len(auto) > 1 else "", info)
+
+
+def _auto_info(b, graph: str) -> dict:
+    """What ``backend="auto"`` runs here: the cached measurement if there is one, else the fixed order."""
+    from edgekit.core.errors import EdgekitError
+    from edgekit.runtimes.autoselect import cache_key, label, read_cache
+    from edgekit.runtimes.registry import auto_candidates
+
+    try:
+        cands = auto_candidates(b, graph)
+    except EdgekitError as e:
+        return {"how": "none", "why": str(e)}
+    if not cands:
+        return {"how": "none", "why": "no validated artifact can run here"}
+    hit = read_cache(cache_key(b, graph, None, sorted({n for n, _ in cands})))
+    if hit:
+        return {**hit, "how": "cached"}
+    return {"how": "not measured", "picked": label(*cands[0]),
+            "why": "not measured on this machine yet: the first edgekit.load / run measures "
+                   f"{len(cands)} candidate(s); the fixed order would pick this one"}
+
+
+def _say_auto(graph: str, info: dict) -> None:
+    where = f" [{graph}]" if graph else ""
+    cli.say(f"auto{where}: {info.get('picked', '-')} ({info['how']}: {info.get('why', '')})")
+    rows = [r for r in info.get("table", []) if "p50_us" in r or "error" in r]
+    if rows:
+        cli.table(f"auto measurement{where} ({info.get('measured', '')})", ["candidate", "p50 µs", "vs best", "open s", "note"],
+                  [[r["candidate"], cli.fmt(r.get("p50_us"), ".1f"), cli.fmt(r.get("vs_best"), ".2f"),
+                    cli.fmt(r.get("open_s"), ".2f"), r.get("error", "")] for r in rows])
 
 
 def run(
@@ -176,9 +217,11 @@ def bench(
     warmup: int = typer.Option(20, "--warmup", help="untimed warm-up runs"),
     torch_ref: bool = typer.Option(True, "--torch/--no-torch", help="also time PyTorch eager when the model is a built-in and torch is installed"),
     graph: Optional[str] = typer.Option(None, "--graph", help="graph to time (default: main, or every graph of a multi-graph bundle)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also write a bar chart of the latencies to this PNG"),
     json_out: bool = JSON,
 ) -> None:
-    """Latency of every artifact runnable here: session vs raw backend call (runtime overhead), p50/p90/p99."""
+    """Latency of every artifact runnable here, timed side by side (interleaved, same timer): session vs raw
+    backend call (runtime overhead), p50/p90/p99, ratio to the fastest, and what backend=auto picks."""
     from edgekit.core.bundle import Bundle
     from edgekit.runtimes.bench import bench_bundle, check_counts, example_feeds
 
@@ -197,34 +240,57 @@ def bench(
         # PyTorch first, before any backend session exists (idle runtime threads would skew it)
         eager = (_torch_eager(b, example_feeds(b, batch=batch), warmup, iters)
                  if torch_ref and graphs == ["main"] else None)
-        rows = []
+        rows, auto = [], {}
         for g in graphs:
             for r in bench_bundle(b, graph=g, batch=batch, iters=iters, warmup=warmup,
                                   targets=target.split(",") if target else None, progress=st.update):
                 rows.append({"graph": g, **r})
+            auto[g] = _auto_choice(b, g, st.update)
     for r in rows:
         if eager and "session" in r:
             r["speedup_vs_torch"] = eager["p50_ms"] / r["session"]["p50_ms"]
+    title = f"{b.root.name}: {iters} timed runs after {warmup} warm-up, interleaved"
+    if plot is not None:
+        from edgekit.runtimes.bench import plot_rows
+
+        plot_rows(rows, str(plot), title)
     if json_out:
-        cli.emit_json({"bundle": str(b.root), "torch_eager": eager, "artifacts": rows})
+        cli.emit_json({"bundle": str(b.root), "torch_eager": eager, "artifacts": rows, "auto": auto,
+                       **({"plot": str(plot)} if plot else {})})
         return
     body = []
     for r in rows:
         s, raw = r.get("session") or {}, r.get("raw") or {}
         body.append([r["target"] if graphs == ["main"] else f"{r['graph']}/{r['target']}", r["precision"],
-                     r.get("backend", "-"), r["status"], cli.fmt(r.get("max_abs_err")), cli.fmt(r.get("top1_agreement"), ".3f"),
+                     r.get("backend", "-"), r["status"], r.get("metric", "-"),
                      cli.fmt(r.get("size_mb"), ".3f"), r.get("batch"), cli.fmt(s.get("p50_ms"), ".4f"), cli.fmt(s.get("p90_ms"), ".4f"), cli.fmt(s.get("p99_ms"), ".4f"),
-                     cli.fmt(s.get("throughput_per_s"), ".1f"), cli.fmt(raw.get("p50_ms"), ".4f"),
+                     cli.fmt(s.get("throughput_per_s"), ".1f"), cli.fmt(r.get("vs_fastest"), ".2f"), cli.fmt(raw.get("p50_ms"), ".4f"),
                      (f"{r['overhead_us']:.1f} µs ({r['overhead_pct']:.1f}%)" if "overhead_us" in r
                       else "not runnable here" if "bench_error" in r else "-"),
                      cli.fmt(r.get("speedup_vs_torch"), ".2f")])
     if eager:
-        body.append(["pytorch (eager)", "fp32", "torch", "reference", "0", "1.000", "-", rows[0].get("batch") if rows else "-",
+        body.append(["pytorch (eager)", "fp32", "torch", "reference", "-", "-", rows[0].get("batch") if rows else "-",
                      cli.fmt(eager["p50_ms"], ".4f"), cli.fmt(eager["p90_ms"], ".4f"), cli.fmt(eager["p99_ms"], ".4f"),
-                     cli.fmt(eager["throughput_per_s"], ".1f"), "-", "-", "1.00"])
-    cli.table(f"{b.root.name}: {iters} timed runs after {warmup} warm-up", [
-        "target", "precision", "backend", "status", "max abs err", "top-1 agree", "size MB", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s",
-        "raw p50 ms", "runtime overhead", "vs torch"], body)
+                     cli.fmt(eager["throughput_per_s"], ".1f"), "-", "-", "-", "1.00"])
+    cli.table(title, [
+        "target", "precision", "backend", "status", "validation", "size MB", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s",
+        "vs fastest", "raw p50 ms", "runtime overhead", "vs torch"], body)
+    for g, info in auto.items():
+        _say_auto(g if len(auto) > 1 else "", info)
+    if plot is not None:
+        cli.say(f"wrote {plot}")
+
+
+def _auto_choice(b, graph: str, say) -> dict:
+    """Open the graph with backend="auto" (measuring here on a first load) and report the choice."""
+    from edgekit.core.errors import EdgekitError
+    from edgekit.runtimes import open_graph
+
+    say(f"auto choice for {graph}")
+    try:
+        return open_graph(b, graph, "auto").choice
+    except EdgekitError as e:
+        return {"how": "none", "why": str(e)}
 
 
 def _torch_eager(b, feeds, warmup: int, iters: int):

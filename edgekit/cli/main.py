@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from edgekit.cli import backends, export, federated, inspect, ppp, tokengate, vos
+from edgekit.cli import backends, eval, export, federated, inspect, ppp, tokengate, vos
 from edgekit.cli import output as cli
 from edgekit.core.bundle import remove_work_dirs
 from edgekit.core.errors import EdgekitError, first_line
@@ -27,7 +27,7 @@ from edgekit.core.version import __version__
 
 app = typer.Typer(name="edgekit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Take PyTorch models to edge devices: export, validate, run and benchmark bundles.")
-COMMANDS = (export, inspect, backends, federated, ppp, tokengate, vos)
+COMMANDS = (export, inspect, eval, backends, federated, ppp, tokengate, vos)
 DEBUG = False
 JSON = False
 

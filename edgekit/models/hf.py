@@ -102,6 +102,10 @@ def hf_source(path: Path, inputs: list[str], dynamic: dict) -> ModelSource:
     if labels and any(k in type(model).__name__ for k in ("ForSequenceClassification", "ForImageClassification",
                                                           "ForAudioClassification")):
         meta["labels"] = [str(labels[i]) for i in sorted(labels)]
+    if type(model).__name__.endswith("Classification"):
+        meta["task"] = "classification"
+    elif type(model).__name__.endswith("Model"):  # a bare encoder (AutoModel): hidden states and embeddings
+        meta["task"] = "embedding"
     carried = [f for f in CARRIED if (path / f).is_file()]
     if carried:
         meta["preprocessing_files"] = carried

@@ -14,6 +14,7 @@ BUILTINS: dict[str, str] = {
     "digits-cnn": "edgekit.models.digits:builtin",
     "ppp-fashion": "edgekit.ppp.builtins:builtin_fashion",
     "ppp-kws": "edgekit.ppp.builtins:builtin_kws",
+    "efficientnet-lite0": "edgekit.models.zoo:builtin_efficientnet_lite0",
     # multi-graph models (they export themselves into pipeline bundles)
     "ppp-fashion-gated": "edgekit.ppp.builtins:ppp_fashion_gated",
     "ppp-kws-gated": "edgekit.ppp.builtins:ppp_kws_gated",
@@ -24,6 +25,7 @@ DESCRIPTIONS: dict[str, str] = {
     "digits-cnn": "small CNN, 8x8 handwritten digits (sklearn load_digits), 10 classes — the embedded default",
     "ppp-fashion": "PPP gated ResNet-style net, Fashion-MNIST, 10 classes (personalize: `edgekit ppp export`)",
     "ppp-kws": "PPP gated CNN, keyword spotting, 10 words, synthetic voices (personalize: `edgekit ppp export`)",
+    "efficientnet-lite0": "EfficientNet-Lite0, real ImageNet weights; int8 calibrates on real photos (needs the vos extra)",
     "ppp-fashion-gated": "PPP Fashion-MNIST model as a personalizable bundle (gate outputs + static graph + gate map)",
     "ppp-kws-gated": "PPP keyword-spotting model as a personalizable bundle (gate outputs + static graph + gate map)",
     "vos-skip": "skip-path video object segmentation: stem/gate/heavy/light graphs + vos_skip pipeline",

@@ -225,9 +225,9 @@ def check_runs(src: ModelSource, inputs: list[str] | None = None) -> None:
     feeds = src.example_inputs
     try:
         if src.module is not None:  # the run that names the outputs (export does not run it again)
-            from edgekit.exporters.build import _default_output_names
+            from edgekit.exporters.source import default_output_names
 
-            names = _default_output_names(src.module, feeds)
+            names = default_output_names(src.module, feeds)
             src.output_names = src.output_names or names
         elif src.onnx_path:
             import onnxruntime as ort

@@ -59,8 +59,9 @@ class AsyncServer:
     DEADLINE_GROWTH_MAX = 8  # a node's own deadline is at most this many times --deadline
     IDLE_WARN_EVERY = 30.0  # clock seconds between "no node is connected" warnings
 
-    def __init__(self, grid: Grid, cfg, clock=None):
+    def __init__(self, grid: Grid, cfg, clock=None, progress=None):
         torch.set_num_threads(1)
+        self.progress = progress  # called with one line per curve point (the CLI's progress display)
         self.grid, self.cfg = grid, cfg
         self.clock = clock or getattr(grid, "clock", None) or RealClock()  # the virtual grid has its own
         self.data = s = load_dataset(cfg.dataset, cfg.seed)
@@ -158,6 +159,11 @@ class AsyncServer:
                            "acc": round(self.accuracy(), 4), "val": round(self.accuracy("val"), 4),
                            "accepted": self.accepted,
                            "bytes": m["bytes-down"] + m["bytes-up"], "used": used})
+        if self.progress is not None:
+            p = m["curve"][-1]
+            of = f" of {self.cfg.max_time:g}" if self.cfg.max_time else ""
+            self.progress(f"t={p['t']:.1f}{of}: core v{p['version']}, test acc {p['acc']:.4f}, "
+                          f"{p['accepted']} accepted updates")
 
     def save(self) -> None:
         self.meta["elapsed"] = self.elapsed()

@@ -62,13 +62,14 @@ def check_simulation(clients: int, malicious: float, horizon: float) -> None:
                          "e.g. --horizon 1500 (a median node needs 10 units per epoch)")
 
 
-def simulate(method: str = "cloned", **settings) -> dict:
+def simulate(method: str = "cloned", progress=None, **settings) -> dict:
     """Run one method under the virtual clock and return the server's result (with its curve).
 
     ``settings``: SimConfig's fields (clients, malicious, horizon, churn, speed_sigma, mean_on,
     mean_off) and any run setting (seed, dataset, epochs, ...). Churn: a node's online and
     offline periods are exponential with means ``mean_on`` and ``mean_off`` virtual units
-    (default horizon/4 and horizon/12; a median node needs 10 units per local epoch)."""
+    (default horizon/4 and horizon/12; a median node needs 10 units per local epoch).
+    ``progress``: a callable given one line per curve point (virtual time, core version, accuracy)."""
     names = {f.name for f in fields(SimConfig)}
     sim = SimConfig(**{k: v for k, v in settings.items() if k in names})
     overrides = {k: v for k, v in settings.items() if k not in names}
@@ -95,7 +96,7 @@ def simulate(method: str = "cloned", **settings) -> dict:
                              sec_per_example=base_sec_per_example(pool, sim.clients),
                              mean_on=sim.mean_on, mean_off=sim.mean_off)
     grid = VirtualGrid(profiles, dataset=dataset, seed=cfg.seed, alpha=cfg.alpha)
-    result = AsyncServer(grid, cfg, clock=grid.clock).run()
+    result = AsyncServer(grid, cfg, clock=grid.clock, progress=progress).run()
     result.update({"clients": sim.clients, "malicious": sim.malicious, "horizon": sim.horizon,
                    "lost_replies": grid.lost, "churn": sim.churn, "speed_sigma": sim.speed_sigma,
                    **dict(zip(("mean_on", "mean_off"), churn_means(sim.horizon, sim.mean_on, sim.mean_off))),

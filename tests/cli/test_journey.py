@@ -127,8 +127,8 @@ def test_replacing_a_bundle_needs_force_and_is_said(tmp_path):
             in tty)
     # the spinner redraws ~10 times a second: the slow first stage always shows, quick later ones may not
     assert "resolving the model" in tty and "0:00:0" in tty, tty[-2000:]
-    assert any(stage in tty for stage in ("running the model once", "exporting onnx fp32", "validating onnx fp32",
-                                          "benchmarking onnx fp32")), tty[-2000:]
+    assert any(stage in tty for stage in ("running the model once", "computing reference outputs", "exporting onnx fp32",
+                                          "validating onnx fp32", "side by side")), tty[-2000:]
     assert "edgekit: error" not in tty and "Warning" not in tty  # no library chatter
     assert "p50 ms" in out and "vs torch" not in out  # the "vs torch" column swung 7x-788x: gone from export
     assert json.loads((tmp_path / "out" / "model.edgekit" / "manifest.json").read_text())["metadata"]["source"] == \

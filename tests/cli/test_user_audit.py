@@ -142,8 +142,8 @@ def test_explicit_targets_take_the_precisions_they_support():
     from edgekit.exporters.targets import resolve_targets
 
     assert [t.name for t in resolve_targets("onnx,openvino", ["fp16", "int8"])] == ["onnx", "openvino"]
-    with pytest.raises(UsageError, match="target onnx does not support precision int8"):
-        resolve_targets("onnx", ["int8"])
+    with pytest.raises(UsageError, match="target onnx does not support precision int8w"):
+        resolve_targets("onnx", ["int8w"])
 
 
 # ------------------------------------------------------------------ model files: .pt / .pth

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgekit
-from edgekit.core.errors import UsageError
+from edgekit.core.errors import ExportError, UsageError
 from tests.conftest import REPO, run_cli
 from tests.fixtures.models import TwoInTwoOut, tiny_mlp
 
@@ -51,14 +51,16 @@ def test_fp16_onnx_within_tolerance(tmp_path):
 def test_bad_target_and_precision():
     with pytest.raises(UsageError, match="unknown target 'tflite'"):
         edgekit.export(tiny_mlp(), torch.randn(1, 6), targets="tflite")
-    with pytest.raises(UsageError, match="does not support precision int8"):
-        edgekit.export(tiny_mlp(), torch.randn(1, 6), targets="onnx", precision="int8")
+    with pytest.raises(UsageError, match="does not support precision int8w"):
+        edgekit.export(tiny_mlp(), torch.randn(1, 6), targets="onnx", precision="int8w")
+    with pytest.raises(UsageError, match="unknown task 'segmentation'"):
+        edgekit.export(tiny_mlp(), torch.randn(1, 6), targets="onnx", task="segmentation")
 
 
 def test_cli_default_export_table(tmp_path):
     r = run_cli("export", "--out", tmp_path, "--iters", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for word in ("target", "onnx", "max abs err", "p50 ms", "ok"):
+    for word in ("target", "onnx", "validation", "err/tol", "p50 ms", "ok"):
         assert word in r.stdout
     r = run_cli("export", "--out", tmp_path, "--target", "onnx", "--iters", "5", "--json", "--force")
     data = json.loads(r.stdout)
@@ -117,7 +119,13 @@ def test_dict_outputs_are_named_by_key(tmp_path):
 def test_traced_control_flow_is_flagged(tmp_path):
     from tests.fixtures.models import DataDependent
 
-    b = edgekit.export(DataDependent().eval(), torch.rand(2, 4), targets="onnx", out=tmp_path)
+    # the trace bakes the x.sum() > 0 branch: the example x -1 takes the other one, so the graph is refused
+    with pytest.raises(ExportError, match=r"baked in Python control flow .* other input magnitudes .*torch\.cond"):
+        edgekit.export(DataDependent().eval(), torch.rand(2, 4), targets="onnx", out=tmp_path)
+    b = edgekit.export(DataDependent().eval(), torch.rand(2, 4), targets="onnx", out=tmp_path,
+                       accept_traced_control_flow=True)
     a = b.find("onnx")
-    assert a.extra["exporter"] == "torchscript" and a.extra["fallback_reason"]
+    assert a.status == "ok" and a.extra["exporter"] == "torchscript" and a.extra["fallback_reason"]
     assert any("valid for inputs like the example" in n for n in a.extra["notes"])
+    assert a.validation.detail["control_flow"]["accepted"] is True
+    assert any(c.startswith("accepted without evidence") for c in a.validation.detail["caveats"])

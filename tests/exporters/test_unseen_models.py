@@ -226,13 +226,13 @@ def test_validation_that_cannot_discriminate_says_so(tmp_path):
     b = edgekit.export(_model(), torch.randn(2, 8), targets="onnx", out=tmp_path / "normal")
     assert "caveats" not in b.manifest.artifacts[0].validation.detail
 
-    class Tiny(nn.Module):  # outputs ~1e-6: an absolute tolerance of 1e-4 cannot see any error
+    class Tiny(nn.Module):  # outputs ~1e-6: judged against their own scale, not against 1
         def forward(self, x):
             return x * 1e-6
 
     b = edgekit.export(Tiny(), torch.randn(2, 8), targets="onnx", out=tmp_path / "tiny")
-    (caveat,) = b.manifest.artifacts[0].validation.detail["caveats"]
-    assert "even an all-zero output would pass" in caveat
+    v = b.manifest.artifacts[0].validation
+    assert "caveats" not in v.detail and v.tolerance < 1e-9 and v.max_abs_err <= v.tolerance
 
 
 def test_cli_integer_inputs_are_not_one_constant():
@@ -266,7 +266,8 @@ def test_openvino_int8_of_a_fixed_batch_model_takes_batch1_calibration(tmp_path)
     calib = {"x": rng.standard_normal((16, 8)).astype(np.float32)}  # split into 16 samples of [1, 8]
     b = edgekit.export(_model(), torch.randn(2, 8), targets="openvino", precision="int8", out=tmp_path, calib=calib)
     art = next(a for a in b.manifest.artifacts if a.precision == "int8")
-    assert art.validation is not None and art.validation.cases == 2, art.status_reason  # built and validated
+    # built and validated: 2 cases + the 8 calibration pairs (too few to hold out: judged on all of them)
+    assert art.validation is not None and art.validation.cases == 10, art.status_reason
     assert art.status == "ok" or art.status_reason.startswith("validation failed")
 
 

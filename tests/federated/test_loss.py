@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 from edgekit.core.errors import UsageError  # noqa: E402
 from edgekit.federated.config import FedConfig, parse_sets, settings_table  # noqa: E402
-from edgekit.federated.models import build_model, get_state, set_state, train_local  # noqa: E402
+from edgekit.federated.models import build_model, get_state, train_local  # noqa: E402
 
 
 def _skewed(d, rng):
