@@ -47,6 +47,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("tensorrt", ".tensorrt", ("fp32", "fp16", "int8"), "tensorrt", "tensorrt", ("onnx",),
            "edgekit.exporters.tensorrt", needs_onnx=True,
            description="TensorRT-ready ONNX + op check; engine built on the target device"),
+    Target("executorch", ".pte", ("fp32", "int8"), "executorch", "executorch", ("torch", "executorch"),
+           "edgekit.exporters.executorch", description="ExecuTorch .pte, XNNPACK delegate (Android/iOS apps)"),
 )}
 
 
@@ -85,16 +87,27 @@ def resolve_targets(spec: str | list[str] | tuple[str, ...], precisions: list[st
     return list(dict.fromkeys(rows))
 
 
-PIPELINE_TARGETS = ("onnx", "openvino")  # pipelines run on these runtimes
+PIPELINE_TARGETS = ("onnx", "openvino", "executorch")  # pipelines run on these runtimes
+# (pipeline kind, target) pairs whose graphs do not export: why, for the error and the docs
+PIPELINE_UNSUPPORTED = {
+    ("token_gating", "executorch"): "its encoder-layer graphs have two dynamic dims (batch, seq) in reshapes, "
+                                    "which XNNPACK's reshape cannot take (executorch 1.5.1)",
+}
 
 
-def pipeline_targets(targets: Any) -> tuple[str, ...]:
-    """``all`` means every pipeline-capable target installed here; otherwise the names given."""
+def pipeline_targets(targets: Any, kind: str | None = None) -> tuple[str, ...]:
+    """``all`` means every pipeline-capable target installed here (that the pipeline ``kind``'s graphs
+    export to); otherwise the names given."""
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     if names == ["all"]:
-        return tuple(t for t in PIPELINE_TARGETS if TARGETS[t].installed())
+        return tuple(t for t in PIPELINE_TARGETS if TARGETS[t].installed() and (kind, t) not in PIPELINE_UNSUPPORTED)
     bad = [n for n in names if n not in PIPELINE_TARGETS]
     if bad:
         raise UsageError(f"multi-graph models export to {', '.join(PIPELINE_TARGETS)}, not {bad[0]}",
                          f"use --target {','.join(PIPELINE_TARGETS)}")
+    for n in names:
+        if (kind, n) in PIPELINE_UNSUPPORTED:
+            ok = [t for t in PIPELINE_TARGETS if (kind, t) not in PIPELINE_UNSUPPORTED]
+            raise UsageError(f"{kind} bundles do not export to {n}: {PIPELINE_UNSUPPORTED[kind, n]}",
+                             f"use --target {','.join(ok)}")
     return tuple(names)

@@ -1,0 +1,223 @@
+"""ExecuTorch exporter: PyTorch -> ``.pte`` program with the XNNPACK delegate, at fp32 or int8.
+
+The ``.pte`` is what an Android or iOS app loads with ExecuTorch's ``Module`` (docs/mobile.md);
+XNNPACK is the CPU delegate those apps link. Here the same file is validated numerically through
+ExecuTorch's Python runtime (``executorch.runtime``) by the one validation routine.
+
+fp32: ``torch.export`` -> ``to_edge_transform_and_lower(XnnpackPartitioner)`` -> ``.pte``.
+int8: PT2E post-training quantization with ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8,
+      per-channel weights, activation ranges observed on the model's calibration data), then
+      ``convert_pt2e`` -> export -> the same lowering. Ops XNNPACK does not take stay on ExecuTorch's
+      portable kernels (listed in ``extra.portable_ops``).
+
+Dynamic axes: ExecuTorch plans memory for an upper bound, so each dynamic dim is exported as
+``Dim(min=1, max=N)``. The bound the program really planned (read back from the saved program) is
+recorded in ``extra.dynamic_bounds`` {symbol: [1, N]}; the runtime refuses larger sizes by name.
+Default N: batch-like symbols max(64, 2x example), others max(512, 4x example); option ``max_dim``
+(an int or {symbol: int}) sets it.
+
+Options (``--option executorch.KEY=VALUE`` / ``options={"executorch": {...}}``): ``max_dim``,
+``per_channel`` (int8 weights, default true), ``relu6_observer`` (int8, default true: see
+``_relu6_observed_after_clamp``).
+
+Core ML delegate: ExecuTorch's Core ML backend lowers to a ``.pte`` that runs only on Apple
+devices (like the coreml target, it cannot be executed on Linux); it is not built here -- use the
+``coreml`` target for Apple's own format, or this XNNPACK ``.pte``, which runs on iOS as well.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgekit.exporters.adapter import dim_symbol
+from edgekit.exporters.job import ExportJob, ExportResult
+from edgekit.runtimes.executorch import INSTALL, METHOD, planned_bounds
+
+from edgekit.core.errors import BackendUnavailableError, DataError, ExportError, first_line
+
+DELEGATE = "XnnpackBackend"
+
+
+def _import_toolchain() -> dict[str, Any]:
+    try:
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as e:
+        raise BackendUnavailableError(f"the executorch target needs {e.name or e}, which is not installed",
+                                      INSTALL) from None
+    return {"torch": torch, "partitioner": XnnpackPartitioner, "lower": to_edge_transform_and_lower}
+
+
+@contextlib.contextmanager
+def _no_conv_batch_guard(torch: Any):
+    """XNNPACK's channels-last pass re-runs convolutions on fake tensors; with mkldnn/nnpack enabled,
+    torch's conv backend choice then guards ``batch < 16`` and narrows a dynamic batch range to 15.
+    Both are off while exporting and lowering (they only pick host kernels; the graph is the same)."""
+    with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def _relu6_observed_after_clamp(enabled: bool):
+    """XNNPACKQuantizer (executorch 1.5.1) fuses only relu into conv/linear patterns; a ReLU6
+    (aten.hardtanh) after a conv then shares the conv's output observer, so ReLU6 nets (MobileNetV2,
+    EfficientNet-Lite) get an activation scale sized for the pre-clamp range. Annotating hardtanh like
+    relu puts the observer after the clamp (XNNPACK fuses the clamp into the conv's output range)."""
+    if not enabled:
+        yield
+        return
+    import torch
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils
+
+    original = utils.is_relu_node
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+    def is_relu_node(node: Any) -> bool:
+        return original(node) or (node.op == "call_function" and node.target in clamps)
+
+    utils.is_relu_node = is_relu_node
+    try:
+        yield
+    finally:
+        utils.is_relu_node = original
+
+
+def default_bound(symbol: str, example: int, given: Any = None) -> int:
+    """Upper bound of a dynamic dim; covers the validation cases (up to 2x / 4x the example)."""
+    if isinstance(given, dict):
+        given = given.get(symbol)
+    if given:
+        return max(int(given), example)
+    return max(2 * example, 64) if "batch" in symbol.lower() else max(4 * example, 512)
+
+
+def _export_args(job: ExportJob, torch: Any) -> tuple[tuple, Any, dict[str, int]]:
+    """Example args (dynamic axes traced at size >= 2: torch.export specialises 0/1), bounded
+    ``dynamic_shapes`` and the bound asked for each symbol."""
+    args, shapes, bounds, dims = [], [], {}, {}
+    for n in job.input_names:
+        a = job.example_inputs[n]
+        axes = {int(k): s for k, s in (job.dynamic or {}).get(n, {}).items()}
+        for ax in axes:
+            if a.shape[ax] < 2:
+                a = torch.cat([a, a], dim=ax)
+        args.append(a)
+        spec = {}
+        for ax, sym in axes.items():
+            if sym not in dims:
+                bounds[sym] = default_bound(sym, int(job.example_inputs[n].shape[ax]), job.options.get("max_dim"))
+                dims[sym] = torch.export.Dim(dim_symbol(sym), min=1, max=max(bounds[sym], int(a.shape[ax])))
+            spec[ax] = dims[sym]
+        shapes.append(spec or None)
+    return tuple(args), ((tuple(shapes),) if dims else None), bounds
+
+
+def _quantize(job: ExportJob, tc: dict, args: tuple, shapes: Any) -> tuple[Any, dict]:
+    """PT2E: export -> prepare (XNNPACKQuantizer) -> calibrate -> convert; returns the Q/DQ module."""
+    torch = tc["torch"]
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    per_channel = _flag(job.options.get("per_channel", True))
+    relu6 = _flag(job.options.get("relu6_observer", True))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    gm = torch.export.export(job.module, args, dynamic_shapes=shapes).module()
+    with _relu6_observed_after_clamp(relu6):
+        prepared = prepare_pt2e(gm, quantizer)
+    with torch.no_grad():
+        for sample in job.calib:
+            prepared(*(torch.from_numpy(sample[n]) for n in job.input_names))
+    info = {"quantizer": "XNNPACKQuantizer (PT2E), symmetric int8",
+            "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "activations": "int8 per-tensor (calibrated)", "calib_samples": len(job.calib),
+            "relu6_observer_after_clamp": relu6}
+    return convert_pt2e(prepared), info
+
+
+def _flag(v: Any) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() not in ("0", "false", "no", "off")
+
+
+def _op_split(program: Any) -> tuple[int, dict[str, int]]:
+    """(delegate calls, {op: count} of the ops left on portable kernels) of a lowered program."""
+    ops: Counter = Counter()
+    delegated = 0
+    for node in program.exported_program().graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        if "executorch_call_delegate" in name:
+            delegated += 1
+            continue
+        # compute ops only: not getitem, memory planning (alloc/view) or symbolic sizes (sym_size)
+        op = name.split("::")[-1].split(".")[-2] if type(node.target).__name__ == "OpOverload" else ""
+        if op and not op.startswith("sym_"):
+            ops[op] += 1
+    return delegated, dict(ops)
+
+
+def _check(job: ExportJob) -> None:
+    if job.module is None:
+        raise ExportError("ExecuTorch exports from the PyTorch module; this graph has no module (ONNX source)",
+                          "export from the PyTorch model, or drop --target executorch")
+    if job.precision == "int8" and not job.calib:
+        raise DataError("int8 ExecuTorch export needs calibration data",
+                        "pass --calib DATA (.npz or a directory of .npy) or calib=... in the Python API")
+
+
+def export(job: ExportJob) -> ExportResult:
+    _check(job)
+    tc = _import_toolchain()
+    torch = tc["torch"]
+    extra: dict[str, Any] = {"method": METHOD, "delegate": DELEGATE}
+    with _no_conv_batch_guard(torch):
+        args, shapes, asked = _export_args(job, torch)
+        try:
+            module = job.module
+            if job.precision == "int8":
+                module, qinfo = _quantize(job, tc, args, shapes)
+                extra["quantization"] = qinfo
+            # the Q/DQ GraphModule takes the inputs as separate parameters, the adapted module as *args
+            ep = torch.export.export(module, args, dynamic_shapes=shapes[0] if module is not job.module and shapes
+                                     else shapes)
+        except Exception as e:  # torch.export's own error types (data-dependent control flow, ...)
+            raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}",
+                              "ExecuTorch needs a graph torch.export can capture (no data-dependent Python "
+                              "control flow); run with --debug for the trace") from None
+        program = tc["lower"](ep, partitioner=[tc["partitioner"]()]).to_executorch()
+    out = Path(job.workdir) / "model.pte"
+    out.write_bytes(program.buffer)
+    delegated, portable = _op_split(program)
+    bounds = planned_bounds(out, job.inputs)
+    notes = []
+    for sym, (lo, hi) in bounds.items():
+        if hi < asked.get(sym, hi):
+            notes.append(f"dynamic dim {sym!r}: lowering narrowed the bound to {hi} (asked {asked[sym]})")
+    if portable:
+        notes.append(f"ops outside the XNNPACK delegate run on ExecuTorch's portable kernels: "
+                     f"{', '.join(f'{k} x{v}' for k, v in sorted(portable.items()))}")
+    if not delegated:
+        notes.append("XNNPACK took no part of this graph: everything runs on portable kernels (slow)")
+    extra.update(delegated_calls=delegated, portable_ops=portable, dynamic_bounds=bounds,
+                 example_shapes={n: [int(d) for d in job.example_inputs[n].shape] for n in job.input_names},
+                 weights={"fp32": "fp32", "int8": "int8 (PT2E, XNNPACKQuantizer)"}[job.precision])
+    return ExportResult(out, toolchain=_versions(torch), notes=notes, extra=extra)
+
+
+def _versions(torch: Any) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__.split("+")[0]}
+    for pkg in ("executorch", "torchao"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
