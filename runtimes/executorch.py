@@ -145,8 +145,12 @@ class ExecuTorchBackend(BackendBase):
         return {n: o.numpy() for n, o in zip(self.out_names, outs)}  # execute returns fresh tensors
 
     def raw_call(self):
-        method, execute = self._free[0][1], self._execute
-        return lambda feeds: execute(method, feeds)
+        method, execute, check = self._free[0][1], self._execute, self._check_bounds
+
+        def call(feeds: Mapping[str, np.ndarray]) -> list:
+            check(feeds)  # a size above the bound would fail natively; a few comparisons, no copies
+            return execute(method, feeds)
+        return call
 
 
 def _version() -> str:
