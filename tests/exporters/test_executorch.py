@@ -10,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch")
 
+from edgekit.exporters.targets import PIPELINE_TARGETS, pipeline_targets  # noqa: E402
+
 import edgekit  # noqa: E402
 from edgekit.core.bundle import Bundle  # noqa: E402
 from edgekit.core.errors import ExportError, UsageError  # noqa: E402
-from edgekit.exporters.targets import PIPELINE_TARGETS, pipeline_targets  # noqa: E402
 from edgekit.models.digits import heldout, load_module  # noqa: E402
 from tests.conftest import REPO, run_cli  # noqa: E402
 

@@ -59,8 +59,9 @@ def test_dynamic_batch_up_to_the_bound(sess, batch):
 
 
 def test_a_batch_above_the_bound_is_refused_by_name(sess, pte_bundle):
-    from edgekit.core.bundle import Bundle
     from edgekit.runtimes.bench import bench_bundle
+
+    from edgekit.core.bundle import Bundle
 
     x, _ = heldout()
     assert sess.artifact.extra["dynamic_bounds"] == {"batch": [1, 64]}
@@ -105,8 +106,9 @@ def test_threads_sharing_a_session_each_get_their_own_result(pte_bundle):
 
 
 def test_a_missing_method_is_a_bundle_error(pte_bundle):
-    from edgekit.core.bundle import Bundle
     from edgekit.runtimes.executorch import ExecuTorchBackend
+
+    from edgekit.core.bundle import Bundle
 
     b = Bundle.load(pte_bundle)
     art = b.find("executorch", precision="fp32")
