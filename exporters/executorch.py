@@ -187,9 +187,12 @@ def export(job: ExportJob) -> ExportResult:
             ep = torch.export.export(module, args, dynamic_shapes=shapes[0] if module is not job.module and shapes
                                      else shapes)
         except Exception as e:  # torch.export's own error types (data-dependent control flow, ...)
-            raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}",
-                              "ExecuTorch needs a graph torch.export can capture (no data-dependent Python "
-                              "control flow); run with --debug for the trace") from None
+            fix = ("the model bounds a dynamic dim below the exported maximum "
+                   f"({', '.join(f'{k} <= {v}' for k, v in asked.items())}): set --option executorch.max_dim=N"
+                   if "Constraints violated" in str(e) else
+                   "ExecuTorch needs a graph torch.export can capture (no data-dependent Python control flow); "
+                   "run with --debug for the trace")
+            raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}", fix) from None
         program = tc["lower"](ep, partitioner=[tc["partitioner"]()]).to_executorch()
     out = Path(job.workdir) / "model.pte"
     out.write_bytes(program.buffer)

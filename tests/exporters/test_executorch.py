@@ -59,6 +59,21 @@ def test_a_graph_torch_export_cannot_capture_is_one_clear_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _PositionTable(torch.nn.Module):  # sequence length limited by a 24-row table
+    def __init__(self):
+        super().__init__()
+        self.pos = torch.nn.Parameter(torch.randn(24, 4))
+
+    def forward(self, x):
+        return x + self.pos[: x.shape[1]]
+
+
+def test_a_dim_bounded_by_the_model_names_the_max_dim_option(tmp_path):
+    with pytest.raises(ExportError, match=r"Constraints violated.*seq <= 512.*executorch.max_dim=N"):
+        edgekit.export(_PositionTable(), torch.randn(1, 10, 4), targets="executorch", out=tmp_path,
+                       dynamic={"x": {1: "seq"}})
+
+
 def test_exporter_refuses_onnx_sources_and_missing_calibration(tmp_path):
     from edgekit.exporters import executorch as ex
     from edgekit.exporters.job import ExportJob
@@ -162,10 +177,18 @@ def test_efficientnet_lite0_real_weights_fp32_and_int8(tmp_path):
     got = np.concatenate([edgekit.load(b, backend="executorch", precision="fp32").run({"x": e[None]})["output"]
                           for e in ev])
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
-    q = edgekit.load(b, backend="executorch", precision="int8")
+    # int8 is judged at export on random inputs, which an ImageNet net's int8 ranges do not fit (the artifact
+    # may be marked failed there); on real photo crops it is measured here, whatever that status says
+    from edgekit.runtimes import backend_class
+    from edgekit.runtimes.base import Session
+
+    bundle = Bundle.load(b)
+    art, g = bundle.find("executorch", precision="int8", usable=False), bundle.graph("main")
+    q = Session(backend_class("executorch")(bundle.path(art), art, g), g.inputs, g.outputs, art)
     got8 = np.concatenate([q.run({"x": e[None]})["output"] for e in ev])
-    print(f"EfficientNet-Lite0 int8 top-1 agreement: {(got8.argmax(1) == ref.argmax(1)).mean():.3f}")
-    assert (got8.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    agree = (got8.argmax(1) == ref.argmax(1)).mean()
+    print(f"EfficientNet-Lite0 int8 ({art.status}) top-1 agreement on {len(ev)} photo crops: {agree:.3f}")
+    assert agree >= 0.8
 
 
 @pytest.mark.slow
