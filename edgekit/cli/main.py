@@ -38,7 +38,8 @@ def _quiet_libraries() -> None:
     if not DEBUG:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        for name in ("torch", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "nncf", "coremltools"):
+        for name in ("torch", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "nncf", "coremltools",
+                     "torchao", "executorch"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
