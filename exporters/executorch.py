@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from edgekit.exporters.adapter import dim_symbol
 from edgekit.exporters.job import ExportJob, ExportResult
 from edgekit.runtimes.executorch import INSTALL, METHOD, planned_bounds
@@ -38,6 +39,7 @@ from edgekit.runtimes.executorch import INSTALL, METHOD, planned_bounds
 from edgekit.core.errors import BackendUnavailableError, DataError, ExportError, first_line
 
 DELEGATE = "XnnpackBackend"
+CALIB_CHUNK = 16  # calibration samples per observer call
 
 
 def _import_toolchain() -> dict[str, Any]:
@@ -115,7 +117,25 @@ def _export_args(job: ExportJob, torch: Any) -> tuple[tuple, Any, dict[str, int]
     return tuple(args), ((tuple(shapes),) if dims else None), bounds
 
 
-def _quantize(job: ExportJob, tc: dict, args: tuple, shapes: Any) -> tuple[Any, dict]:
+def _calib_groups(job: ExportJob, bounds: dict[str, int]) -> list[list[dict]]:
+    """Calibration samples in groups stacked along a shared dynamic axis 0 (observers cost per call, so
+    fewer, larger calls calibrate faster with the same statistics); one sample per group otherwise."""
+    axes = {n: {int(a): sym for a, sym in ((job.dynamic or {}).get(n) or {}).items()} for n in job.input_names}
+    syms = {axes[n].get(0) for n in job.input_names}
+    chunk = min(CALIB_CHUNK, *(bounds[s] for s in syms)) if None not in syms else 1
+    groups: list[list[dict]] = []
+    for sample in job.calib:
+        last = groups[-1] if groups else None
+        if (last and len(last) < chunk and sum(g[job.input_names[0]].shape[0] for g in last)
+                + sample[job.input_names[0]].shape[0] <= chunk
+                and all(sample[n].shape[1:] == last[0][n].shape[1:] for n in job.input_names)):
+            last.append(sample)
+        else:
+            groups.append([sample])
+    return groups
+
+
+def _quantize(job: ExportJob, tc: dict, args: tuple, shapes: Any, bounds: dict[str, int]) -> tuple[Any, dict]:
     """PT2E: export -> prepare (XNNPACKQuantizer) -> calibrate -> convert; returns the Q/DQ module."""
     torch = tc["torch"]
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -131,8 +151,9 @@ def _quantize(job: ExportJob, tc: dict, args: tuple, shapes: Any) -> tuple[Any, 
     with _relu6_observed_after_clamp(relu6):
         prepared = prepare_pt2e(gm, quantizer)
     with torch.no_grad():
-        for sample in job.calib:
-            prepared(*(torch.from_numpy(sample[n]) for n in job.input_names))
+        for group in _calib_groups(job, bounds):
+            prepared(*(torch.from_numpy(np.ascontiguousarray(np.concatenate([g[n] for g in group])))
+                       for n in job.input_names))
     info = {"quantizer": "XNNPACKQuantizer (PT2E), symmetric int8",
             "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
             "activations": "int8 per-tensor (calibrated)", "calib_samples": len(job.calib),
@@ -162,9 +183,31 @@ def _op_split(program: Any) -> tuple[int, dict[str, int]]:
     return delegated, dict(ops)
 
 
+def _check_runtime(program: Any, job: ExportJob) -> None:
+    """This host's runtime has a kernel for every op left outside the delegates (ops such as aten::sort
+    export but have no kernel in the pip runtime: the program would not load), and the IO counts fit."""
+    from executorch.runtime import Runtime
+
+    runtime = Runtime.get()
+    plan = program.executorch_program.execution_plan[0]
+    ops = sorted({f"{o.name}.{o.overload}" if o.overload else o.name for o in plan.operators})
+    known = set(runtime.operator_registry.operator_names)
+    missing = [o for o in ops if o not in known and not o.startswith("executorch_prim::")]
+    if missing:
+        raise ExportError(f"the ExecuTorch runtime has no kernel for {', '.join(missing)} (XNNPACK does not take "
+                          "it either), so the program cannot load", "replace that op in the model, or export to "
+                          "onnx/openvino")
+    meta = runtime.load_program(program.buffer).metadata(METHOD)
+    if meta.num_inputs() != len(job.input_names) or meta.num_outputs() != len(job.output_names):
+        raise ExportError(f"the ExecuTorch program has {meta.num_inputs()} inputs/{meta.num_outputs()} outputs, "
+                          f"the graph {len(job.input_names)}/{len(job.output_names)}",
+                          "take one tensor per input and return a flat tuple of tensors")
+
+
 def _check(job: ExportJob) -> None:
-    if job.module is None:
-        raise ExportError("ExecuTorch exports from the PyTorch module; this graph has no module (ONNX source)",
+    if job.module is None or getattr(job.module, "script", None) is not None:
+        what = "an ONNX file" if job.module is None else "a TorchScript module, which torch.export cannot take"
+        raise ExportError(f"ExecuTorch exports from a PyTorch nn.Module; this source is {what}",
                           "export from the PyTorch model, or drop --target executorch")
     if job.precision == "int8" and not job.calib:
         raise DataError("int8 ExecuTorch export needs calibration data",
@@ -181,7 +224,7 @@ def export(job: ExportJob) -> ExportResult:
         try:
             module = job.module
             if job.precision == "int8":
-                module, qinfo = _quantize(job, tc, args, shapes)
+                module, qinfo = _quantize(job, tc, args, shapes, asked)
                 extra["quantization"] = qinfo
             # the Q/DQ GraphModule takes the inputs as separate parameters, the adapted module as *args
             ep = torch.export.export(module, args, dynamic_shapes=shapes[0] if module is not job.module and shapes
@@ -194,6 +237,7 @@ def export(job: ExportJob) -> ExportResult:
                    "run with --debug for the trace")
             raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}", fix) from None
         program = tc["lower"](ep, partitioner=[tc["partitioner"]()]).to_executorch()
+    _check_runtime(program, job)
     out = Path(job.workdir) / "model.pte"
     out.write_bytes(program.buffer)
     delegated, portable = _op_split(program)

@@ -5,14 +5,16 @@ On a host this needs the ``executorch`` package, which imports torch (``pip inst
 Java/Kotlin or Swift API, not by this module (docs/mobile.md). The library is imported when a
 session is opened, never at import time, so ``edgekit.runtimes`` stays torch-free.
 
-Thread safety: an ExecuTorch ``Method`` holds its own input/output buffers, so one must not run two
-calls at once, and a ``Program`` hands out one cached ``Method``. The backend keeps a pool of
-(Program, Method) pairs: a call takes a free one (loading another when all are busy) and puts it
-back, so threads sharing a Session each get their own correct result without waiting on a lock.
+Thread safety: an ExecuTorch ``Method`` holds its own memory-planned buffers (all methods of one
+``Program`` share one arena), so two calls must not overlap. A per-session lock serializes them;
+threads sharing a Session each get their own correct result. A pool of loaded programs would not
+run in parallel: ``Method.execute`` holds the GIL for the whole call (executorch 1.5.1), so it
+would only multiply the arena memory.
 
 Dynamic dims are bounded: the artifact's ``extra.dynamic_bounds`` ({symbol: [1, N]}) says what the
 program planned memory for, and a larger size is refused with an InputShapeError naming N.
-Options: ``threads`` (or $EDGEKIT_THREADS): size of ExecuTorch's process-wide thread pool.
+Options: ``threads`` (or $EDGEKIT_THREADS): size of ExecuTorch's process-wide thread pool (it applies to
+every ExecuTorch session in the process; set it before sessions run, not while one executes).
 """
 from __future__ import annotations
 
@@ -89,9 +91,7 @@ class ExecuTorchBackend(BackendBase):
         self._from_numpy = torch.from_numpy
         threads = threads or int(os.environ.get("EDGEKIT_THREADS", "0") or 0)
         if threads:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(int(threads))  # process-wide, as the name says
+            _set_threads(int(threads))
         self.method_name = str(artifact.extra.get("method", METHOD))
         self.in_names = [s.name for s in graph.inputs]
         self.out_names = [s.name for s in graph.outputs]
@@ -99,7 +99,7 @@ class ExecuTorchBackend(BackendBase):
                        for s in graph.inputs for ax, d in enumerate(s.shape) if isinstance(d, str)
                        and d in artifact.extra.get("dynamic_bounds", {})]
         self._lock = threading.Lock()
-        self._free = [self._load()]
+        self._method = self._load()
         self.version = f"{_version()} XNNPACK"
 
     def _load(self) -> Any:
@@ -108,6 +108,7 @@ class ExecuTorchBackend(BackendBase):
             if self.method_name not in program.method_names:
                 raise BundleError(f"{self.path.name} has no method {self.method_name!r} "
                                   f"(it has {sorted(program.method_names)})", "re-export the bundle")
+            self._program = program  # keeps the program (and its arena) alive with the method
             method = program.load_method(self.method_name)
         except BundleError:
             raise
@@ -117,7 +118,7 @@ class ExecuTorchBackend(BackendBase):
         if method.metadata.num_outputs() != len(self.out_names):
             raise BundleError(f"{self.path.name} has {method.metadata.num_outputs()} outputs, the manifest "
                               f"{len(self.out_names)}", "re-export the bundle")
-        return program, method
+        return method
 
     def _check_bounds(self, feeds: Mapping[str, np.ndarray]) -> None:
         for name, ax, symbol, hi in self.bounds:
@@ -128,29 +129,45 @@ class ExecuTorchBackend(BackendBase):
                                       f"split the input into chunks of at most {hi}, or re-export with "
                                       f"--option executorch.max_dim={size}")
 
-    def _execute(self, method: Any, feeds: Mapping[str, np.ndarray]) -> list:
-        return method.execute([self._from_numpy(np.ascontiguousarray(feeds[n])) for n in self.in_names])
+    def _tensors(self, feeds: Mapping[str, np.ndarray]) -> list:
+        """Zero-copy torch views; ExecuTorch ignores strides, so non-contiguous arrays are copied first
+        (and read-only ones, which torch.from_numpy warns about)."""
+        out = []
+        for n in self.in_names:
+            a = feeds[n]
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                a = np.array(a, order="C")
+            out.append(self._from_numpy(a))
+        return out
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_bounds(feeds)
+        tensors = self._tensors(feeds)
         with self._lock:
-            pair = self._free.pop() if self._free else None
-        if pair is None:
-            pair = self._load()  # every loaded pair is busy: this caller gets its own
-        try:
-            outs = self._execute(pair[1], feeds)
-        finally:
-            with self._lock:
-                self._free.append(pair)
-        return {n: o.numpy() for n, o in zip(self.out_names, outs)}  # execute returns fresh tensors
+            outs = self._method.execute(tensors)
+        return {n: o.numpy() for n, o in zip(self.out_names, outs)}  # execute returns fresh (cloned) tensors
 
     def raw_call(self):
-        method, execute, check = self._free[0][1], self._execute, self._check_bounds
+        execute, tensors, check, lock = self._method.execute, self._tensors, self._check_bounds, self._lock
 
         def call(feeds: Mapping[str, np.ndarray]) -> list:
-            check(feeds)  # a size above the bound would fail natively; a few comparisons, no copies
-            return execute(method, feeds)
+            check(feeds)  # a size above the bound would fail natively; a few comparisons
+            with lock:
+                return execute(tensors(feeds))
         return call
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+def _set_threads(n: int) -> None:
+    """ExecuTorch's thread pool is process-wide and must not be reset while a program executes: it is
+    reset only when the size changes (before this session loads its program), under a module lock."""
+    from executorch.extension.pybindings import portable_lib
+
+    with _THREADS_LOCK:
+        if portable_lib._threadpool_get_thread_count() != n:
+            portable_lib._unsafe_reset_threadpool(n)
 
 
 def _version() -> str:

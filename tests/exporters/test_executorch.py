@@ -75,12 +75,16 @@ def test_a_dim_bounded_by_the_model_names_the_max_dim_option(tmp_path):
 
 
 def test_exporter_refuses_onnx_sources_and_missing_calibration(tmp_path):
+    import edgekit.exporters.adapter
     from edgekit.exporters import executorch as ex
     from edgekit.exporters.job import ExportJob
 
     job = ExportJob(module=None, example_inputs={}, input_names=[], output_names=[], dynamic=None,
                     precision="fp32", workdir=tmp_path)
-    with pytest.raises(ExportError, match="no module"):
+    with pytest.raises(ExportError, match="this source is an ONNX file"):
+        ex.export(job)
+    job.module = edgekit.exporters.adapter.adapt(torch.jit.script(torch.nn.Linear(2, 2)), ["x"])
+    with pytest.raises(ExportError, match="TorchScript module"):
         ex.export(job)
     job.module, job.precision = torch.nn.Linear(2, 2), "int8"
     with pytest.raises(Exception, match="needs calibration data"):
