@@ -171,9 +171,10 @@ def test_efficientnet_lite0_real_weights_fp32_and_int8(tmp_path):
     r = run_cli("export", "edgekit.models.zoo:efficientnet_lite0", "--input", "x:1x3x224x224", "-t", "executorch",
                 "-p", "fp32,int8", "--calib", tmp_path / "calib.npz", "--no-bench", "--out", tmp_path, "--json",
                 timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
     arts = {a["precision"]: a for a in json.loads(r.stdout)["artifacts"]}
     assert arts["fp32"]["status"] == "ok", arts
+    # the CLI exits 1 when an artifact failed its export-time check (int8 on random inputs, see below)
+    assert r.returncode == (1 if "failed" in {a["status"] for a in arts.values()} else 0), r.stderr[-3000:]
     ev = natural_crops(48, seed=2)
     with torch.inference_mode():
         ref = efficientnet_lite0()(torch.from_numpy(ev)).numpy()
