@@ -36,11 +36,14 @@ class Judge:
     cos_min: float | None = None
 
 
-# SQNR 17 dB is the noise level at which the cosine of a signal with uncorrelated noise is 0.99; 20 dB: 0.995
+# SQNR 17 dB is the noise level at which the cosine of a signal with uncorrelated noise is 0.99; 20 dB: 0.995.
+# SQNR holds the aggregate; cos_min bounds the worst single sample, which drifts further at int8: on 32
+# held-out sentences, all-MiniLM-L6-v2 OpenVINO int8 (transformer mode; the same as optimum-intel's static
+# int8, mean cosine 0.9945 there) has mean cosine 0.996 and a worst sentence at 0.982-0.989
 JUDGES = {
     "fp32": Judge(rel_tol=1e-4),
     "fp16": Judge(rel_tol=1e-2),
-    "int8": Judge(top1=0.90, top5=0.99, sqnr_db=17.0, cos_min=0.99),
+    "int8": Judge(top1=0.90, top5=0.99, sqnr_db=17.0, cos_min=0.98),
     "int8w": Judge(top1=0.90, top5=0.99, sqnr_db=20.0, cos_min=0.995),
 }
 TOLERANCE = {p: j.rel_tol for p, j in JUDGES.items() if j.rel_tol is not None}
@@ -117,6 +120,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "edgekit.exporters.tensorrt", needs_onnx=True,
            description="TensorRT-ready ONNX + op check; engine built on the target device",
            calib_needed=("int8",)),
+    Target("executorch", ".pte", ("fp32", "int8"), "executorch", "executorch", ("torch", "executorch"),
+           "edgekit.exporters.executorch", description="ExecuTorch .pte, XNNPACK delegate (Android/iOS apps)",
+           modes=(("fp32", "float32, XNNPACK-delegated"),
+                  ("int8", "PT2E quantization with the XNNPACK quantizer (per-channel weights, static "
+                           "activations), calibrated")),
+           calib_needed=("int8",)),
 )}
 
 
@@ -155,16 +164,27 @@ def resolve_targets(spec: str | list[str] | tuple[str, ...], precisions: list[st
     return list(dict.fromkeys(rows))
 
 
-PIPELINE_TARGETS = ("onnx", "openvino")  # pipelines run on these runtimes
+PIPELINE_TARGETS = ("onnx", "openvino", "executorch")  # pipelines run on these runtimes
+# (pipeline kind, target) pairs whose graphs do not export: why, for the error and the docs
+PIPELINE_UNSUPPORTED = {
+    ("token_gating", "executorch"): "its encoder-layer graphs have two dynamic dims (batch, seq) in reshapes, "
+                                    "which XNNPACK's reshape cannot take (executorch 1.5.1)",
+}
 
 
-def pipeline_targets(targets: Any) -> tuple[str, ...]:
-    """``all`` means every pipeline-capable target installed here; otherwise the names given."""
+def pipeline_targets(targets: Any, kind: str | None = None) -> tuple[str, ...]:
+    """``all`` means every pipeline-capable target installed here (that the pipeline ``kind``'s graphs
+    export to); otherwise the names given."""
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     if names == ["all"]:
-        return tuple(t for t in PIPELINE_TARGETS if TARGETS[t].installed())
+        return tuple(t for t in PIPELINE_TARGETS if TARGETS[t].installed() and (kind, t) not in PIPELINE_UNSUPPORTED)
     bad = [n for n in names if n not in PIPELINE_TARGETS]
     if bad:
         raise UsageError(f"multi-graph models export to {', '.join(PIPELINE_TARGETS)}, not {bad[0]}",
                          f"use --target {','.join(PIPELINE_TARGETS)}")
+    for n in names:
+        if (kind, n) in PIPELINE_UNSUPPORTED:
+            ok = [t for t in PIPELINE_TARGETS if (kind, t) not in PIPELINE_UNSUPPORTED]
+            raise UsageError(f"{kind} bundles do not export to {n}: {PIPELINE_UNSUPPORTED[kind, n]}",
+                             f"use --target {','.join(ok)}")
     return tuple(names)

@@ -30,6 +30,7 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "coreml": ("edgekit.runtimes.coreml:CoreMLBackend", ("coreml",), "coreml"),
     "openvino": ("edgekit.runtimes.openvino:OpenVINOBackend", ("openvino", "onnx"), "openvino"),
     "onnxruntime": ("edgekit.runtimes.ort:OrtBackend", ("onnx",), ""),
+    "executorch": ("edgekit.runtimes.executorch:ExecuTorchBackend", ("executorch",), "executorch"),
 }
 ALIASES = {"ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
 PRECISION_ORDER = ("fp32", "fp16", "int8w", "int8")

@@ -28,6 +28,16 @@ def digits_bundle(tmp_path_factory) -> Path:
     return edgekit.export(registry.get("digits-cnn"), targets="onnx", out=out).root
 
 
+@pytest.fixture(scope="session")
+def executorch_bundle(tmp_path_factory) -> Path:
+    """The embedded default exported by the CLI to ExecuTorch at fp32 and int8 (dynamic batch)."""
+    pytest.importorskip("executorch")
+    out = tmp_path_factory.mktemp("executorch")
+    r = run_cli("export", "-t", "executorch", "-p", "fp32,int8", "--no-bench", "--out", out, "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out / "digits-cnn.edgekit"
+
+
 @pytest.fixture()
 def bundle_copy(digits_bundle, tmp_path) -> Path:
     import shutil

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 def export(
     model: Optional[str] = typer.Argument(None, help="omitted = embedded default; builtin:NAME, FILE.pt2, FILE.onnx, FILE.pt (TorchScript / torch.save(model) / token-gating checkpoint), a transformers dir, pkg.mod:fn or path/file.py:fn"),
-    target: str = typer.Option("all", "--target", "-t", help="onnx,openvino,coreml,tensorrt or all (= every target installed here)"),
+    target: str = typer.Option("all", "--target", "-t", help="onnx,openvino,coreml,tensorrt,executorch or all "
+                               "(= every target installed here)"),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8 (weights+activations) or int8w "
                                   "(OpenVINO weight-only int8); comma list allowed"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data for int8: .npz or a directory of .npy"),

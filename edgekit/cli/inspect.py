@@ -10,7 +10,7 @@ import typer
 from edgekit.cli import output as cli
 
 JSON = typer.Option(False, "--json", help="print the result as JSON")
-BACKEND = typer.Option("auto", "--backend", "-b", help="auto, onnxruntime, openvino, coreml, tensorrt")
+BACKEND = typer.Option("auto", "--backend", "-b", help="auto, onnxruntime, openvino, coreml, tensorrt, executorch")
 
 
 def register(app: typer.Typer) -> None:

@@ -64,7 +64,8 @@ def _quiet_libraries() -> None:
     if os.environ.get("EDGEKIT_VERBOSE") != "1":
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        for name in ("torch", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "nncf", "coremltools"):
+        for name in ("torch", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "nncf", "coremltools",
+                     "torchao", "executorch"):
             logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("always", category=EdgekitWarning)  # edgekit's own: never hidden
     default_show = warnings.showwarning

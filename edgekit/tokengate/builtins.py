@@ -13,7 +13,7 @@ from edgekit.tokengate.checkpoint import export_checkpoint
 
 def tokengate_checkpoint(path: str) -> ModelSource:
     def exporter(out: Path, targets: Any, name: str | None, progress: Any = None):
-        chosen = ",".join(pipeline_targets(targets))
+        chosen = ",".join(pipeline_targets(targets, kind="token_gating"))
         try:
             return export_checkpoint(path, str(out), targets=chosen, name=name)
         except EdgekitError:

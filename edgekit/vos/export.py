@@ -53,7 +53,9 @@ def export_bundle(out: str | Path = ".", model: VOSNet | None = None, targets=("
               TensorSpec("first_mask", "uint8", ("height", "width"))]
     outputs = [TensorSpec("masks", "uint8", ("frames", "height", "width"))]
     meta = {"task": "video-object-segmentation",
-            "preprocessing": f"RGB uint8 frame -> area resize to {model.size[1]}x{model.size[0]} -> /255",
+            "preprocessing": {"input": "RGB uint8 frames [frames, height, width, 3] + a uint8 first-frame mask",
+                              "resize": f"area to {model.size[1]}x{model.size[0]}", "scale": 1 / 255,
+                              "formula": "x = raw * scale", "applied_by": "the vos_skip pipeline (in the runtime)"},
             "provenance": "EfficientNet-Lite0 (ImageNet, frozen) + heads trained on edgekit synthetic videos "
                           "(scripts/train_vos.py)",
             "paper": "arXiv:2012.11655 (skip-path semi-VOS with a reuse gate)"}
