@@ -15,6 +15,8 @@ dynamic mode; 12 in the automatic retry of an int8 artifact that failed validati
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from edgekit.core.errors import DataError, ExportError
 MODES = ("auto", "static", "dynamic")
 METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
+PRE_PROCESS_TIMEOUT_S = 600  # a pre-processing pass that takes longer is skipped (it is an optimisation)
 
 
 class _Reader:
@@ -49,11 +52,24 @@ def choose_mode(model: Any, job: ExportJob) -> tuple[str, str]:
     return ("dynamic", f"transformer graph ({why})") if attention else ("static", f"no attention ({why})")
 
 
+def _pre_process(src: Path, dst: Path, workdir: Path) -> None:
+    """ORT's quantization pre-processing (symbolic shape inference, graph optimisation, ONNX shape
+    inference), run as ORT's own CLI in a child process whose current directory is the work dir: when
+    symbolic inference is incomplete, ORT saves a temp model plus external data as large as the
+    weights into the current directory, and changing this process's directory would affect the
+    caller's other threads."""
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.quantization.preprocess", "--input", str(src.resolve()),
+                           "--output", str(dst.resolve())], cwd=workdir, capture_output=True, text=True,
+                          timeout=PRE_PROCESS_TIMEOUT_S)
+    if proc.returncode != 0 or not dst.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {proc.returncode}: {last}")
+
+
 def export_int8(job: ExportJob) -> ExportResult:
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if job.onnx_path is None or not Path(job.onnx_path).is_file():
         raise ExportError("ONNX int8 is built from the fp32 ONNX artifact, which is missing or failed",
@@ -66,7 +82,7 @@ def export_int8(job: ExportJob) -> ExportResult:
     pre = job.workdir / "pre.onnx"
     out = job.workdir / "model.int8.onnx"
     try:
-        quant_pre_process(str(job.onnx_path), str(pre), skip_symbolic_shape=False)
+        _pre_process(Path(job.onnx_path), pre, job.workdir)
     except Exception as e:  # pre-processing is an optimisation: quantize the graph as it is
         pre, pre_note = Path(job.onnx_path), f"quant_pre_process skipped ({type(e).__name__}: {str(e)[:160]})"
     else:

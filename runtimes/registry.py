@@ -95,8 +95,14 @@ def auto_candidates(bundle: Bundle, graph: str, precision: str | None = None) ->
 
 def _no_artifact(bundle: Bundle, graph: str, arts: list[Artifact]) -> BackendUnavailableError:
     have = ", ".join(sorted({f"{a.target}/{a.precision}({a.status})" for a in arts}))
+    missing = [n for n in BACKENDS if not _runnable(n) and any(a.status == "ok" and _native(n, a) for a in arts)]
+    fixes = []
+    for n in missing:
+        problem, fix = backend_class(n).unavailable_reason()
+        fixes.append(f"{fix} ({problem})")
     return BackendUnavailableError(f"no validated artifact in {bundle.root.name} can run on this machine "
                                    f"(artifacts: {have}; backends here: {', '.join(available_backends()) or 'none'})",
+                                   "; or ".join(fixes) if fixes else
                                    "install the backend for one of the artifacts, or pass backend=NAME explicitly")
 
 

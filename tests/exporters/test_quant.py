@@ -7,6 +7,7 @@ import pytest
 import torch
 from edgekit.exporters.calib import fit_batch
 from edgekit.exporters.graph_kind import onnx_attention
+from edgekit.exporters.targets import JUDGES
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -49,7 +50,17 @@ def test_cnn_int8_modes_validated_on_held_out_calibration(cnn_int8):
     arts = {(a.target, a.precision): a for a in cnn_int8.manifest.artifacts}
     assert set(arts) == {("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"),
                          ("openvino", "int8w")}
-    assert all(a.status == "ok" for a in arts.values()), {k: a.status_reason for k, a in arts.items()}
+    # fp32 and weight-only int8 hold on any model; full int8 gets a verdict from the held-out samples:
+    # on this random-init network (near-tied logits) ORT's static int8 may flip top-1 decisions, and
+    # then it must say so (the verdict is what is tested, not one quantizer's luck)
+    for key in (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "int8w")):
+        assert arts[key].status == "ok", (key, arts[key].status_reason)
+    for key in (("onnx", "int8"), ("openvino", "int8")):
+        a = arts[key]
+        m = a.validation.detail["outputs"]["output"]
+        j = JUDGES["int8"]
+        assert (a.status == "ok") == (m["top1_agreement"] >= j.top1 and m["top5_contains"] >= j.top5), (key, m)
+        assert a.status == "ok" or a.status_reason.startswith("validation failed: output output: top-1 agreement")
     q = arts["onnx", "int8"]
     assert q.extra["int8_mode"] == "static" and "no attention" in q.extra["int8_mode_reason"]
     assert q.extra["calib_samples"] == 20 and q.extra["quantized_nodes"] > 0
