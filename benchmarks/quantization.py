@@ -198,13 +198,14 @@ def default_load(args) -> dict:
     auto = edgekit.load(b.root)
     feeds = example_feeds(b)
     fns = {"auto": lambda: auto.run(feeds)}
-    for a in b.manifest.artifacts:
+    failed = {f"{a.target}/{a.precision}": a.status_reason for a in b.manifest.artifacts if a.status != "ok"}
+    for a in (a for a in b.manifest.artifacts if a.status == "ok"):
         s = edgekit.load(b.root, backend="onnxruntime" if a.target == "onnx" else a.target, precision=a.precision)
         fns[a.target] = (lambda s=s: s.run(feeds))
     t = Q.interleaved(fns, args.rounds * 4)
     best = min((k for k in fns if k != "auto"), key=lambda k: np.median(t[k]))
     return {"picked": auto.choice["picked"], "how": auto.choice["how"], "fastest": best,
-            "p50_us": {k: float(np.median(v) / 1e3) for k, v in t.items()}, "auto_vs_fastest": Q.ratio(t, "auto", best)}
+            "p50_us": {k: float(np.median(v) / 1e3) for k, v in t.items()}, "auto_vs_fastest": Q.ratio(t, "auto", best), "not_ok": failed}
 
 
 def _f(v, spec=".2f"):

@@ -126,7 +126,15 @@ def _pick(bundle: Bundle, graph: str, backend: str, precision: str | None) -> tu
     cls = backend_class(name)
     found = _candidates(arts, name, [precision] if precision else list(PRECISION_ORDER))
     if not found:
-        have = ", ".join(sorted({f"{a.target}/{a.precision}" for a in arts}))
+        have = ", ".join(sorted({f"{a.target}/{a.precision}" + ("" if a.status == "ok" else f" ({a.status})")
+                                 for a in arts}))
+        unusable = [a for a in _candidates(arts, name, [precision] if precision else list(PRECISION_ORDER),
+                                           ("failed", "skipped")) if a.status_reason]
+        if unusable:
+            a = unusable[0]
+            raise BundleError(f"{a.target}/{a.precision} in {bundle.root.name} is {a.status}: {a.status_reason}",
+                              "pick another artifact (edgekit info lists them), or re-export with "
+                              f"--target {a.target} --precision {a.precision} --force")
         raise BundleError(f"bundle {bundle.root.name} has no {name}-runnable artifact"
                           + (f" at precision {precision}" if precision else "") + f" (it has: {have})",
                           f"re-export with --target {BACKENDS[name][1][0]}" + (f" --precision {precision}" if precision else ""))

@@ -36,3 +36,17 @@ def test_wheel_contains_the_mapped_packages(tmp_path):
                  "edgekit/vos/weights/vos_skip_heads.safetensors", "edgekit/tokengate/splits/rotten_tomatoes_split.npz"):
         assert must in names, must
     assert not any(n.startswith(("runtimes/", "exporters/", "federated/", "tests/")) for n in names)
+
+
+def test_no_script_shadows_an_installed_package():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a script named like a library the
+    exporters import (executorch, onnx, ...) would be imported in its place."""
+    import importlib.machinery
+
+    outside = [p for p in sys.path if p and p not in (str(REPO), ".")]
+    clash = []
+    for folder in ("benchmarks", "scripts"):
+        for f in (REPO / folder).glob("*.py"):
+            if f.stem != "__init__" and importlib.machinery.PathFinder.find_spec(f.stem, outside) is not None:
+                clash.append(f"{folder}/{f.name}")
+    assert not clash, f"rename these scripts, they shadow installed packages: {clash}"

