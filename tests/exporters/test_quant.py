@@ -66,6 +66,7 @@ def test_cnn_int8_modes_validated_on_held_out_calibration(cnn_int8):
     assert q.extra["calib_samples"] == 20 and q.extra["quantized_nodes"] > 0
     d = q.validation.detail
     assert d["judged_cases"] == 20 and d["task"] == "auto" and "inferred" in d["outputs"]["output"]["why"]
+    assert any(n.startswith("validation is weak: int8 was judged on only 20 samples") for n in q.extra["notes"])
     assert {"top1_agreement", "top5_contains", "sqnr_db", "cos_min"} <= set(d["outputs"]["output"])
     assert arts["openvino", "int8w"].extra["weights_mode"] == "int8_asym"
     assert arts["onnx", "int8"].bytes < 0.5 * arts["onnx", "fp32"].bytes
