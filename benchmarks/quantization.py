@@ -251,18 +251,21 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = [m for m in res["models"] if any("p50_ms" in r for r in m["rows"])]
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
-        rows = [r for r in m["rows"] if "p50_ms" in r]
+        rows = m["rows"]  # failed artifacts keep their slot, marked, so nothing disappears from the picture
         x = np.arange(len(rows))
-        ax.bar(x, [r["vs_ort_fp32"]["median"] for r in rows],
-               color=["#4c72b0" if r["precision"].startswith("fp") else "#dd8452" for r in rows])
+        h = [r["vs_ort_fp32"]["median"] if "p50_ms" in r else 0.0 for r in rows]
+        ax.bar(x, h, color=["#4c72b0" if r["precision"].startswith("fp") else "#dd8452" for r in rows])
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, [f"{r['target']}\n{r['precision']}" for r in rows], fontsize=8)
+        ax.set_xticks(x, [f"{r['target']}\n{r['precision']}" for r in rows], fontsize=7)
         ax.set_ylabel("latency / ORT fp32 (lower is faster)")
         ax.set_title(f"{m['model']} (batch 1, 1 thread)", fontsize=9)
+        ax.set_ylim(0, max(h) * 1.25)
         for i, r in enumerate(rows):
-            ax.text(i, r["vs_ort_fp32"]["median"], _acc(r).replace(", ", "\n"), ha="center", va="bottom", fontsize=6)
+            label = _acc(r).replace("emb cos min ", "cos min\n").replace(", ", "\n") if "p50_ms" in r else "failed"
+            ax.text(i, h[i], label, ha="center", va="bottom", fontsize=6 if "p50_ms" in r else 8, rotation=0 if "p50_ms" in r else 90,
+                    color="black" if "p50_ms" in r else "#b22")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
